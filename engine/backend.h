@@ -1,0 +1,165 @@
+// The backend operations table: the one interface between the engine and a
+// device. The engine owns the model description and the order of operations;
+// a backend owns memory and kernels. A new backend fills this table and the
+// engine does not change.
+//
+// Buffers are opaque (void *): the CPU backend stores fp32, the CUDA backend
+// bf16 weights/activations with fp32 master weights, gradients and optimizer
+// state. Element counts, never byte counts, cross this interface, except in
+// alloc/free. Integer index arrays (tokens, positions, document boundaries,
+// row lists) are int32 buffers allocated with ES_MEM_INDEX.
+//
+// Conventions: outputs first, then inputs, then sizes. N = tokens in the
+// packed micro-batch, C = channels, H/KVH = query/key-value heads, D = head
+// dimension. "(N, C)" means row-major N rows of C. Weight matrices are stored
+// as Hugging Face nn.Linear does: (OC, C), and y = x W^T + b.
+// Gradients of weights (dw, db, dwte, ...) are fp32 buffers on every backend
+// and always accumulate (+=), so micro-batches add up.
+// Gradients of inputs overwrite unless the op says it accumulates.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    ES_MEM_WEIGHTS = 0,
+    ES_MEM_GRADS,
+    ES_MEM_OPTIM,
+    ES_MEM_ACTS,
+    ES_MEM_WORKSPACE,
+    ES_MEM_INDEX,
+    ES_MEM_KINDS
+} es_mem_kind;
+
+extern const char *const es_mem_kind_names[ES_MEM_KINDS];
+
+// Buffer element types. Weights and activations use the backend's compute
+// type (fp32 on CPU, bf16 on CUDA); grads/master/moments are fp32 everywhere.
+typedef enum { ES_DT_COMPUTE = 0, ES_DT_F32, ES_DT_I32 } es_dtype;
+
+typedef struct es_backend es_backend;
+
+struct es_backend {
+    const char *name;  // "cpu", "cuda"
+    void *ctx;         // backend private state
+
+    // ---- memory ---------------------------------------------------------
+    // Every allocation is tallied by kind; mem_now/mem_peak are in bytes.
+    void *(*alloc)(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind);
+    void (*free)(es_backend *be, void *p);
+    // Host fp32 <-> device buffer of type dt, converting as needed.
+    void (*upload)(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt);
+    void (*download)(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt);
+    void (*zero)(es_backend *be, void *p, size_t n, es_dtype dt);
+    // Pointer to element `off` of a buffer of type dt.
+    void *(*offset)(es_backend *be, void *p, size_t off, es_dtype dt);
+    void (*sync)(es_backend *be);
+    size_t mem_now[ES_MEM_KINDS];
+    size_t mem_peak[ES_MEM_KINDS];
+    size_t mem_peak_total;
+    size_t mem_now_total;
+
+    // ---- embedding ------------------------------------------------------
+    // out (N, C) = wte[tokens[i]] (+ wpe[pos[i]] when wpe != NULL)
+    void (*embed_fwd)(es_backend *be, void *out, const void *tokens, const void *pos,
+                      const void *wte, const void *wpe, int N, int C);
+    // dwte[tokens[i]] += dout[i]; dwpe[pos[i]] += dout[i] (dwpe may be NULL)
+    void (*embed_bwd)(es_backend *be, void *dwte, void *dwpe, const void *dout,
+                      const void *tokens, const void *pos, int N, int C);
+
+    // ---- matmul ---------------------------------------------------------
+    // out (N, OC) = inp (N, C) @ w (OC, C)^T + bias (OC) (bias may be NULL)
+    void (*matmul_fwd)(es_backend *be, void *out, const void *inp, const void *w,
+                       const void *bias, int N, int C, int OC);
+    // dinp (N, C) = dout @ w (or += when accumulate; dinp may be NULL)
+    // dw (OC, C) += dout^T @ inp ; dbias (OC) += colsum(dout) (may be NULL)
+    void (*matmul_bwd)(es_backend *be, void *dinp, void *dw, void *dbias, const void *dout,
+                       const void *inp, const void *w, int N, int C, int OC, int accumulate);
+
+    // ---- normalisation --------------------------------------------------
+    // RMSNorm over rows: out (N, C) = inp / rms(inp) * w ; rstd (N) fp32 saved.
+    // Also used for Qwen3's per-head q/k norm with N*H rows of C = D.
+    void (*rmsnorm_fwd)(es_backend *be, void *out, float *rstd, const void *inp, const void *w,
+                        int N, int C, float eps);
+    // dinp (N, C) overwrite (or += when accumulate); dw (C) +=
+    void (*rmsnorm_bwd)(es_backend *be, void *dinp, void *dw, const void *dout, const void *inp,
+                        const void *w, const float *rstd, int N, int C, int accumulate);
+    // LayerNorm: mean, rstd (N) fp32 saved.
+    void (*layernorm_fwd)(es_backend *be, void *out, float *mean, float *rstd, const void *inp,
+                          const void *w, const void *b, int N, int C, float eps);
+    void (*layernorm_bwd)(es_backend *be, void *dinp, void *dw, void *db, const void *dout,
+                          const void *inp, const void *w, const float *mean, const float *rstd,
+                          int N, int C, int accumulate);
+
+    // ---- rotary embedding (Hugging Face rotate_half convention) ---------
+    // out (N, H, D) = rope(inp, pos); in place allowed. Rotates pairs (j, j + D/2)
+    // by angle pos * theta^(-2j/D).
+    void (*rope_fwd)(es_backend *be, void *out, const void *inp, const void *pos,
+                     int N, int H, int D, float theta);
+    // dinp = rope^-1(dout); in place allowed.
+    void (*rope_bwd)(es_backend *be, void *dinp, const void *dout, const void *pos,
+                     int N, int H, int D, float theta);
+
+    // ---- attention over packed documents --------------------------------
+    // q (N, H, D), k/v (N, KVH, D), out (N, H, D), lse (N, H) fp32 saved.
+    // cu_seqlens (ndocs + 1) int32: document d holds tokens [cu[d], cu[d+1]).
+    // Causal within each document; nothing attends across a boundary.
+    // Query head h reads key/value head h / (H / KVH). Scale 1/sqrt(D).
+    void (*attention_fwd)(es_backend *be, void *out, float *lse, const void *q, const void *k,
+                          const void *v, const void *cu_seqlens, int ndocs, int N, int H,
+                          int KVH, int D);
+    // dq, dk, dv overwrite.
+    void (*attention_bwd)(es_backend *be, void *dq, void *dk, void *dv, const void *dout,
+                          const void *q, const void *k, const void *v, const void *out,
+                          const float *lse, const void *cu_seqlens, int ndocs, int N, int H,
+                          int KVH, int D);
+
+    // ---- pointwise ------------------------------------------------------
+    // out (n) = silu(gate) * up
+    void (*swiglu_fwd)(es_backend *be, void *out, const void *gate, const void *up, size_t n);
+    void (*swiglu_bwd)(es_backend *be, void *dgate, void *dup, const void *dout,
+                       const void *gate, const void *up, size_t n);
+    // GELU, tanh approximation (GPT-2's gelu_new)
+    void (*gelu_fwd)(es_backend *be, void *out, const void *inp, size_t n);
+    void (*gelu_bwd)(es_backend *be, void *dinp, const void *dout, const void *inp, size_t n);
+    // out = a + b (out may alias a or b)
+    void (*add)(es_backend *be, void *out, const void *a, const void *b, size_t n);
+
+    // ---- gathered rows and the distillation classifier -----------------
+    // out (M, C) = inp[rows[i]]
+    void (*gather_rows)(es_backend *be, void *out, const void *inp, const void *rows, int M, int C);
+    // dinp[rows[i]] += dout[i]
+    void (*scatter_add_rows)(es_backend *be, void *dinp, const void *dout, const void *rows,
+                             int M, int C);
+    // One chunk of the distillation loss. logits (M, V) of the student are
+    // replaced in place by d(loss)/d(logits) * grad_scale. For row i with
+    // weight w_i (skip rows with w_i == 0):
+    //   ce_i = -log softmax(logits_i)[targets[i]]
+    //   kd_i = tau^2 * KL(softmax(t_i / tau) || softmax(s_i / tau)) (tlogits may be NULL)
+    //   loss_i = w_i * (alpha * ce_i + (1 - alpha) * kd_i)   (alpha = 1 without teacher)
+    // sums[0] += sum_i w_i ce_i, sums[1] += sum_i w_i kd_i (host fp32 array of 2).
+    // targets and weights are device buffers (int32, fp32).
+    void (*distill_loss)(es_backend *be, float *sums, void *logits, const void *tlogits,
+                         const void *targets, const void *weights, int M, int V, float alpha,
+                         float tau, float grad_scale);
+
+    // ---- optimizer (fp32 state) ----------------------------------------
+    // Sum of squares of n fp32 values (gradient norm).
+    double (*sumsq)(es_backend *be, const float *x, size_t n);
+    // x *= s (fp32)
+    void (*scale)(es_backend *be, float *x, float s, size_t n);
+    // AdamW on n elements. master (fp32) is NULL when params already are fp32
+    // master weights; otherwise params (compute type) are refreshed from it.
+    // Decoupled decay: p -= lr * wd * p. step counts from 1.
+    void (*adamw)(es_backend *be, void *params, float *master, const float *grads, float *m,
+                  float *v, size_t n, float lr, float beta1, float beta2, float eps, float wd,
+                  int step);
+
+    void (*destroy)(es_backend *be);
+};
+
+// Backends compiled into this build.
+es_backend *es_backend_cpu_create(void);
+// Returns NULL and records the reason when CUDA is not built or no GPU exists.
+es_backend *es_backend_cuda_create(int device);
+// "cpu", "cuda" or "auto"; NULL with a recorded error when unavailable.
+es_backend *es_backend_create(const char *name);

@@ -1,0 +1,8 @@
+// Subcommands of the essence program. Each returns the process exit code.
+#pragma once
+
+typedef struct {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);  // argv[0] is the subcommand name
+} es_command;

@@ -1,0 +1,40 @@
+// Shared helpers: error reporting, allocation, small math.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+// Library code never exits: it records one line describing the problem
+// (naming the file and the cause) and returns ES_ERR. The CLI prints it.
+#define ES_OK 0
+#define ES_ERR (-1)
+
+// Records the message (printf-style) and returns ES_ERR.
+int es_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// The last recorded message ("" if none).
+const char *es_last_error(void);
+// Prints "essence: <msg>" to stderr and exits 1; for the CLI only.
+void es_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+// Allocation that dies on out-of-memory (host bookkeeping only).
+void *es_xmalloc(size_t bytes);
+void *es_xcalloc(size_t n, size_t size);
+
+// Reads a whole file into a NUL-terminated buffer; ES_ERR on failure.
+int es_read_file(char **out, size_t *out_len, const char *path);
+
+// Wall clock in seconds (monotonic).
+double es_now(void);
+
+// Deterministic RNG (xorshift64*), used everywhere randomness must be
+// reproducible from a seed and resumable from a checkpoint.
+typedef struct { uint64_t s; } es_rng;
+void es_rng_seed(es_rng *r, uint64_t seed);
+uint64_t es_rng_u64(es_rng *r);
+float es_rng_uniform(es_rng *r);   // [0, 1)
+float es_rng_normal(es_rng *r);    // N(0, 1)
+
+// bf16/fp16 <-> fp32 conversion (round-to-nearest-even for bf16).
+float es_bf16_to_f32(uint16_t h);
+uint16_t es_f32_to_bf16(float f);
+float es_f16_to_f32(uint16_t h);

@@ -1,0 +1,38 @@
+// The essence program: one binary, subcommands.
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "es_build.h"
+
+static int cmd_version(int argc, char **argv);
+
+static const es_command commands[] = {
+    {"version", "print the version and the backends built in", cmd_version},
+};
+static const int ncommands = (int)(sizeof commands / sizeof commands[0]);
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: essence <command> [options]\n\ncommands:\n");
+    for (int i = 0; i < ncommands; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n'essence <command> --help' describes a command.\n");
+}
+
+static int cmd_version(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    printf("essence 0.1.0 (blas %s, mpi %s, cuda %s, nccl %s)\n", ES_HAVE_BLAS ? "yes" : "no",
+           ES_HAVE_MPI ? "yes" : "no", ES_HAVE_CUDA ? "yes" : "no", ES_HAVE_NCCL ? "yes" : "no");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (int i = 0; i < ncommands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "essence: unknown command '%s' (see essence --help)\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,133 @@
+// Model description (from a Hugging Face config.json), parameter layout,
+// and the forward/backward orchestration over a backend.
+#pragma once
+#include <stddef.h>
+
+#include "backend.h"
+
+typedef enum { ES_ARCH_QWEN3 = 0, ES_ARCH_QWEN2, ES_ARCH_LLAMA, ES_ARCH_GPT2 } es_arch;
+
+typedef struct {
+    es_arch arch;
+    char model_type[32];  // as in config.json
+    int vocab;            // vocab_size
+    int hidden;           // hidden_size / n_embd
+    int layers;           // num_hidden_layers / n_layer
+    int heads;            // num_attention_heads / n_head
+    int kv_heads;         // num_key_value_heads (== heads for gpt2)
+    int head_dim;         // explicit head_dim or hidden / heads
+    int ffn;              // intermediate_size (4 * hidden for gpt2 when n_inner is null)
+    int max_pos;          // max_position_embeddings / n_positions
+    float rope_theta;     // 0 for gpt2 (learned positions)
+    float norm_eps;       // rms_norm_eps / layer_norm_epsilon
+    int tied;             // tie_word_embeddings
+    int qkv_bias;         // qwen2: q/k/v biases; gpt2: every linear has a bias
+    int o_bias;           // gpt2 (and llama attention_bias)
+    int mlp_bias;         // gpt2 (and llama mlp_bias)
+    int qk_norm;          // qwen3
+    int bos_id, eos_id;   // -1 when absent
+    char torch_dtype[16]; // as in config.json, written back on save
+} es_config;
+
+// Parses config.json text; refuses unknown model_type and unimplemented options
+// (rope_scaling, sliding window, ...) with one line naming the key. `path` only
+// names the file in messages.
+int es_config_parse(es_config *cfg, const char *json, const char *path);
+int es_config_load(es_config *cfg, const char *path);
+// Writes a config.json that transformers loads back to the same model.
+int es_config_save(const es_config *cfg, const char *path);
+// Number of parameters the config describes.
+long long es_config_param_count(const es_config *cfg);
+
+// One named parameter tensor inside the flat parameter buffer. Names are the
+// Hugging Face names of the qwen3/llama family ("model.layers.3.mlp.up_proj.weight");
+// gpt2 is mapped onto the same internal layout by the loader.
+typedef struct {
+    char name[96];
+    int ndim;
+    int shape[2];
+    size_t offset;  // elements into the flat buffer
+    size_t numel;
+    int decay;      // weight decay applies (matrices, not norms or biases)
+} es_param;
+
+// Per-layer parameter index into es_layout.params (-1 when absent).
+typedef struct {
+    int ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, q_norm, k_norm, o_w, o_b;
+    int ln2_w, ln2_b, gate_w, up_w, up_b, down_w, down_b;
+} es_layer_params;
+
+typedef struct {
+    es_param *params;
+    int nparams;
+    size_t total;  // elements
+    int wte, wpe, lnf_w, lnf_b, lm_head;  // lm_head == wte when tied
+    es_layer_params *layer;
+} es_layout;
+
+int es_layout_build(es_layout *lo, const es_config *cfg);
+void es_layout_free(es_layout *lo);
+int es_layout_find(const es_layout *lo, const char *name);
+
+// A packed micro-batch as the model sees it (device buffers, int32).
+typedef struct {
+    int N;             // tokens
+    int ndocs;
+    void *tokens;      // (N)
+    void *pos;         // (N) positions restarting at 0 per document
+    void *cu_seqlens;  // (ndocs + 1)
+} es_model_batch;
+
+// Saved activations of one layer for backward.
+typedef struct {
+    void *ln1_in;   // (N, C) residual stream entering the layer
+    void *ln1_out;  // (N, C)
+    float *ln1_mean, *ln1_rstd;  // (N)
+    void *q_raw, *k_raw;  // (N, H*D), (N, KVH*D) before qk-norm (qwen3)
+    float *q_rstd, *k_rstd;  // (N*H), (N*KVH)
+    void *q, *k, *v;  // after norm and rope: attention inputs
+    void *att;      // (N, H*D)
+    float *lse;     // (N, H)
+    void *res2;     // (N, C) residual after attention
+    void *ln2_out;  // (N, C)
+    float *ln2_mean, *ln2_rstd;
+    void *gate, *up;  // (N, F) (gate unused for gpt2: up is fc output)
+    void *act;        // (N, F) swiglu / gelu output
+} es_layer_acts;
+
+typedef struct {
+    es_config cfg;
+    es_layout layout;
+    es_backend *be;
+    void *params;  // compute dtype, layout.total elements
+    float *grads;  // fp32, NULL for a forward-only (teacher) model
+    int max_tokens;  // activation capacity
+    es_layer_acts *acts;
+    void *final_in;   // (N, C) residual stream before the final norm
+    void *hidden;     // (N, C) output of the final norm: the LM head input
+    float *lnf_mean, *lnf_rstd;
+    void *scratch[4]; // backward temporaries (N, max(C, F, H*D))
+    void *dres;       // (N, C) gradient of the residual stream
+} es_model;
+
+// Allocates parameters (uninitialised), grads when `trainable`, and
+// activations for micro-batches of up to max_tokens tokens.
+int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens,
+                    int trainable);
+void es_model_free(es_model *m);
+// Random initialisation (normal 0.02, norms 1, biases 0) from a seed.
+void es_model_init_random(es_model *m, unsigned long long seed);
+// Forward up to the final norm: fills m->hidden (N, C).
+void es_model_forward(es_model *m, const es_model_batch *b);
+// Backward from dhidden (N, C) (gradient w.r.t. m->hidden); accumulates into m->grads.
+void es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden);
+// LM head weight (V, C) in the compute dtype, and its fp32 gradient (NULL if frozen).
+const void *es_model_lm_head(const es_model *m);
+float *es_model_lm_head_grad(es_model *m);
+
+// Hugging Face directories: config.json + model.safetensors or
+// model.safetensors.index.json shards; bf16/fp16/fp32 tensors.
+int es_model_load_hf(es_model *m, const char *dir, es_backend *be, int max_tokens,
+                     int trainable);
+// Writes config.json + model.safetensors (fp32, or bf16 when bf16 != 0) atomically.
+int es_model_save_hf(const es_model *m, const char *dir, int bf16);

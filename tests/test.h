@@ -1,0 +1,42 @@
+// Minimal test harness: CHECK records failures and the test exits non-zero.
+#pragma once
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int t_failures = 0, t_checks = 0;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        t_checks++;                                                        \
+        if (!(cond)) {                                                     \
+            t_failures++;                                                  \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fputc('\n', stderr);                                           \
+        }                                                                  \
+    } while (0)
+
+// Relative error of a vs b over n values: max|a-b| / max(max|b|, floor).
+// NaN anywhere gives +inf, so a NaN never passes.
+static inline double t_rel_err(const float *a, const float *b, size_t n, double floor) {
+    double num = 0, den = floor;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) return INFINITY;
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > num) num = d;
+        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
+    }
+    return num / den;
+}
+
+// Fills a buffer with NaN so that an op which forgets to write shows up.
+static inline void t_poison(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+}
+
+#define TEST_DONE()                                                        \
+    do {                                                                   \
+        printf("%d checks, %d failed\n", t_checks, t_failures);          \
+        return t_failures ? 1 : 0;                                         \
+    } while (0)

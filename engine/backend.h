@@ -41,6 +41,8 @@ typedef struct es_backend es_backend;
 struct es_backend {
     const char *name;  // "cpu", "cuda"
     void *ctx;         // backend private state
+    int compute_is_f32;  // weights are fp32 (no separate master copy needed)
+    double peak_flops;   // dense matmul peak of the device, FLOP/s (for MFU)
 
     // ---- memory ---------------------------------------------------------
     // Every allocation is tallied by kind; mem_now/mem_peak are in bytes.
@@ -155,6 +157,21 @@ struct es_backend {
                   int step);
 
     void (*destroy)(es_backend *be);
+
+    // ---- offline teacher (top-k) distillation loss ----------------------
+    // As distill_loss, with the teacher given as its K most likely next tokens
+    // per row: tids (M, K) int32, distinct ids in [0, V), and their
+    // log-probabilities tlogp (M, K) fp32 at temperature 1. The remaining mass
+    // r_i = 1 - sum_j exp(tlogp_ij) is one more bucket, matched against the
+    // student's mass outside those ids, q_rest:
+    //   kd_i = sum_j p_ij (tlogp_ij - log q_i[tids_ij]) + r_i (log r_i - log q_rest_i)
+    // which is the full forward KL once K == V. No temperature: a stored
+    // top-k list carries none. Rows whose first id is < 0 have no teacher
+    // entry and carry only the cross-entropy (at weight alpha). May be NULL
+    // on a backend that lacks it.
+    void (*distill_loss_topk)(es_backend *be, float *sums, void *logits, const void *tids,
+                              const void *tlogp, const void *targets, const void *weights, int M,
+                              int V, int K, float alpha, float grad_scale);
 };
 
 // Backends compiled into this build.

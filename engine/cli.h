@@ -6,3 +6,6 @@ typedef struct {
     const char *summary;
     int (*run)(int argc, char **argv);  // argv[0] is the subcommand name
 } es_command;
+
+// `essence data <verb>`: validate and describe data shards (engine/cmd_data.c).
+int cmd_data(int argc, char **argv);

@@ -78,20 +78,21 @@ typedef struct {
     void *cu_seqlens;  // (ndocs + 1)
 } es_model_batch;
 
-// Saved activations of one layer for backward.
+// Saved activations of one layer for backward. A forward-only model keeps one
+// set shared by every layer (nothing is saved for backward).
 typedef struct {
     void *ln1_in;   // (N, C) residual stream entering the layer
     void *ln1_out;  // (N, C)
-    float *ln1_mean, *ln1_rstd;  // (N)
-    void *q_raw, *k_raw;  // (N, H*D), (N, KVH*D) before qk-norm (qwen3)
-    float *q_rstd, *k_rstd;  // (N*H), (N*KVH)
-    void *q, *k, *v;  // after norm and rope: attention inputs
+    float *ln1_mean, *ln1_rstd;  // (N); mean only for LayerNorm (gpt2)
+    void *q_raw, *k_raw;  // (N, H*D), (N, KVH*D) before qk-norm (qwen3 only, else NULL)
+    float *q_rstd, *k_rstd;  // (N*H), (N*KVH) (qwen3 only)
+    void *q, *k, *v;  // (N, H*D), (N, KVH*D) x2: attention inputs, after norm and rope
     void *att;      // (N, H*D)
     float *lse;     // (N, H)
     void *res2;     // (N, C) residual after attention
     void *ln2_out;  // (N, C)
-    float *ln2_mean, *ln2_rstd;
-    void *gate, *up;  // (N, F) (gate unused for gpt2: up is fc output)
+    float *ln2_mean, *ln2_rstd;  // (N)
+    void *gate, *up;  // (N, F) (gate NULL for gpt2: up is the fc output)
     void *act;        // (N, F) swiglu / gelu output
 } es_layer_acts;
 
@@ -102,12 +103,14 @@ typedef struct {
     void *params;  // compute dtype, layout.total elements
     float *grads;  // fp32, NULL for a forward-only (teacher) model
     int max_tokens;  // activation capacity
-    es_layer_acts *acts;
+    es_layer_acts *acts;  // (layers)
     void *final_in;   // (N, C) residual stream before the final norm
     void *hidden;     // (N, C) output of the final norm: the LM head input
     float *lnf_mean, *lnf_rstd;
-    void *scratch[4]; // backward temporaries (N, max(C, F, H*D))
-    void *dres;       // (N, C) gradient of the residual stream
+    void *scratch[4]; // temporaries (N, max(C, F, H*D)); forward-only models have only [0]
+    void *dres;       // (N, C) gradient of the residual stream (NULL when forward-only)
+    void **owned;     // every device buffer the model allocated, freed together
+    int nowned, cap_owned;
 } es_model;
 
 // Allocates parameters (uninitialised), grads when `trainable`, and
@@ -117,10 +120,12 @@ int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_t
 void es_model_free(es_model *m);
 // Random initialisation (normal 0.02, norms 1, biases 0) from a seed.
 void es_model_init_random(es_model *m, unsigned long long seed);
-// Forward up to the final norm: fills m->hidden (N, C).
-void es_model_forward(es_model *m, const es_model_batch *b);
-// Backward from dhidden (N, C) (gradient w.r.t. m->hidden); accumulates into m->grads.
-void es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden);
+// Forward up to the final norm: fills m->hidden (N, C). ES_ERR when the batch
+// does not fit (N outside 1..max_tokens, ndocs outside 1..N).
+int es_model_forward(es_model *m, const es_model_batch *b);
+// Backward from dhidden (N, C) (gradient w.r.t. m->hidden) of the batch just run
+// forward; accumulates into m->grads. ES_ERR for a forward-only model or a bad batch.
+int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden);
 // LM head weight (V, C) in the compute dtype, and its fp32 gradient (NULL if frozen).
 const void *es_model_lm_head(const es_model *m);
 float *es_model_lm_head_grad(es_model *m);

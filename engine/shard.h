@@ -13,7 +13,27 @@ typedef struct {
     uint32_t cot_end;
 } es_doc_info;
 
+// One shard file, mapped and validated.
 typedef struct es_shard es_shard;
+int es_shard_open(es_shard **out, const char *path);
+void es_shard_close(es_shard *s);
+
+// What es_shard_write stores. The writer validates the file it wrote with
+// the reader before moving it into place, so it never leaves a bad shard.
+typedef struct {
+    uint32_t vocab;
+    uint64_t fingerprint;
+    const es_doc_info *docs;   // (ndocs)
+    size_t ndocs;
+    const uint32_t *tokens;    // (ntokens) the examples back to back
+    size_t ntokens;
+    uint32_t topk;             // teacher entries per token, 0 when absent
+    const uint32_t *topk_ids;  // (ntokens, topk)
+    const float *topk_logp;    // (ntokens, topk)
+} es_shard_content;
+
+// Writes a shard atomically (a temporary file renamed over path).
+int es_shard_write(const char *path, const es_shard_content *c);
 
 // A set of shards read as one list of examples.
 typedef struct {
@@ -32,8 +52,10 @@ typedef struct {
 int es_dataset_open(es_dataset *ds, const char *const *paths, int npaths, uint32_t vocab,
                     uint64_t fingerprint);
 void es_dataset_close(es_dataset *ds);
-// Example i: its section info and a pointer to its len tokens.
+// Example i: its section info and a pointer to its len tokens (NULL when i
+// is out of range).
 const uint32_t *es_dataset_doc(const es_dataset *ds, size_t i, es_doc_info *info);
 // Teacher top-k for example i (NULL when the shard has none): ids (len, k)
-// and log-probabilities (len, k) for each token position.
+// and log-probabilities (len, k) for each token position. ES_ERR when i is
+// out of range.
 int es_dataset_topk(const es_dataset *ds, size_t i, const uint32_t **ids, const float **logp);

@@ -1,0 +1,100 @@
+// Private to the CUDA backend: its context, error checks, bf16 helpers and
+// the functions each cuda_*.cu file uses to fill its part of the ops table.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "backend.h"
+#include "common.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+// A failing CUDA call means a broken device or a bug in this backend: there is
+// no state to recover, so report where and why, and abort.
+#define CUDA_CHECK(call)                                                              \
+    do {                                                                              \
+        cudaError_t e_ = (call);                                                      \
+        if (e_ != cudaSuccess) {                                                      \
+            fprintf(stderr, "essence: %s:%d: CUDA error: %s\n", __FILE__, __LINE__,   \
+                    cudaGetErrorString(e_));                                          \
+            abort();                                                                  \
+        }                                                                             \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                            \
+    do {                                                                              \
+        cublasStatus_t s_ = (call);                                                   \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                            \
+            fprintf(stderr, "essence: %s:%d: cuBLASLt error: %s\n", __FILE__, __LINE__, \
+                    cublasLtGetStatusString(s_));                                     \
+            abort();                                                                  \
+        }                                                                             \
+    } while (0)
+
+// Checks a kernel launch (bad configuration shows up here, not at the call).
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+// A shape this backend does not support is a caller bug: say which, abort.
+#define CUDA_REQUIRE(cond, ...)                                                       \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "essence: %s:%d: ", __FILE__, __LINE__);                  \
+            fprintf(stderr, __VA_ARGS__);                                             \
+            fputc('\n', stderr);                                                      \
+            abort();                                                                  \
+        }                                                                             \
+    } while (0)
+
+typedef struct {
+    void *ptr;
+    size_t bytes;
+    es_mem_kind kind;
+} cuda_alloc_rec;
+
+typedef struct {
+    int device;
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_workspace;  // cuBLASLt scratch, fixed size
+    size_t lt_workspace_bytes;
+    void *scratch;  // op-internal scratch, grown on demand
+    size_t scratch_bytes;
+    double *dsum;  // (4) device accumulators for reductions read by the host
+    cuda_alloc_rec *recs;  // live allocations, for free's tally
+    size_t nrecs, caprecs;
+} cuda_ctx;
+
+static inline cuda_ctx *cuda_of(es_backend *be) { return (cuda_ctx *)be->ctx; }
+
+// Scratch of at least `bytes` on the backend's stream, valid until the next call.
+void *cuda_scratch(es_backend *be, size_t bytes);
+
+// Grid size for a grid-stride loop over n elements.
+static inline unsigned cuda_blocks(size_t n, int threads) {
+    size_t b = (n + threads - 1) / threads;
+    if (b > 65535) b = 65535;
+    return b ? (unsigned)b : 1;
+}
+
+__device__ __forceinline__ float bf(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 tobf(float x) { return __float2bfloat16(x); }
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// Each file fills the ops it owns.
+void cuda_fill_matmul(es_backend *be);
+void cuda_fill_norm(es_backend *be);
+void cuda_fill_rope(es_backend *be);
+void cuda_fill_attention(es_backend *be);
+void cuda_fill_pointwise(es_backend *be);
+void cuda_fill_loss(es_backend *be);
+void cuda_fill_optim(es_backend *be);

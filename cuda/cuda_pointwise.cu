@@ -1,0 +1,172 @@
+// Embedding lookups, activations, residual adds and gathered rows: bf16 in and
+// out, fp32 math. Scattering sums use atomics (fp32 into the fp32 embedding
+// gradients, bf16 into activation gradients), so repeated indices are safe.
+// Each element is read before it is written, so outputs may alias inputs.
+#include <stdint.h>
+
+#include "cuda_common.cuh"
+
+#define THREADS 256
+#define GRID_STRIDE(i, n)                                                      \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
+         i += (size_t)gridDim.x * blockDim.x)
+
+__global__ void embed_fwd_kernel(bf16 *out, const int32_t *tokens, const int32_t *pos,
+                                 const bf16 *wte, const bf16 *wpe, int N, int C) {
+    GRID_STRIDE(t, (size_t)N * C) {
+        size_t i = t / C, c = t % C;
+        float e = bf(wte[(size_t)tokens[i] * C + c]);
+        if (wpe) e += bf(wpe[(size_t)pos[i] * C + c]);
+        out[t] = tobf(e);
+    }
+}
+
+__global__ void embed_bwd_kernel(float *dwte, float *dwpe, const bf16 *dout,
+                                 const int32_t *tokens, const int32_t *pos, int N, int C) {
+    GRID_STRIDE(t, (size_t)N * C) {
+        size_t i = t / C, c = t % C;
+        float g = bf(dout[t]);
+        atomicAdd(dwte + (size_t)tokens[i] * C + c, g);
+        if (dwpe) atomicAdd(dwpe + (size_t)pos[i] * C + c, g);
+    }
+}
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__global__ void swiglu_fwd_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n) {
+    GRID_STRIDE(i, n) {
+        float g = bf(gate[i]);
+        out[i] = tobf(g * sigmoid(g) * bf(up[i]));
+    }
+}
+
+__global__ void swiglu_bwd_kernel(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate,
+                                  const bf16 *up, size_t n) {
+    GRID_STRIDE(i, n) {
+        float g = bf(gate[i]), u = bf(up[i]), dy = bf(dout[i]), s = sigmoid(g);
+        dup[i] = tobf(dy * g * s);
+        dgate[i] = tobf(dy * u * s * (1.0f + g * (1.0f - s)));
+    }
+}
+
+#define GELU_K 0.7978845608028654f  // sqrt(2 / pi)
+#define GELU_C 0.044715f
+
+__global__ void gelu_fwd_kernel(bf16 *out, const bf16 *inp, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = bf(inp[i]);
+        out[i] = tobf(0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_C * x * x * x))));
+    }
+}
+
+__global__ void gelu_bwd_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = bf(inp[i]), th = tanhf(GELU_K * (x + GELU_C * x * x * x));
+        float du = GELU_K * (1.0f + 3.0f * GELU_C * x * x);
+        float g = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
+        dinp[i] = tobf(bf(dout[i]) * g);
+    }
+}
+
+__global__ void add_kernel(bf16 *out, const bf16 *a, const bf16 *b, size_t n) {
+    GRID_STRIDE(i, n) out[i] = tobf(bf(a[i]) + bf(b[i]));
+}
+
+__global__ void gather_rows_kernel(bf16 *out, const bf16 *inp, const int32_t *rows, int M, int C) {
+    GRID_STRIDE(t, (size_t)M * C) out[t] = inp[(size_t)rows[t / C] * C + t % C];
+}
+
+__global__ void scatter_add_rows_kernel(bf16 *dinp, const bf16 *dout, const int32_t *rows, int M,
+                                        int C) {
+    GRID_STRIDE(t, (size_t)M * C) atomicAdd(dinp + (size_t)rows[t / C] * C + t % C, dout[t]);
+}
+
+static cudaStream_t st(es_backend *be) { return cuda_of(be)->stream; }
+
+static void cuda_embed_fwd(es_backend *be, void *out, const void *tokens, const void *pos,
+                           const void *wte, const void *wpe, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    embed_fwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)out, (const int32_t *)tokens, (const int32_t *)pos, (const bf16 *)wte,
+        (const bf16 *)wpe, N, C);
+    LAUNCH_CHECK();
+}
+
+static void cuda_embed_bwd(es_backend *be, void *dwte, void *dwpe, const void *dout,
+                           const void *tokens, const void *pos, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    embed_bwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
+        (float *)dwte, (float *)dwpe, (const bf16 *)dout, (const int32_t *)tokens,
+        (const int32_t *)pos, N, C);
+    LAUNCH_CHECK();
+}
+
+static void cuda_swiglu_fwd(es_backend *be, void *out, const void *gate, const void *up,
+                            size_t n) {
+    if (!n) return;
+    swiglu_fwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n);
+    LAUNCH_CHECK();
+}
+
+static void cuda_swiglu_bwd(es_backend *be, void *dgate, void *dup, const void *dout,
+                            const void *gate, const void *up, size_t n) {
+    if (!n) return;
+    swiglu_bwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
+    LAUNCH_CHECK();
+}
+
+static void cuda_gelu_fwd(es_backend *be, void *out, const void *inp, size_t n) {
+    if (!n) return;
+    gelu_fwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>((bf16 *)out,
+                                                                     (const bf16 *)inp, n);
+    LAUNCH_CHECK();
+}
+
+static void cuda_gelu_bwd(es_backend *be, void *dinp, const void *dout, const void *inp,
+                          size_t n) {
+    if (!n) return;
+    gelu_bwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, n);
+    LAUNCH_CHECK();
+}
+
+static void cuda_add(es_backend *be, void *out, const void *a, const void *b, size_t n) {
+    if (!n) return;
+    add_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>((bf16 *)out, (const bf16 *)a,
+                                                                (const bf16 *)b, n);
+    LAUNCH_CHECK();
+}
+
+static void cuda_gather_rows(es_backend *be, void *out, const void *inp, const void *rows, int M,
+                             int C) {
+    size_t n = (size_t)M * C;
+    if (!n) return;
+    gather_rows_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)out, (const bf16 *)inp, (const int32_t *)rows, M, C);
+    LAUNCH_CHECK();
+}
+
+static void cuda_scatter_add_rows(es_backend *be, void *dinp, const void *dout, const void *rows,
+                                  int M, int C) {
+    size_t n = (size_t)M * C;
+    if (!n) return;
+    scatter_add_rows_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)dinp, (const bf16 *)dout, (const int32_t *)rows, M, C);
+    LAUNCH_CHECK();
+}
+
+void cuda_fill_pointwise(es_backend *be) {
+    be->embed_fwd = cuda_embed_fwd;
+    be->embed_bwd = cuda_embed_bwd;
+    be->swiglu_fwd = cuda_swiglu_fwd;
+    be->swiglu_bwd = cuda_swiglu_bwd;
+    be->gelu_fwd = cuda_gelu_fwd;
+    be->gelu_bwd = cuda_gelu_bwd;
+    be->add = cuda_add;
+    be->gather_rows = cuda_gather_rows;
+    be->scatter_add_rows = cuda_scatter_add_rows;
+}

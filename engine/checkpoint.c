@@ -1,0 +1,223 @@
+#include "checkpoint.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "safetensors.h"
+
+static int fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return es_fail("%s: cannot open to sync: %s", path, strerror(errno));
+    int r = fsync(fd);
+    close(fd);
+    return r ? es_fail("%s: fsync failed: %s", path, strerror(errno)) : ES_OK;
+}
+
+static int rm_tree(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return unlink(path) == 0 || errno == ENOENT ? ES_OK : es_fail("%s: cannot remove", path);
+    struct dirent *e;
+    int r = ES_OK;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char sub[PATH_MAX];
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        if (rm_tree(sub)) r = ES_ERR;
+    }
+    closedir(d);
+    if (rmdir(path) != 0) r = es_fail("%s: cannot remove: %s", path, strerror(errno));
+    return r;
+}
+
+// Sorted list of checkpoint steps under out_dir (ckpt-NNNNNNNN).
+static int list_ckpts(int **steps, const char *out_dir) {
+    DIR *d = opendir(out_dir);
+    int n = 0, cap = 16;
+    *steps = es_xmalloc(sizeof(int) * (size_t)cap);
+    if (!d) return 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int s;
+        char tail;
+        if (sscanf(e->d_name, "ckpt-%d%c", &s, &tail) != 1 || strlen(e->d_name) != 13) continue;
+        if (n == cap) *steps = realloc(*steps, sizeof(int) * (size_t)(cap *= 2));
+        (*steps)[n++] = s;
+    }
+    closedir(d);
+    for (int i = 1; i < n; i++)  // insertion sort: a handful of entries
+        for (int j = i; j > 0 && (*steps)[j - 1] > (*steps)[j]; j--) {
+            int t = (*steps)[j];
+            (*steps)[j] = (*steps)[j - 1];
+            (*steps)[j - 1] = t;
+        }
+    return n;
+}
+
+static int save_optim(const char *path, const es_model *m, const es_optim *o) {
+    es_backend *be = m->be;
+    size_t n = m->layout.total;
+    float *buf = es_xmalloc(n * sizeof(float) * 3);
+    be->download(be, buf, o->m, n, ES_DT_F32);
+    be->download(be, buf + n, o->v, n, ES_DT_F32);
+    es_st_writer *w = es_st_writer_new();
+    int64_t shape[1] = {(int64_t)n};
+    es_st_writer_add_f32(w, "adamw.m", buf, 1, shape, ES_ST_F32);
+    es_st_writer_add_f32(w, "adamw.v", buf + n, 1, shape, ES_ST_F32);
+    if (o->master) {
+        be->download(be, buf + 2 * n, o->master, n, ES_DT_F32);
+        es_st_writer_add_f32(w, "master", buf + 2 * n, 1, shape, ES_ST_F32);
+    }
+    int r = es_st_writer_write(w, path);
+    es_st_writer_free(w);
+    free(buf);
+    return r;
+}
+
+static char *state_json(const es_train_state *st, const char *config_json) {
+    cJSON *root = cJSON_CreateObject();
+    char num[32];
+    cJSON_AddNumberToObject(root, "step", st->step);
+    cJSON_AddNumberToObject(root, "optim_step", st->optim_step);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st->data.epoch);
+    cJSON_AddStringToObject(root, "data_epoch", num);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st->data.step);
+    cJSON_AddStringToObject(root, "data_step", num);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st->rng);  // exact: a JSON number would round
+    cJSON_AddStringToObject(root, "rng", num);
+    cJSON_AddNumberToObject(root, "bad_steps", st->bad_steps);
+    cJSON_AddNumberToObject(root, "tokens", st->tokens);
+    cJSON_AddNumberToObject(root, "flops", st->flops);
+    cJSON_AddNumberToObject(root, "seconds", st->seconds);
+    cJSON *cfg = config_json ? cJSON_Parse(config_json) : NULL;
+    if (cfg) cJSON_AddItemToObject(root, "config", cfg);
+    char *s = cJSON_Print(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+int es_ckpt_save(const char *out_dir, const es_model *m, const es_optim *o, const es_train_state *st,
+                 const char *config_json, int keep) {
+    char tmp[PATH_MAX], final[PATH_MAX], path[PATH_MAX];
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
+        return es_fail("%s: cannot create run directory: %s", out_dir, strerror(errno));
+    snprintf(tmp, sizeof tmp, "%s/.ckpt-tmp-XXXXXX", out_dir);
+    if (!mkdtemp(tmp)) return es_fail("%s: cannot create a temporary directory: %s", out_dir, strerror(errno));
+    snprintf(final, sizeof final, "%s/ckpt-%08d", out_dir, st->step);
+
+    int r = es_model_save_hf(m, tmp, 0);
+    snprintf(path, sizeof path, "%s/optim.safetensors", tmp);
+    if (!r) r = save_optim(path, m, o);
+    if (!r) {
+        char *js = state_json(st, config_json);
+        snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
+        r = es_write_atomic(path, js, strlen(js));
+        free(js);
+    }
+    if (!r) r = fsync_path(tmp);
+    if (!r) {
+        struct stat sb;
+        if (stat(final, &sb) == 0) r = rm_tree(final);  // a re-run of the same step replaces it
+    }
+    if (!r && rename(tmp, final) != 0) r = es_fail("%s: cannot rename into place: %s", final, strerror(errno));
+    if (!r) r = fsync_path(out_dir);
+    if (r) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", es_last_error());
+        rm_tree(tmp);
+        return es_fail("%s", why);
+    }
+    int *steps, n = list_ckpts(&steps, out_dir);
+    for (int i = 0; i + keep < n; i++) {
+        snprintf(path, sizeof path, "%s/ckpt-%08d", out_dir, steps[i]);
+        rm_tree(path);
+    }
+    free(steps);
+    return ES_OK;
+}
+
+int es_ckpt_latest(char *path, size_t size, const char *out_dir) {
+    int *steps, n = list_ckpts(&steps, out_dir);
+    if (n) snprintf(path, size, "%s/ckpt-%08d", out_dir, steps[n - 1]);
+    free(steps);
+    return n > 0;
+}
+
+static int get_u64(uint64_t *out, const cJSON *root, const char *key, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    char *end;
+    if (!cJSON_IsString(v)) return es_fail("%s: '%s' missing or not a string", path, key);
+    errno = 0;
+    *out = strtoull(v->valuestring, &end, 10);
+    if (errno || *end || end == v->valuestring) return es_fail("%s: '%s' is not an integer", path, key);
+    return ES_OK;
+}
+
+static int get_num(double *out, const cJSON *root, const char *key, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!cJSON_IsNumber(v)) return es_fail("%s: '%s' missing or not a number", path, key);
+    *out = v->valuedouble;
+    return ES_OK;
+}
+
+static int load_trainer_state(es_train_state *st, const char *path) {
+    char *txt;
+    if (es_read_file(&txt, NULL, path)) return ES_ERR;
+    cJSON *root = cJSON_Parse(txt);
+    free(txt);
+    if (!root) return es_fail("%s: not valid JSON (corrupt checkpoint)", path);
+    double step = 0, ostep = 0, bad = 0;
+    int r = get_num(&step, root, "step", path) || get_num(&ostep, root, "optim_step", path) || get_u64(&st->data.epoch, root, "data_epoch", path) ||
+            get_u64(&st->data.step, root, "data_step", path) || get_u64(&st->rng, root, "rng", path) ||
+            get_num(&bad, root, "bad_steps", path) || get_num(&st->tokens, root, "tokens", path) ||
+            get_num(&st->flops, root, "flops", path) || get_num(&st->seconds, root, "seconds", path);
+    cJSON_Delete(root);
+    if (r) return ES_ERR;
+    if (step < 0 || bad < 0 || ostep < 0 || ostep > step)
+        return es_fail("%s: inconsistent step counts (corrupt checkpoint)", path);
+    st->step = (int)step;
+    st->optim_step = (int)ostep;
+    st->bad_steps = (int)bad;
+    return ES_OK;
+}
+
+static int load_vec(float *host, es_st_file *f, const char *name, size_t n) {
+    int i = es_st_find(f, name);
+    if (i < 0) return es_fail("%s: tensor '%s' missing (corrupt checkpoint)", f->path, name);
+    if (es_st_numel(&f->tensors[i]) != n || f->tensors[i].dtype != ES_ST_F32)
+        return es_fail("%s: tensor '%s' has %zu elements, expected %zu fp32 (checkpoint of another model?)",
+                       f->path, name, es_st_numel(&f->tensors[i]), n);
+    es_st_read_f32(host, f, i);
+    return ES_OK;
+}
+
+int es_ckpt_load_state(es_optim *o, es_train_state *st, const es_model *m, const char *ckpt_dir) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/trainer_state.json", ckpt_dir);
+    if (load_trainer_state(st, path)) return ES_ERR;
+    snprintf(path, sizeof path, "%s/optim.safetensors", ckpt_dir);
+    es_st_file f;
+    if (es_st_open(&f, path)) return ES_ERR;
+    es_backend *be = m->be;
+    size_t n = m->layout.total;
+    float *host = es_xmalloc(n * sizeof(float));
+    int r = load_vec(host, &f, "adamw.m", n);
+    if (!r) be->upload(be, o->m, host, n, ES_DT_F32);
+    if (!r) r = load_vec(host, &f, "adamw.v", n);
+    if (!r) be->upload(be, o->v, host, n, ES_DT_F32);
+    if (!r && o->master && es_st_find(&f, "master") >= 0) {
+        r = load_vec(host, &f, "master", n);
+        if (!r) be->upload(be, o->master, host, n, ES_DT_F32);
+    }
+    free(host);
+    es_st_close(&f);
+    if (!r) o->step = st->optim_step;
+    return r;
+}

@@ -1,0 +1,31 @@
+// Checkpoints: a directory out/ckpt-NNNNNNNN holding the student as a Hugging
+// Face directory (config.json, model.safetensors, fp32), the optimizer state
+// (optim.safetensors) and the trainer state (trainer_state.json: step, data
+// position, RNG, run config). It is built in a temporary directory and
+// renamed into place, so a crash mid-write leaves the previous one intact.
+#pragma once
+#include <stdint.h>
+
+#include "model.h"
+#include "optim.h"
+#include "packer.h"
+
+typedef struct {
+    int step;                  // training steps done (skipped ones included)
+    int optim_step;            // AdamW updates applied
+    es_packer_state data;      // where the packer stands
+    uint64_t rng;              // trainer RNG state
+    int bad_steps;             // non-finite steps in a row
+    double tokens;             // kept tokens trained on
+    double flops;              // FLOPs spent
+    double seconds;            // training time so far
+} es_train_state;
+
+// Writes checkpoint `st->step` under out_dir and keeps the newest `keep`.
+int es_ckpt_save(const char *out_dir, const es_model *m, const es_optim *o, const es_train_state *st,
+                 const char *config_json, int keep);
+// Finds the newest complete checkpoint; returns 1 and fills path, 0 if none.
+int es_ckpt_latest(char *path, size_t size, const char *out_dir);
+// Restores the optimizer and trainer state of a checkpoint into an already
+// loaded model (load the weights with es_model_load_hf on the same directory).
+int es_ckpt_load_state(es_optim *o, es_train_state *st, const es_model *m, const char *ckpt_dir);

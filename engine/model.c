@@ -1,0 +1,342 @@
+// Forward/backward orchestration of the decoder over the backend operations
+// table. Every device computation is a backend op; this file only decides the
+// order, the shapes and which buffers hold what.
+#include "model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+// ---- buffers ---------------------------------------------------------------
+
+// Allocates a device buffer the model owns (freed by es_model_free).
+static int own(es_model *m, void **out, size_t n, es_dtype dt, es_mem_kind kind) {
+    void *p = m->be->alloc(m->be, n, dt, kind);
+    if (!p) return ES_ERR;  // the backend recorded why
+    if (m->nowned == m->cap_owned) {
+        m->cap_owned = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **grown = realloc(m->owned, (size_t)m->cap_owned * sizeof *grown);
+        if (!grown) {
+            m->be->free(m->be, p);
+            return es_fail("model: out of host memory");
+        }
+        m->owned = grown;
+    }
+    m->owned[m->nowned++] = p;
+    *out = p;
+    return ES_OK;
+}
+
+static int own_f32(es_model *m, float **out, size_t n, es_mem_kind kind) {
+    void *p = NULL;
+    if (own(m, &p, n, ES_DT_F32, kind)) return ES_ERR;
+    *out = p;
+    return ES_OK;
+}
+
+static int is_gpt2(const es_model *m) { return m->cfg.arch == ES_ARCH_GPT2; }
+
+// Activations of one layer for up to N tokens.
+static int alloc_layer_acts(es_model *m, es_layer_acts *a, size_t N) {
+    const es_config *c = &m->cfg;
+    size_t C = (size_t)c->hidden, F = (size_t)c->ffn, QD = (size_t)c->heads * c->head_dim,
+           KD = (size_t)c->kv_heads * c->head_dim;
+    es_mem_kind A = ES_MEM_ACTS;
+    memset(a, 0, sizeof *a);
+    if (own(m, &a->ln1_in, N * C, ES_DT_COMPUTE, A) ||
+        own(m, &a->ln1_out, N * C, ES_DT_COMPUTE, A) || own_f32(m, &a->ln1_rstd, N, A) ||
+        own(m, &a->q, N * QD, ES_DT_COMPUTE, A) || own(m, &a->k, N * KD, ES_DT_COMPUTE, A) ||
+        own(m, &a->v, N * KD, ES_DT_COMPUTE, A) || own(m, &a->att, N * QD, ES_DT_COMPUTE, A) ||
+        own_f32(m, &a->lse, N * (size_t)c->heads, A) ||
+        own(m, &a->res2, N * C, ES_DT_COMPUTE, A) ||
+        own(m, &a->ln2_out, N * C, ES_DT_COMPUTE, A) || own_f32(m, &a->ln2_rstd, N, A) ||
+        own(m, &a->up, N * F, ES_DT_COMPUTE, A) || own(m, &a->act, N * F, ES_DT_COMPUTE, A))
+        return ES_ERR;
+    if (is_gpt2(m)) {
+        if (own_f32(m, &a->ln1_mean, N, A) || own_f32(m, &a->ln2_mean, N, A)) return ES_ERR;
+    } else if (own(m, &a->gate, N * F, ES_DT_COMPUTE, A)) {
+        return ES_ERR;
+    }
+    if (c->qk_norm) {
+        if (own(m, &a->q_raw, N * QD, ES_DT_COMPUTE, A) ||
+            own(m, &a->k_raw, N * KD, ES_DT_COMPUTE, A) ||
+            own_f32(m, &a->q_rstd, N * (size_t)c->heads, A) ||
+            own_f32(m, &a->k_rstd, N * (size_t)c->kv_heads, A))
+            return ES_ERR;
+    }
+    return ES_OK;
+}
+
+static int alloc_acts(es_model *m, int trainable) {
+    const es_config *c = &m->cfg;
+    size_t N = (size_t)m->max_tokens, C = (size_t)c->hidden;
+    size_t wide = (size_t)c->ffn;
+    if ((size_t)c->heads * c->head_dim > wide) wide = (size_t)c->heads * c->head_dim;
+    if (C > wide) wide = C;
+    m->acts = es_xcalloc((size_t)c->layers, sizeof *m->acts);
+    // A forward-only model saves nothing, so every layer reuses one set; its
+    // residual stream is updated in place in ln1_in.
+    int sets = trainable ? c->layers : 1;
+    for (int l = 0; l < sets; l++)
+        if (alloc_layer_acts(m, &m->acts[l], N)) return ES_ERR;
+    for (int l = sets; l < c->layers; l++) m->acts[l] = m->acts[0];
+    if (trainable) {
+        if (own(m, &m->final_in, N * C, ES_DT_COMPUTE, ES_MEM_ACTS)) return ES_ERR;
+    } else {
+        m->final_in = m->acts[0].ln1_in;
+    }
+    if (own(m, &m->hidden, N * C, ES_DT_COMPUTE, ES_MEM_ACTS) ||
+        own_f32(m, &m->lnf_rstd, N, ES_MEM_ACTS))
+        return ES_ERR;
+    if (is_gpt2(m) && own_f32(m, &m->lnf_mean, N, ES_MEM_ACTS)) return ES_ERR;
+    int nscratch = trainable ? 4 : 1;
+    for (int i = 0; i < nscratch; i++)
+        if (own(m, &m->scratch[i], N * wide, ES_DT_COMPUTE, ES_MEM_WORKSPACE)) return ES_ERR;
+    if (trainable && own(m, &m->dres, N * C, ES_DT_COMPUTE, ES_MEM_WORKSPACE)) return ES_ERR;
+    return ES_OK;
+}
+
+int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens,
+                    int trainable) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->be = be;
+    m->max_tokens = max_tokens;
+    if (max_tokens < 1) return es_fail("model: max_tokens must be positive (got %d)", max_tokens);
+    if (cfg->layers < 1 || cfg->hidden < 1 || cfg->heads < 1 || cfg->kv_heads < 1 ||
+        cfg->head_dim < 1 || cfg->ffn < 1 || cfg->vocab < 1 || cfg->heads % cfg->kv_heads)
+        return es_fail("model: invalid dimensions in config (%s)", cfg->model_type);
+    if (cfg->arch != ES_ARCH_GPT2 && cfg->head_dim % 2)
+        return es_fail("model: rotary embedding needs an even head_dim (got %d)", cfg->head_dim);
+    if (es_layout_build(&m->layout, cfg)) return ES_ERR;
+    if (own(m, &m->params, m->layout.total, ES_DT_COMPUTE, ES_MEM_WEIGHTS)) goto fail;
+    if (trainable) {
+        void *g = NULL;
+        if (own(m, &g, m->layout.total, ES_DT_F32, ES_MEM_GRADS)) goto fail;
+        m->grads = g;
+        be->zero(be, g, m->layout.total, ES_DT_F32);
+    }
+    if (alloc_acts(m, trainable)) goto fail;
+    return ES_OK;
+fail:
+    es_model_free(m);
+    return ES_ERR;
+}
+
+void es_model_free(es_model *m) {
+    for (int i = 0; i < m->nowned; i++) m->be->free(m->be, m->owned[i]);
+    free(m->owned);
+    free(m->acts);
+    if (m->layout.params) es_layout_free(&m->layout);
+    memset(m, 0, sizeof *m);
+}
+
+// ---- parameters ------------------------------------------------------------
+
+// Device pointer to parameter `idx` (NULL when the architecture lacks it).
+static void *P(const es_model *m, int idx) {
+    if (idx < 0) return NULL;
+    return m->be->offset(m->be, m->params, m->layout.params[idx].offset, ES_DT_COMPUTE);
+}
+
+// Its fp32 gradient (NULL when absent).
+static void *G(const es_model *m, int idx) {
+    if (idx < 0) return NULL;
+    return m->be->offset(m->be, m->grads, m->layout.params[idx].offset, ES_DT_F32);
+}
+
+void es_model_init_random(es_model *m, unsigned long long seed) {
+    es_rng rng;
+    es_rng_seed(&rng, seed);
+    size_t most = 0;
+    for (int i = 0; i < m->layout.nparams; i++)
+        if (m->layout.params[i].numel > most) most = m->layout.params[i].numel;
+    float *host = es_xmalloc(most * sizeof *host);
+    for (int i = 0; i < m->layout.nparams; i++) {
+        const es_param *p = &m->layout.params[i];
+        size_t len = strlen(p->name);
+        int bias = len >= 5 && !strcmp(p->name + len - 5, ".bias");
+        for (size_t j = 0; j < p->numel; j++)
+            host[j] = p->ndim == 2 ? 0.02f * es_rng_normal(&rng) : bias ? 0.0f : 1.0f;
+        m->be->upload(m->be, P(m, i), host, p->numel, ES_DT_COMPUTE);
+    }
+    free(host);
+}
+
+const void *es_model_lm_head(const es_model *m) { return P(m, m->layout.lm_head); }
+
+float *es_model_lm_head_grad(es_model *m) {
+    return m->grads ? G(m, m->layout.lm_head) : NULL;
+}
+
+// ---- forward ---------------------------------------------------------------
+
+// The block's normalisation: LayerNorm with bias for gpt2, RMSNorm otherwise.
+static void norm_fwd(es_model *m, void *out, float *mean, float *rstd, const void *inp, int w,
+                     int b, int N) {
+    es_backend *be = m->be;
+    if (is_gpt2(m))
+        be->layernorm_fwd(be, out, mean, rstd, inp, P(m, w), P(m, b), N, m->cfg.hidden,
+                          m->cfg.norm_eps);
+    else
+        be->rmsnorm_fwd(be, out, rstd, inp, P(m, w), N, m->cfg.hidden, m->cfg.norm_eps);
+}
+
+static void norm_bwd(es_model *m, void *dinp, const void *dout, const void *inp, int w, int b,
+                     const float *mean, const float *rstd, int N, int accumulate) {
+    es_backend *be = m->be;
+    if (is_gpt2(m))
+        be->layernorm_bwd(be, dinp, G(m, w), G(m, b), dout, inp, P(m, w), mean, rstd, N,
+                          m->cfg.hidden, accumulate);
+    else
+        be->rmsnorm_bwd(be, dinp, G(m, w), dout, inp, P(m, w), rstd, N, m->cfg.hidden,
+                        accumulate);
+}
+
+// Residual stream leaving layer l.
+static void *layer_out(const es_model *m, int l) {
+    return l + 1 < m->cfg.layers ? m->acts[l + 1].ln1_in : m->final_in;
+}
+
+static int check_batch(const es_model *m, const es_model_batch *b) {
+    if (b->N < 1 || b->N > m->max_tokens)
+        return es_fail("model: batch of %d tokens does not fit (capacity %d)", b->N,
+                       m->max_tokens);
+    if (b->ndocs < 1 || b->ndocs > b->N)
+        return es_fail("model: batch of %d tokens has %d documents", b->N, b->ndocs);
+    return ES_OK;
+}
+
+static void attention_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp,
+                                const es_model_batch *b) {
+    es_backend *be = m->be;
+    const es_config *c = &m->cfg;
+    int N = b->N, C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim;
+    norm_fwd(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
+    // With qk-norm the projections are kept for its backward; without, rope
+    // (linear) runs in place on them.
+    void *q = c->qk_norm ? a->q_raw : a->q, *k = c->qk_norm ? a->k_raw : a->k;
+    be->matmul_fwd(be, q, a->ln1_out, P(m, lp->q_w), P(m, lp->q_b), N, C, H * D);
+    be->matmul_fwd(be, k, a->ln1_out, P(m, lp->k_w), P(m, lp->k_b), N, C, KVH * D);
+    be->matmul_fwd(be, a->v, a->ln1_out, P(m, lp->v_w), P(m, lp->v_b), N, C, KVH * D);
+    if (c->qk_norm) {  // per-head RMSNorm, rows of D, before rope
+        be->rmsnorm_fwd(be, a->q, a->q_rstd, a->q_raw, P(m, lp->q_norm), N * H, D, c->norm_eps);
+        be->rmsnorm_fwd(be, a->k, a->k_rstd, a->k_raw, P(m, lp->k_norm), N * KVH, D,
+                        c->norm_eps);
+    }
+    if (!is_gpt2(m)) {
+        be->rope_fwd(be, a->q, a->q, b->pos, N, H, D, c->rope_theta);
+        be->rope_fwd(be, a->k, a->k, b->pos, N, KVH, D, c->rope_theta);
+    }
+    be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->cu_seqlens, b->ndocs, N, H, KVH,
+                      D);
+    be->matmul_fwd(be, m->scratch[0], a->att, P(m, lp->o_w), P(m, lp->o_b), N, H * D, C);
+    be->add(be, a->res2, a->ln1_in, m->scratch[0], (size_t)N * C);
+}
+
+static void mlp_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp, void *out,
+                          int N) {
+    es_backend *be = m->be;
+    int C = m->cfg.hidden, F = m->cfg.ffn;
+    size_t NF = (size_t)N * F;
+    norm_fwd(m, a->ln2_out, a->ln2_mean, a->ln2_rstd, a->res2, lp->ln2_w, lp->ln2_b, N);
+    be->matmul_fwd(be, a->up, a->ln2_out, P(m, lp->up_w), P(m, lp->up_b), N, C, F);
+    if (is_gpt2(m)) {
+        be->gelu_fwd(be, a->act, a->up, NF);
+    } else {
+        be->matmul_fwd(be, a->gate, a->ln2_out, P(m, lp->gate_w), NULL, N, C, F);
+        be->swiglu_fwd(be, a->act, a->gate, a->up, NF);
+    }
+    be->matmul_fwd(be, m->scratch[0], a->act, P(m, lp->down_w), P(m, lp->down_b), N, F, C);
+    be->add(be, out, a->res2, m->scratch[0], (size_t)N * C);
+}
+
+int es_model_forward(es_model *m, const es_model_batch *b) {
+    if (check_batch(m, b)) return ES_ERR;
+    es_backend *be = m->be;
+    const es_layout *lo = &m->layout;
+    int N = b->N;
+    be->embed_fwd(be, m->acts[0].ln1_in, b->tokens, b->pos, P(m, lo->wte), P(m, lo->wpe), N,
+                  m->cfg.hidden);
+    for (int l = 0; l < m->cfg.layers; l++) {
+        attention_block_fwd(m, &m->acts[l], &lo->layer[l], b);
+        mlp_block_fwd(m, &m->acts[l], &lo->layer[l], layer_out(m, l), N);
+    }
+    norm_fwd(m, m->hidden, m->lnf_mean, m->lnf_rstd, m->final_in, lo->lnf_w, lo->lnf_b, N);
+    return ES_OK;
+}
+
+// ---- backward --------------------------------------------------------------
+// m->dres holds d(loss)/d(residual stream) at the current depth; each block
+// adds its branch's input gradient to it on the way down.
+
+static void mlp_block_bwd(es_model *m, const es_layer_acts *a, const es_layer_params *lp, int N) {
+    es_backend *be = m->be;
+    int C = m->cfg.hidden, F = m->cfg.ffn;
+    size_t NF = (size_t)N * F;
+    void *dact = m->scratch[0], *dgate = m->scratch[1], *dup = m->scratch[2];
+    void *dln = m->scratch[0];  // dact is dead once the activation's backward ran
+    be->matmul_bwd(be, dact, G(m, lp->down_w), G(m, lp->down_b), m->dres, a->act,
+                   P(m, lp->down_w), N, F, C, 0);
+    if (is_gpt2(m)) {
+        be->gelu_bwd(be, dup, dact, a->up, NF);
+    } else {
+        be->swiglu_bwd(be, dgate, dup, dact, a->gate, a->up, NF);
+        be->matmul_bwd(be, dln, G(m, lp->gate_w), NULL, dgate, a->ln2_out, P(m, lp->gate_w), N,
+                       C, F, 0);
+    }
+    be->matmul_bwd(be, dln, G(m, lp->up_w), G(m, lp->up_b), dup, a->ln2_out, P(m, lp->up_w), N,
+                   C, F, !is_gpt2(m));
+    norm_bwd(m, m->dres, dln, a->res2, lp->ln2_w, lp->ln2_b, a->ln2_mean, a->ln2_rstd, N, 1);
+}
+
+static void attention_block_bwd(es_model *m, const es_layer_acts *a, const es_layer_params *lp,
+                                const es_model_batch *b) {
+    es_backend *be = m->be;
+    const es_config *c = &m->cfg;
+    int N = b->N, C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim;
+    void *datt = m->scratch[0], *dq = m->scratch[1], *dk = m->scratch[2], *dv = m->scratch[3];
+    be->matmul_bwd(be, datt, G(m, lp->o_w), G(m, lp->o_b), m->dres, a->att, P(m, lp->o_w), N,
+                   H * D, C, 0);
+    be->attention_bwd(be, dq, dk, dv, datt, a->q, a->k, a->v, a->att, a->lse, b->cu_seqlens,
+                      b->ndocs, N, H, KVH, D);
+    if (!is_gpt2(m)) {
+        be->rope_bwd(be, dq, dq, b->pos, N, H, D, c->rope_theta);
+        be->rope_bwd(be, dk, dk, b->pos, N, KVH, D, c->rope_theta);
+    }
+    void *dln = m->scratch[0];  // datt is dead after attention_bwd
+    if (c->qk_norm) {  // move dq, dk down one scratch so each norm's output is distinct
+        be->rmsnorm_bwd(be, m->scratch[0], G(m, lp->q_norm), dq, a->q_raw, P(m, lp->q_norm),
+                        a->q_rstd, N * H, D, 0);
+        be->rmsnorm_bwd(be, m->scratch[1], G(m, lp->k_norm), dk, a->k_raw, P(m, lp->k_norm),
+                        a->k_rstd, N * KVH, D, 0);
+        dq = m->scratch[0];
+        dk = m->scratch[1];
+        dln = m->scratch[2];
+    }
+    be->matmul_bwd(be, dln, G(m, lp->q_w), G(m, lp->q_b), dq, a->ln1_out, P(m, lp->q_w), N, C,
+                   H * D, 0);
+    be->matmul_bwd(be, dln, G(m, lp->k_w), G(m, lp->k_b), dk, a->ln1_out, P(m, lp->k_w), N, C,
+                   KVH * D, 1);
+    be->matmul_bwd(be, dln, G(m, lp->v_w), G(m, lp->v_b), dv, a->ln1_out, P(m, lp->v_w), N, C,
+                   KVH * D, 1);
+    norm_bwd(m, m->dres, dln, a->ln1_in, lp->ln1_w, lp->ln1_b, a->ln1_mean, a->ln1_rstd, N, 1);
+}
+
+int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden) {
+    if (!m->grads) return es_fail("model: backward on a forward-only model");
+    if (check_batch(m, b)) return ES_ERR;
+    es_backend *be = m->be;
+    const es_layout *lo = &m->layout;
+    int N = b->N;
+    norm_bwd(m, m->dres, dhidden, m->final_in, lo->lnf_w, lo->lnf_b, m->lnf_mean, m->lnf_rstd, N,
+             0);
+    for (int l = m->cfg.layers - 1; l >= 0; l--) {
+        mlp_block_bwd(m, &m->acts[l], &lo->layer[l], N);
+        attention_block_bwd(m, &m->acts[l], &lo->layer[l], b);
+    }
+    be->embed_bwd(be, G(m, lo->wte), G(m, lo->wpe), m->dres, b->tokens, b->pos, N,
+                  m->cfg.hidden);
+    return ES_OK;
+}

@@ -1,0 +1,86 @@
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+int es_optim_create(es_optim *o, es_model *m) {
+    es_backend *be = m->be;
+    size_t n = m->layout.total;
+    memset(o, 0, sizeof *o);
+    o->m = be->alloc(be, n, ES_DT_F32, ES_MEM_OPTIM);
+    o->v = be->alloc(be, n, ES_DT_F32, ES_MEM_OPTIM);
+    if (!o->m || !o->v) return es_fail("optimizer: cannot allocate %zu moments", n);
+    be->zero(be, o->m, n, ES_DT_F32);
+    be->zero(be, o->v, n, ES_DT_F32);
+    if (!be->compute_is_f32) {
+        // master weights start from the loaded parameters
+        o->master = be->alloc(be, n, ES_DT_F32, ES_MEM_OPTIM);
+        if (!o->master) return es_fail("optimizer: cannot allocate %zu master weights", n);
+        float *host = es_xmalloc(n * sizeof(float));
+        be->download(be, host, m->params, n, ES_DT_COMPUTE);
+        be->upload(be, o->master, host, n, ES_DT_F32);
+        free(host);
+    }
+    return ES_OK;
+}
+
+void es_optim_free(es_optim *o, es_backend *be) {
+    if (o->m) be->free(be, o->m);
+    if (o->v) be->free(be, o->v);
+    if (o->master) be->free(be, o->master);
+    memset(o, 0, sizeof *o);
+}
+
+double es_grad_norm(es_model *m) {
+    return sqrt(m->be->sumsq(m->be, m->grads, m->layout.total));
+}
+
+void es_optim_step(es_optim *o, es_model *m, const es_optim_hparams *hp, double grad_norm) {
+    es_backend *be = m->be;
+    if (hp->clip > 0 && grad_norm > hp->clip)
+        be->scale(be, m->grads, (float)(hp->clip / grad_norm), m->layout.total);
+    o->step++;
+    // one call per tensor so that decay follows the tensor kind
+    for (int i = 0; i < m->layout.nparams; i++) {
+        const es_param *p = &m->layout.params[i];
+        size_t off = p->offset;
+        be->adamw(be, be->offset(be, m->params, off, ES_DT_COMPUTE),
+                  o->master ? o->master + off : NULL, m->grads + off, o->m + off, o->v + off, p->numel,
+                  hp->lr, hp->beta1, hp->beta2, hp->eps, p->decay ? hp->wd : 0.0f, o->step);
+    }
+}
+
+int es_schedule_parse(es_schedule *s, const char *name) {
+    static const char *names[] = {"constant", "cosine", "linear", "onecycle"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, names[i])) {
+            *s = (es_schedule)i;
+            return ES_OK;
+        }
+    return es_fail("optim.schedule: unknown schedule '%s'", name);
+}
+
+float es_schedule_lr(es_schedule s, float peak, float min_ratio, float warmup, int step, int total) {
+    if (s == ES_SCHED_CONSTANT || total <= 1) return peak;
+    const float pi = 3.14159265358979f;
+    int nwarm = (int)(warmup * (float)total);
+    float t = (float)(step - nwarm) / (float)(total - nwarm > 1 ? total - nwarm - 1 : 1);
+    if (t > 1) t = 1;
+    if (s == ES_SCHED_ONECYCLE) {
+        // PyTorch OneCycleLR defaults: cosine from peak/25 up to peak, then
+        // cosine down to peak/25/1e4
+        float lo0 = peak / 25.0f, lo1 = lo0 / 1e4f;
+        if (step < nwarm) {
+            float u = (float)step / (float)nwarm;
+            return peak + (lo0 - peak) * 0.5f * (1 + cosf(pi * u));
+        }
+        return lo1 + (peak - lo1) * 0.5f * (1 + cosf(pi * t));
+    }
+    if (step < nwarm) return peak * (float)(step + 1) / (float)nwarm;
+    float lo = peak * min_ratio;
+    if (s == ES_SCHED_LINEAR) return lo + (peak - lo) * (1 - t);
+    return lo + (peak - lo) * 0.5f * (1 + cosf(pi * t));
+}

@@ -1,0 +1,76 @@
+// The CPU backend's kernels (fp32, OpenMP) and its private state. The table in
+// cpu_backend.c points at these; their signatures are those of es_backend.
+#pragma once
+#include <stddef.h>
+
+#include "backend.h"
+
+typedef struct {
+    float *scratch;  // grow-only workspace, so hot paths do not allocate
+    size_t scratch_n;
+} cpu_ctx;
+
+// At least n floats of the backend's scratch buffer (contents undefined).
+float *cpu_scratch(es_backend *be, size_t n);
+
+// C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, row-major;
+// op transposes when ta/tb is set. BLAS when built with it.
+void cpu_sgemm(es_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+// Measured sgemm rate in FLOP/s (a few milliseconds of square products).
+double cpu_sgemm_rate(es_backend *be);
+
+void cpu_matmul_fwd(es_backend *be, void *out, const void *inp, const void *w, const void *bias,
+                    int N, int C, int OC);
+void cpu_matmul_bwd(es_backend *be, void *dinp, void *dw, void *dbias, const void *dout,
+                    const void *inp, const void *w, int N, int C, int OC, int accumulate);
+
+void cpu_rmsnorm_fwd(es_backend *be, void *out, float *rstd, const void *inp, const void *w, int N,
+                     int C, float eps);
+void cpu_rmsnorm_bwd(es_backend *be, void *dinp, void *dw, const void *dout, const void *inp,
+                     const void *w, const float *rstd, int N, int C, int accumulate);
+void cpu_layernorm_fwd(es_backend *be, void *out, float *mean, float *rstd, const void *inp,
+                       const void *w, const void *b, int N, int C, float eps);
+void cpu_layernorm_bwd(es_backend *be, void *dinp, void *dw, void *db, const void *dout,
+                       const void *inp, const void *w, const float *mean, const float *rstd, int N,
+                       int C, int accumulate);
+
+void cpu_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos, int N, int H, int D,
+                  float theta);
+void cpu_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos, int N, int H,
+                  int D, float theta);
+
+void cpu_attention_fwd(es_backend *be, void *out, float *lse, const void *q, const void *k,
+                       const void *v, const void *cu_seqlens, int ndocs, int N, int H, int KVH,
+                       int D);
+void cpu_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, const void *dout,
+                       const void *q, const void *k, const void *v, const void *out,
+                       const float *lse, const void *cu_seqlens, int ndocs, int N, int H, int KVH,
+                       int D);
+
+void cpu_embed_fwd(es_backend *be, void *out, const void *tokens, const void *pos, const void *wte,
+                   const void *wpe, int N, int C);
+void cpu_embed_bwd(es_backend *be, void *dwte, void *dwpe, const void *dout, const void *tokens,
+                   const void *pos, int N, int C);
+void cpu_swiglu_fwd(es_backend *be, void *out, const void *gate, const void *up, size_t n);
+void cpu_swiglu_bwd(es_backend *be, void *dgate, void *dup, const void *dout, const void *gate,
+                    const void *up, size_t n);
+void cpu_gelu_fwd(es_backend *be, void *out, const void *inp, size_t n);
+void cpu_gelu_bwd(es_backend *be, void *dinp, const void *dout, const void *inp, size_t n);
+void cpu_add(es_backend *be, void *out, const void *a, const void *b, size_t n);
+void cpu_gather_rows(es_backend *be, void *out, const void *inp, const void *rows, int M, int C);
+void cpu_scatter_add_rows(es_backend *be, void *dinp, const void *dout, const void *rows, int M,
+                          int C);
+
+void cpu_distill_loss(es_backend *be, float *sums, void *logits, const void *tlogits,
+                      const void *targets, const void *weights, int M, int V, float alpha,
+                      float tau, float grad_scale);
+void cpu_distill_loss_topk(es_backend *be, float *sums, void *logits, const void *tids,
+                           const void *tlogp, const void *targets, const void *weights, int M,
+                           int V, int K, float alpha, float grad_scale);
+
+double cpu_sumsq(es_backend *be, const float *x, size_t n);
+void cpu_scale(es_backend *be, float *x, float s, size_t n);
+void cpu_adamw(es_backend *be, void *params, float *master, const float *grads, float *m, float *v,
+               size_t n, float lr, float beta1, float beta2, float eps, float wd, int step);

@@ -1,0 +1,41 @@
+// Rotary position embedding, Hugging Face rotate_half convention: pairs
+// (j, j + D/2) rotate by pos * theta^(-2j/D). The angle is formed in float
+// exactly as transformers does (float inv_freq, float product) so that long
+// positions round the same way; only cos/sin are taken in double.
+#include <math.h>
+#include <stdint.h>
+
+#include "cpu_ops.h"
+
+// sign = +1 rotates forward, -1 applies the inverse rotation (the backward).
+static void rope_apply(float *out, const float *inp, const int32_t *pos, int N, int H, int D,
+                       float theta, float sign) {
+    int half = D / 2;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float p = (float)pos[i];
+        for (int j = 0; j < half; j++) {
+            float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)D);
+            double angle = (double)(p * inv_freq);
+            float c = (float)cos(angle), s = sign * (float)sin(angle);
+            for (int h = 0; h < H; h++) {
+                size_t base = ((size_t)i * H + h) * D;
+                float x1 = inp[base + j], x2 = inp[base + j + half];
+                out[base + j] = x1 * c - x2 * s;
+                out[base + j + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+void cpu_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos, int N, int H, int D,
+                  float theta) {
+    (void)be;
+    rope_apply(out, inp, pos, N, H, D, theta, 1.0f);
+}
+
+void cpu_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos, int N, int H,
+                  int D, float theta) {
+    (void)be;
+    rope_apply(dinp, dout, pos, N, H, D, theta, -1.0f);
+}

@@ -1,0 +1,460 @@
+// Every op of the CUDA backend against the CPU backend. Both get the same
+// random inputs, rounded to bf16 first so that only the CUDA backend's own
+// rounding separates them; outputs start as NaN (or random where the op
+// accumulates); results must agree to bf16 tolerance. Prints a table.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "common.h"
+#include "test.h"
+
+#define TOL 2e-2   // bf16 outputs: ~3 significant digits, plus fp32-vs-double sums
+#define FLOOR 1e-3 // relative errors of near-zero references are taken against this
+
+static es_backend *cpu, *gpu;
+static es_rng rng;
+
+// The same buffer on both backends.
+typedef struct {
+    void *c, *g;
+    size_t n;
+    es_dtype dt;
+} buf;
+
+static buf mk(size_t n, es_dtype dt, es_mem_kind kind) {
+    buf b = {cpu->alloc(cpu, n, dt, kind), gpu->alloc(gpu, n, dt, kind), n, dt};
+    if (!b.c || !b.g) {
+        fprintf(stderr, "test_cuda_ops: %s\n", es_last_error());
+        exit(1);
+    }
+    return b;
+}
+
+static void drop(buf b) {
+    cpu->free(cpu, b.c);
+    gpu->free(gpu, b.g);
+}
+
+// Uploads host values to both; compute-type values are rounded to bf16 first.
+static void put(buf b, float *h) {
+    if (b.dt == ES_DT_COMPUTE)
+        for (size_t i = 0; i < b.n; i++) h[i] = es_bf16_to_f32(es_f32_to_bf16(h[i]));
+    cpu->upload(cpu, b.c, h, b.n, b.dt);
+    gpu->upload(gpu, b.g, h, b.n, b.dt);
+}
+
+static buf rnd(size_t n, float scale, es_dtype dt, es_mem_kind kind) {
+    buf b = mk(n, dt, kind);
+    float *h = es_xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = scale * es_rng_normal(&rng);
+    put(b, h);
+    free(h);
+    return b;
+}
+
+static buf nan_buf(size_t n, es_dtype dt, es_mem_kind kind) {
+    buf b = mk(n, dt, kind);
+    float *h = es_xmalloc(n * sizeof(float));
+    t_poison(h, n);
+    put(b, h);
+    free(h);
+    return b;
+}
+
+static buf ints(const int32_t *v, size_t n) {
+    buf b = mk(n, ES_DT_I32, ES_MEM_INDEX);
+    cpu->upload(cpu, b.c, v, n, ES_DT_I32);
+    gpu->upload(gpu, b.g, v, n, ES_DT_I32);
+    return b;
+}
+
+static buf rand_ints(size_t n, int hi) {
+    int32_t *v = es_xmalloc(n * sizeof(int32_t));
+    for (size_t i = 0; i < n; i++) v[i] = (int32_t)(es_rng_u64(&rng) % (uint64_t)hi);
+    buf b = ints(v, n);
+    free(v);
+    return b;
+}
+
+static float *host_of(es_backend *be, const void *p, size_t n, es_dtype dt) {
+    float *h = es_xmalloc(n * sizeof(float));
+    be->download(be, h, p, n, dt);
+    return h;
+}
+
+// Table rows, printed at the end.
+#define MAX_ROWS 64
+static struct {
+    char name[48];
+    double err;
+} rows[MAX_ROWS];
+static int nrows;
+
+static void report(const char *name, double err) {
+    CHECK(err <= TOL, "%s: rel err %.3g > %.3g", name, err, TOL);
+    if (nrows < MAX_ROWS) {
+        snprintf(rows[nrows].name, sizeof rows[nrows].name, "%s", name);
+        rows[nrows++].err = err;
+    }
+}
+
+static void compare(const char *name, buf b) {
+    gpu->sync(gpu);
+    float *hc = host_of(cpu, b.c, b.n, b.dt), *hg = host_of(gpu, b.g, b.n, b.dt);
+    report(name, t_rel_err(hg, hc, b.n, FLOOR));
+    free(hc);
+    free(hg);
+}
+
+static void test_embed(void) {
+    int N = 256, C = 192, V = 1000, P = 512;
+    buf tok = rand_ints(N, V), pos = rand_ints(N, P);
+    buf wte = rnd((size_t)V * C, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf wpe = rnd((size_t)P * C, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf out = nan_buf((size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->embed_fwd(cpu, out.c, tok.c, pos.c, wte.c, wpe.c, N, C);
+    gpu->embed_fwd(gpu, out.g, tok.g, pos.g, wte.g, wpe.g, N, C);
+    compare("embed_fwd", out);
+    buf dwte = rnd((size_t)V * C, 1.0f, ES_DT_F32, ES_MEM_GRADS);
+    buf dwpe = rnd((size_t)P * C, 1.0f, ES_DT_F32, ES_MEM_GRADS);
+    cpu->embed_bwd(cpu, dwte.c, dwpe.c, out.c, tok.c, pos.c, N, C);
+    gpu->embed_bwd(gpu, dwte.g, dwpe.g, out.g, tok.g, pos.g, N, C);
+    compare("embed_bwd dwte", dwte);
+    compare("embed_bwd dwpe", dwpe);
+    buf b[] = {tok, pos, wte, wpe, out, dwte, dwpe};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
+}
+
+static void test_matmul(void) {
+    int N = 203, C = 320, OC = 384;  // odd N: unaligned column-major leading dims
+    buf inp = rnd((size_t)N * C, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf w = rnd((size_t)OC * C, 0.05f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf bias = rnd(OC, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf out = nan_buf((size_t)N * OC, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->matmul_fwd(cpu, out.c, inp.c, w.c, bias.c, N, C, OC);
+    gpu->matmul_fwd(gpu, out.g, inp.g, w.g, bias.g, N, C, OC);
+    compare("matmul_fwd bias", out);
+    drop(out);
+    out = nan_buf((size_t)N * OC, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->matmul_fwd(cpu, out.c, inp.c, w.c, NULL, N, C, OC);
+    gpu->matmul_fwd(gpu, out.g, inp.g, w.g, NULL, N, C, OC);
+    compare("matmul_fwd", out);
+
+    buf dout = rnd((size_t)N * OC, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dinp = nan_buf((size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dw = rnd((size_t)OC * C, 1.0f, ES_DT_F32, ES_MEM_GRADS);
+    buf db = rnd(OC, 1.0f, ES_DT_F32, ES_MEM_GRADS);
+    cpu->matmul_bwd(cpu, dinp.c, dw.c, db.c, dout.c, inp.c, w.c, N, C, OC, 0);
+    gpu->matmul_bwd(gpu, dinp.g, dw.g, db.g, dout.g, inp.g, w.g, N, C, OC, 0);
+    compare("matmul_bwd dinp", dinp);
+    compare("matmul_bwd dw", dw);
+    compare("matmul_bwd dbias", db);
+    drop(dinp);
+    dinp = rnd((size_t)N * C, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->matmul_bwd(cpu, dinp.c, dw.c, NULL, dout.c, inp.c, w.c, N, C, OC, 1);
+    gpu->matmul_bwd(gpu, dinp.g, dw.g, NULL, dout.g, inp.g, w.g, N, C, OC, 1);
+    compare("matmul_bwd dinp +=", dinp);
+    compare("matmul_bwd dw +=", dw);
+    buf b[] = {inp, w, bias, out, dout, dinp, dw, db};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
+}
+
+static void test_rmsnorm(int N, int C, const char *fwd, const char *dx, const char *dwn) {
+    buf inp = rnd((size_t)N * C, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf w = rnd(C, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf out = nan_buf((size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf rstd = nan_buf(N, ES_DT_F32, ES_MEM_ACTS);
+    cpu->rmsnorm_fwd(cpu, out.c, rstd.c, inp.c, w.c, N, C, 1e-6f);
+    gpu->rmsnorm_fwd(gpu, out.g, rstd.g, inp.g, w.g, N, C, 1e-6f);
+    compare(fwd, out);
+    compare("rmsnorm_fwd rstd", rstd);
+    buf dout = rnd((size_t)N * C, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dinp = nan_buf((size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dw = rnd(C, 1.0f, ES_DT_F32, ES_MEM_GRADS);
+    cpu->rmsnorm_bwd(cpu, dinp.c, dw.c, dout.c, inp.c, w.c, rstd.c, N, C, 0);
+    gpu->rmsnorm_bwd(gpu, dinp.g, dw.g, dout.g, inp.g, w.g, rstd.g, N, C, 0);
+    compare(dx, dinp);
+    compare(dwn, dw);
+    cpu->rmsnorm_bwd(cpu, dinp.c, dw.c, dout.c, inp.c, w.c, rstd.c, N, C, 1);
+    gpu->rmsnorm_bwd(gpu, dinp.g, dw.g, dout.g, inp.g, w.g, rstd.g, N, C, 1);
+    compare("rmsnorm_bwd dinp +=", dinp);
+    buf b[] = {inp, w, out, rstd, dout, dinp, dw};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
+}
+
+static void test_layernorm(void) {
+    int N = 301, C = 768;
+    buf inp = rnd((size_t)N * C, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf w = rnd(C, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf bias = rnd(C, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf out = nan_buf((size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf mean = nan_buf(N, ES_DT_F32, ES_MEM_ACTS), rstd = nan_buf(N, ES_DT_F32, ES_MEM_ACTS);
+    cpu->layernorm_fwd(cpu, out.c, mean.c, rstd.c, inp.c, w.c, bias.c, N, C, 1e-5f);
+    gpu->layernorm_fwd(gpu, out.g, mean.g, rstd.g, inp.g, w.g, bias.g, N, C, 1e-5f);
+    compare("layernorm_fwd", out);
+    compare("layernorm_fwd mean", mean);
+    compare("layernorm_fwd rstd", rstd);
+    buf dout = rnd((size_t)N * C, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dinp = nan_buf((size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dw = rnd(C, 1.0f, ES_DT_F32, ES_MEM_GRADS), db = rnd(C, 1.0f, ES_DT_F32, ES_MEM_GRADS);
+    cpu->layernorm_bwd(cpu, dinp.c, dw.c, db.c, dout.c, inp.c, w.c, mean.c, rstd.c, N, C, 0);
+    gpu->layernorm_bwd(gpu, dinp.g, dw.g, db.g, dout.g, inp.g, w.g, mean.g, rstd.g, N, C, 0);
+    compare("layernorm_bwd dinp", dinp);
+    compare("layernorm_bwd dw", dw);
+    compare("layernorm_bwd db", db);
+    buf b[] = {inp, w, bias, out, mean, rstd, dout, dinp, dw, db};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
+}
+
+static void test_rope(void) {
+    int N = 256, H = 8, D = 128;
+    size_t n = (size_t)N * H * D;
+    buf pos = rand_ints(N, 4096);
+    buf inp = rnd(n, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf out = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->rope_fwd(cpu, out.c, inp.c, pos.c, N, H, D, 1e6f);
+    gpu->rope_fwd(gpu, out.g, inp.g, pos.g, N, H, D, 1e6f);
+    compare("rope_fwd", out);
+    // In place, the way the model applies the backward.
+    cpu->rope_bwd(cpu, out.c, out.c, pos.c, N, H, D, 1e6f);
+    gpu->rope_bwd(gpu, out.g, out.g, pos.g, N, H, D, 1e6f);
+    compare("rope_bwd in place", out);
+    buf b[] = {pos, inp, out};
+    for (size_t i = 0; i < 3; i++) drop(b[i]);
+}
+
+// Three documents and 10 trailing rows outside every document.
+static void test_attention(int H, int KVH, int D, const char *tag) {
+    const int32_t cu[] = {0, 97, 130, 300};
+    int ndocs = 3, N = 310;
+    char name[48];
+    buf cus = ints(cu, 4);
+    buf q = rnd((size_t)N * H * D, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf k = rnd((size_t)N * KVH * D, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf v = rnd((size_t)N * KVH * D, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf out = nan_buf((size_t)N * H * D, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf lse = nan_buf((size_t)N * H, ES_DT_F32, ES_MEM_ACTS);
+    cpu->attention_fwd(cpu, out.c, lse.c, q.c, k.c, v.c, cus.c, ndocs, N, H, KVH, D);
+    gpu->attention_fwd(gpu, out.g, lse.g, q.g, k.g, v.g, cus.g, ndocs, N, H, KVH, D);
+    snprintf(name, sizeof name, "attention_fwd %s", tag);
+    compare(name, out);
+    snprintf(name, sizeof name, "attention_fwd lse %s", tag);
+    compare(name, lse);
+    // The backward reads the forward's out and lse: give both backends the CPU's.
+    float *h = host_of(cpu, out.c, out.n, out.dt);
+    put(out, h);
+    free(h);
+    h = host_of(cpu, lse.c, lse.n, lse.dt);
+    put(lse, h);
+    free(h);
+    buf dout = rnd((size_t)N * H * D, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dq = nan_buf(q.n, ES_DT_COMPUTE, ES_MEM_ACTS), dk = nan_buf(k.n, ES_DT_COMPUTE, ES_MEM_ACTS),
+        dv = nan_buf(v.n, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->attention_bwd(cpu, dq.c, dk.c, dv.c, dout.c, q.c, k.c, v.c, out.c, lse.c, cus.c, ndocs, N,
+                       H, KVH, D);
+    gpu->attention_bwd(gpu, dq.g, dk.g, dv.g, dout.g, q.g, k.g, v.g, out.g, lse.g, cus.g, ndocs, N,
+                       H, KVH, D);
+    snprintf(name, sizeof name, "attention_bwd dq %s", tag);
+    compare(name, dq);
+    snprintf(name, sizeof name, "attention_bwd dk %s", tag);
+    compare(name, dk);
+    snprintf(name, sizeof name, "attention_bwd dv %s", tag);
+    compare(name, dv);
+    buf b[] = {cus, q, k, v, out, lse, dout, dq, dk, dv};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
+}
+
+static void test_pointwise(void) {
+    size_t n = 100003;
+    buf a = rnd(n, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS), b = rnd(n, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dout = rnd(n, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf o1 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS), o2 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->swiglu_fwd(cpu, o1.c, a.c, b.c, n);
+    gpu->swiglu_fwd(gpu, o1.g, a.g, b.g, n);
+    compare("swiglu_fwd", o1);
+    drop(o1);
+    o1 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->swiglu_bwd(cpu, o1.c, o2.c, dout.c, a.c, b.c, n);
+    gpu->swiglu_bwd(gpu, o1.g, o2.g, dout.g, a.g, b.g, n);
+    compare("swiglu_bwd dgate", o1);
+    compare("swiglu_bwd dup", o2);
+    drop(o1);
+    o1 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->gelu_fwd(cpu, o1.c, a.c, n);
+    gpu->gelu_fwd(gpu, o1.g, a.g, n);
+    compare("gelu_fwd", o1);
+    drop(o1);
+    o1 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->gelu_bwd(cpu, o1.c, dout.c, a.c, n);
+    gpu->gelu_bwd(gpu, o1.g, dout.g, a.g, n);
+    compare("gelu_bwd", o1);
+    drop(o1);
+    o1 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->add(cpu, o1.c, a.c, b.c, n);
+    gpu->add(gpu, o1.g, a.g, b.g, n);
+    compare("add", o1);
+    buf x[] = {a, b, dout, o1, o2};
+    for (size_t i = 0; i < 5; i++) drop(x[i]);
+}
+
+static void test_rows(void) {
+    int N = 300, C = 256, M = 50;
+    int32_t r[50];
+    for (int i = 0; i < M; i++) r[i] = (int32_t)(es_rng_u64(&rng) % (uint64_t)N);
+    r[M - 1] = r[0];  // a repeated row must add twice
+    buf rows = ints(r, M);
+    buf inp = rnd((size_t)N * C, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf out = nan_buf((size_t)M * C, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->gather_rows(cpu, out.c, inp.c, rows.c, M, C);
+    gpu->gather_rows(gpu, out.g, inp.g, rows.g, M, C);
+    compare("gather_rows", out);
+    cpu->scatter_add_rows(cpu, inp.c, out.c, rows.c, M, C);
+    gpu->scatter_add_rows(gpu, inp.g, out.g, rows.g, M, C);
+    compare("scatter_add_rows", inp);
+    drop(rows);
+    drop(inp);
+    drop(out);
+}
+
+static void test_loss(int M, int V, int teacher, const char *tag) {
+    int32_t *tg = es_xmalloc(M * sizeof(int32_t));
+    float *wh = es_xmalloc(M * sizeof(float));
+    for (int i = 0; i < M; i++) {
+        tg[i] = (int32_t)(es_rng_u64(&rng) % (uint64_t)V);
+        wh[i] = i % 5 == 3 ? 0.0f : 0.5f + es_rng_uniform(&rng);
+    }
+    tg[M - 1] = -1;  // a row with no target carries no loss
+    buf targets = ints(tg, M), weights = mk(M, ES_DT_F32, ES_MEM_ACTS);
+    put(weights, wh);
+    buf logits = rnd((size_t)M * V, 3.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf tl = teacher ? rnd((size_t)M * V, 3.0f, ES_DT_COMPUTE, ES_MEM_ACTS) : (buf){0};
+    float sc[2] = {0.25f, 0.5f}, sg[2] = {0.25f, 0.5f};
+    cpu->distill_loss(cpu, sc, logits.c, tl.c, targets.c, weights.c, M, V, 0.5f, 2.0f, 0.1f);
+    gpu->distill_loss(gpu, sg, logits.g, tl.g, targets.g, weights.g, M, V, 0.5f, 2.0f, 0.1f);
+    char name[48];
+    snprintf(name, sizeof name, "distill_loss grad %s", tag);
+    compare(name, logits);
+    snprintf(name, sizeof name, "distill_loss sums %s", tag);
+    report(name, t_rel_err(sg, sc, 2, FLOOR));
+    drop(targets);
+    drop(weights);
+    drop(logits);
+    if (teacher) drop(tl);
+    free(tg);
+    free(wh);
+}
+
+// Top-k teacher: K distinct ids per row; one row without a teacher entry.
+static void test_loss_topk(int M, int V, int K) {
+    int32_t *tg = es_xmalloc(M * sizeof(int32_t)), *ids = es_xmalloc((size_t)M * K * sizeof(int32_t));
+    float *wh = es_xmalloc(M * sizeof(float)), *lp = es_xmalloc((size_t)M * K * sizeof(float));
+    for (int i = 0; i < M; i++) {
+        tg[i] = (int32_t)(es_rng_u64(&rng) % (uint64_t)V);
+        wh[i] = i % 5 == 3 ? 0.0f : 0.5f + es_rng_uniform(&rng);
+        int32_t first = (int32_t)(es_rng_u64(&rng) % (uint64_t)V);
+        float mass = 0.5f + 0.45f * es_rng_uniform(&rng), z = 0.0f;
+        for (int j = 0; j < K; j++) {  // consecutive ids are distinct; include the target
+            ids[(size_t)i * K + j] = j == 0 ? tg[i] : (first + j) % V == tg[i] ? (first + K) % V
+                                                                              : (first + j) % V;
+            lp[(size_t)i * K + j] = es_rng_uniform(&rng) + 0.01f;
+            z += lp[(size_t)i * K + j];
+        }
+        for (int j = 0; j < K; j++) lp[(size_t)i * K + j] = logf(mass * lp[(size_t)i * K + j] / z);
+    }
+    ids[0] = -1;  // row 0 has no teacher entry
+    buf targets = ints(tg, M), tids = ints(ids, (size_t)M * K);
+    buf weights = mk(M, ES_DT_F32, ES_MEM_ACTS), tlogp = mk((size_t)M * K, ES_DT_F32, ES_MEM_ACTS);
+    put(weights, wh);
+    put(tlogp, lp);
+    buf logits = rnd((size_t)M * V, 3.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    float sc[2] = {0}, sg[2] = {0};
+    CHECK(gpu->distill_loss_topk != NULL, "cuda backend lacks distill_loss_topk");
+    cpu->distill_loss_topk(cpu, sc, logits.c, tids.c, tlogp.c, targets.c, weights.c, M, V, K, 0.5f,
+                           0.1f);
+    gpu->distill_loss_topk(gpu, sg, logits.g, tids.g, tlogp.g, targets.g, weights.g, M, V, K, 0.5f,
+                           0.1f);
+    compare("distill_loss_topk grad", logits);
+    report("distill_loss_topk sums", t_rel_err(sg, sc, 2, FLOOR));
+    buf b[] = {targets, tids, weights, tlogp, logits};
+    for (size_t i = 0; i < 5; i++) drop(b[i]);
+    free(tg);
+    free(ids);
+    free(wh);
+    free(lp);
+}
+
+static void test_optim(void) {
+    size_t n = 1000003;
+    buf g = rnd(n, 1.0f, ES_DT_F32, ES_MEM_GRADS);
+    double sc = cpu->sumsq(cpu, g.c, n), sg = gpu->sumsq(gpu, g.g, n);
+    report("sumsq", fabs(sg - sc) / sc);
+    cpu->scale(cpu, g.c, 0.37f, n);
+    gpu->scale(gpu, g.g, 0.37f, n);
+    compare("scale", g);
+    buf master = rnd(n, 1.0f, ES_DT_F32, ES_MEM_OPTIM);
+    buf params = mk(n, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    float *h = es_xmalloc(n * sizeof(float));
+    t_poison(h, n);
+    put(params, h);
+    free(h);
+    buf m = rnd(n, 0.1f, ES_DT_F32, ES_MEM_OPTIM), v = mk(n, ES_DT_F32, ES_MEM_OPTIM);
+    cpu->zero(cpu, v.c, n, ES_DT_F32);
+    gpu->zero(gpu, v.g, n, ES_DT_F32);
+    for (int step = 1; step <= 3; step++) {
+        cpu->adamw(cpu, params.c, master.c, g.c, m.c, v.c, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.05f,
+                   step);
+        gpu->adamw(gpu, params.g, master.g, g.g, m.g, v.g, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.05f,
+                   step);
+    }
+    compare("adamw params", params);
+    compare("adamw master", master);
+    compare("adamw m", m);
+    compare("adamw v", v);
+    buf b[] = {g, master, params, m, v};
+    for (size_t i = 0; i < 5; i++) drop(b[i]);
+}
+
+int main(void) {
+    cpu = es_backend_cpu_create();
+    gpu = es_backend_cuda_create(0);
+    if (!cpu || !gpu) {
+        fprintf(stderr, "test_cuda_ops: %s\n", es_last_error());
+        return 1;
+    }
+    es_rng_seed(&rng, 20240611);
+    size_t base = gpu->mem_now_total;
+
+    test_embed();
+    test_matmul();
+    test_rmsnorm(301, 1024, "rmsnorm_fwd", "rmsnorm_bwd dinp", "rmsnorm_bwd dw");
+    test_rmsnorm(301 * 16, 128, "qk-norm fwd (C=128)", "qk-norm bwd dinp", "qk-norm bwd dw");
+    test_layernorm();
+    test_rope();
+    test_attention(8, 2, 128, "GQA D=128");
+    test_attention(4, 4, 64, "MHA D=64");
+    test_pointwise();
+    test_rows();
+    test_loss(12, 5003, 1, "KD V=5003");
+    test_loss(6, 151936, 1, "KD V=151936");
+    test_loss(12, 5003, 0, "CE only");
+    test_loss_topk(12, 5003, 64);
+    test_optim();
+
+    // Everything allocated above was freed; only op scratch remains.
+    for (int k = 0; k < ES_MEM_KINDS; k++)
+        if (k != ES_MEM_WORKSPACE)
+            CHECK(gpu->mem_now[k] == 0, "cuda tally: %zu bytes of %s still counted", gpu->mem_now[k],
+                  es_mem_kind_names[k]);
+    CHECK(gpu->mem_now_total == gpu->mem_now[ES_MEM_WORKSPACE], "cuda tally: total disagrees");
+    CHECK(gpu->mem_peak[ES_MEM_ACTS] > 0 && gpu->mem_peak_total > base, "cuda peak not tallied");
+
+    printf("%-32s %10s  %s\n", "op", "rel err", "pass");
+    for (int i = 0; i < nrows; i++)
+        printf("%-32s %10.2e  %s\n", rows[i].name, rows[i].err, rows[i].err <= TOL ? "ok" : "FAIL");
+    gpu->destroy(gpu);
+    cpu->destroy(cpu);
+    TEST_DONE();
+}

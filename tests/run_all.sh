@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds essence and runs every test: the C tests in a release build, the C
+# tests again under AddressSanitizer + UndefinedBehaviorSanitizer, and the
+# Python tools' tests. Ends with one summary line "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh || { echo "setup failed"; exit 1; }
+
+passed=0
+failed=0
+count_meson() {  # adds a meson test run's Ok/Fail counts to the totals
+    local log="$1"
+    local ok fail
+    ok=$(grep -E '^Ok: +[0-9]+' "$log" | tail -1 | awk '{print $2}')
+    fail=$(grep -E '^(Fail|Unexpected Pass|Timeout): +[0-9]+' "$log" | awk '{s+=$2} END {print s+0}')
+    passed=$((passed + ${ok:-0}))
+    failed=$((failed + ${fail:-0}))
+}
+
+echo "== release build"
+if [ ! -d build ]; then meson setup build >/dev/null || exit 1; fi
+ninja -C build >/dev/null || { ninja -C build; exit 1; }
+meson test -C build --print-errorlogs 2>&1 | tee /tmp/essence-test-release.log
+count_meson /tmp/essence-test-release.log
+
+echo "== sanitizer build (ASan + UBSan)"
+if [ ! -d build-asan ]; then
+    meson setup build-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false \
+        -Dcuda=disabled -Dc_args=-fno-sanitize-recover=all >/dev/null || exit 1
+fi
+ninja -C build-asan >/dev/null || { ninja -C build-asan; exit 1; }
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+export OMP_NUM_THREADS=2
+meson test -C build-asan --print-errorlogs --timeout-multiplier 4 2>&1 | tee /tmp/essence-test-asan.log
+count_meson /tmp/essence-test-asan.log
+unset ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS
+
+echo "== python tools"
+python3 -m pytest -q tests/tools 2>&1 | tee /tmp/essence-test-py.log
+py_pass=$(grep -Eo '[0-9]+ passed' /tmp/essence-test-py.log | tail -1 | awk '{print $1}')
+py_fail=$(grep -Eo '[0-9]+ (failed|error)' /tmp/essence-test-py.log | awk '{s+=$1} END {print s+0}')
+passed=$((passed + ${py_pass:-0}))
+failed=$((failed + ${py_fail:-0}))
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,818 @@
+// Every operation of the CPU backend against a naive double-precision
+// reference, and every backward against central finite differences of a
+// random projection L = sum(out * R) (or against an analytic reference).
+#include <stdint.h>
+#include <string.h>
+
+#include "backend.h"
+#include "common.h"
+#include "test.h"
+
+static es_backend *be;
+static es_rng rng;
+
+// ---- buffers: all from the backend, freed together after each test ---------
+#define MAX_BUFS 256
+static void *bufs[MAX_BUFS];
+static int nbufs;
+
+static void *track(void *p) {
+    if (!p || nbufs == MAX_BUFS) {
+        fprintf(stderr, "test_cpu_ops: allocation failed: %s\n", es_last_error());
+        exit(1);
+    }
+    return bufs[nbufs++] = p;
+}
+
+static float *fbuf(size_t n) { return track(be->alloc(be, n, ES_DT_F32, ES_MEM_ACTS)); }
+static int32_t *ibuf(size_t n) { return track(be->alloc(be, n, ES_DT_I32, ES_MEM_INDEX)); }
+
+static float *frand(size_t n, float scale) {
+    float *p = fbuf(n);
+    for (size_t i = 0; i < n; i++) p[i] = scale * es_rng_normal(&rng);
+    return p;
+}
+
+static float *fnan(size_t n) {
+    float *p = fbuf(n);
+    t_poison(p, n);
+    return p;
+}
+
+static float *fcopy(const float *x, size_t n) {
+    float *p = fbuf(n);
+    memcpy(p, x, n * sizeof(float));
+    return p;
+}
+
+static void free_all(void) {
+    while (nbufs) be->free(be, bufs[--nbufs]);
+    CHECK(be->mem_now_total == 0, "tally not back to 0: %zu bytes", be->mem_now_total);
+}
+
+static double proj(const float *out, const float *R, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)out[i] * R[i];
+    return s;
+}
+
+// Relative error of fp32 values against a double reference.
+static double rel_err_d(const float *a, const double *ref, size_t n) {
+    float *r = es_xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) r[i] = (float)ref[i];
+    double e = t_rel_err(a, r, n, 1e-6);
+    free(r);
+    return e;
+}
+
+// Central differences of f over x (n), into num (n). f reads x.
+typedef double (*loss_fn)(void);
+static void fd_grad(float *num, float *x, size_t n, float eps, loss_fn f) {
+    for (size_t i = 0; i < n; i++) {
+        float x0 = x[i];
+        x[i] = x0 + eps;
+        double lp = f();
+        x[i] = x0 - eps;
+        double lm = f();
+        x[i] = x0;
+        num[i] = (float)((lp - lm) / (2.0 * eps));
+    }
+}
+
+#define FD_TOL 1e-2
+
+static void check_fd(const char *what, const float *grad, float *x, size_t n, float eps, loss_fn f) {
+    float *num = es_xmalloc(n * sizeof(float));
+    fd_grad(num, x, n, eps, f);
+    double e = t_rel_err(grad, num, n, 1e-3);
+    CHECK(e < FD_TOL, "%s: gradient vs finite differences rel err %.3g", what, e);
+    free(num);
+}
+
+// ---- memory -----------------------------------------------------------------
+static void test_memory(void) {
+    size_t now0 = be->mem_now_total;
+    float *w = be->alloc(be, 100, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    float *g = be->alloc(be, 30, ES_DT_F32, ES_MEM_GRADS);
+    int32_t *ix = be->alloc(be, 7, ES_DT_I32, ES_MEM_INDEX);
+    CHECK(w && g && ix, "alloc failed: %s", es_last_error());
+    CHECK(((uintptr_t)w % 64) == 0 && ((uintptr_t)g % 64) == 0 && ((uintptr_t)ix % 64) == 0,
+          "buffers not 64-byte aligned");
+    CHECK(be->mem_now[ES_MEM_WEIGHTS] == 400 && be->mem_now[ES_MEM_GRADS] == 120 &&
+              be->mem_now[ES_MEM_INDEX] == 28 && be->mem_now[ES_MEM_ACTS] == 0,
+          "per-kind tally %zu %zu %zu", be->mem_now[ES_MEM_WEIGHTS], be->mem_now[ES_MEM_GRADS],
+          be->mem_now[ES_MEM_INDEX]);
+    CHECK(be->mem_now_total == now0 + 548, "total %zu", be->mem_now_total);
+    be->free(be, g);
+    float *a = be->alloc(be, 10, ES_DT_COMPUTE, ES_MEM_ACTS);
+    CHECK(be->mem_now_total == now0 + 468, "total after free %zu", be->mem_now_total);
+    CHECK(be->mem_peak_total == now0 + 548, "peak total %zu", be->mem_peak_total);
+    CHECK(be->mem_peak[ES_MEM_GRADS] == 120 && be->mem_now[ES_MEM_GRADS] == 0, "grads peak/now");
+
+    // upload/download round trip, zero, offset
+    float host[100], back[100];
+    for (int i = 0; i < 100; i++) host[i] = es_rng_normal(&rng);
+    be->upload(be, w, host, 100, ES_DT_COMPUTE);
+    t_poison(back, 100);
+    be->download(be, back, w, 100, ES_DT_COMPUTE);
+    CHECK(!memcmp(host, back, sizeof host), "upload/download round trip");
+    be->zero(be, be->offset(be, w, 10, ES_DT_COMPUTE), 20, ES_DT_COMPUTE);
+    be->download(be, back, w, 100, ES_DT_COMPUTE);
+    int ok = 1;
+    for (int i = 0; i < 100; i++) ok &= (i >= 10 && i < 30) ? back[i] == 0.0f : back[i] == host[i];
+    CHECK(ok, "zero at offset touched the wrong elements");
+    int32_t ihost[7] = {3, -1, 7, 1 << 30, 0, 5, 2}, iback[7];
+    be->upload(be, ix, ihost, 7, ES_DT_I32);
+    be->download(be, iback, ix, 7, ES_DT_I32);
+    CHECK(!memcmp(ihost, iback, sizeof ihost), "int32 round trip");
+    be->sync(be);
+
+    be->free(be, w);
+    be->free(be, ix);
+    be->free(be, a);
+    be->free(be, NULL);
+    CHECK(be->mem_now_total == now0, "total back to start: %zu", be->mem_now_total);
+    for (int k = 0; k < ES_MEM_KINDS; k++) CHECK(be->mem_now[k] == 0, "kind %d not 0", k);
+    CHECK(be->mem_peak[ES_MEM_WEIGHTS] == 400, "weights peak kept after free");
+    CHECK(be->compute_is_f32 == 1 && be->peak_flops > 0, "cpu backend: fp32 compute, peak measured");
+}
+
+// ---- matmul -----------------------------------------------------------------
+static struct { float *out, *inp, *w, *b, *R; int N, C, OC; } mm;
+
+static double mm_loss(void) {
+    be->matmul_fwd(be, mm.out, mm.inp, mm.w, mm.b, mm.N, mm.C, mm.OC);
+    return proj(mm.out, mm.R, (size_t)mm.N * mm.OC);
+}
+
+static void matmul_ref(double *out, const float *inp, const float *w, const float *b, int N, int C,
+                       int OC) {
+    for (int i = 0; i < N; i++)
+        for (int o = 0; o < OC; o++) {
+            double s = b ? b[o] : 0.0;
+            for (int c = 0; c < C; c++) s += (double)inp[i * C + c] * w[o * C + c];
+            out[i * OC + o] = s;
+        }
+}
+
+static void test_matmul_shape(int N, int C, int OC, int fd) {
+    size_t nout = (size_t)N * OC;
+    float *inp = frand((size_t)N * C, 1), *w = frand((size_t)OC * C, 0.5f), *b = frand(OC, 1);
+    float *out = fnan(nout);
+    double *ref = es_xmalloc(nout * sizeof(double));
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        t_poison(out, nout);
+        be->matmul_fwd(be, out, inp, w, with_bias ? b : NULL, N, C, OC);
+        matmul_ref(ref, inp, w, with_bias ? b : NULL, N, C, OC);
+        double e = rel_err_d(out, ref, nout);
+        CHECK(e < 1e-5, "matmul_fwd N=%d C=%d OC=%d bias=%d rel err %.3g", N, C, OC, with_bias, e);
+    }
+    free(ref);
+
+    // backward: exact references in double; dw/dbias accumulate onto what is there
+    float *dout = frand(nout, 1), *dinp = fnan((size_t)N * C);
+    float *dw0 = frand((size_t)OC * C, 1), *db0 = frand(OC, 1);
+    float *dw = fcopy(dw0, (size_t)OC * C), *db = fcopy(db0, OC);
+    be->matmul_bwd(be, dinp, dw, db, dout, inp, w, N, C, OC, 0);
+    double *rdi = es_xmalloc(sizeof(double) * N * C), *rdw = es_xmalloc(sizeof(double) * OC * C);
+    double *rdb = es_xmalloc(sizeof(double) * OC);
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            double s = 0;
+            for (int o = 0; o < OC; o++) s += (double)dout[i * OC + o] * w[o * C + c];
+            rdi[i * C + c] = s;
+        }
+    for (int o = 0; o < OC; o++) {
+        double sb = db0[o];
+        for (int i = 0; i < N; i++) sb += dout[i * OC + o];
+        rdb[o] = sb;
+        for (int c = 0; c < C; c++) {
+            double s = dw0[o * C + c];
+            for (int i = 0; i < N; i++) s += (double)dout[i * OC + o] * inp[i * C + c];
+            rdw[o * C + c] = s;
+        }
+    }
+    double e1 = rel_err_d(dinp, rdi, (size_t)N * C), e2 = rel_err_d(dw, rdw, (size_t)OC * C);
+    double e3 = rel_err_d(db, rdb, OC);
+    CHECK(e1 < 1e-5 && e2 < 1e-5 && e3 < 1e-5, "matmul_bwd N=%d C=%d OC=%d: %.3g %.3g %.3g", N, C,
+          OC, e1, e2, e3);
+
+    // accumulate = 1 adds into dinp; dinp NULL and dbias NULL are allowed
+    float *dinp0 = frand((size_t)N * C, 1), *dinp2 = fcopy(dinp0, (size_t)N * C);
+    be->matmul_bwd(be, dinp2, NULL, NULL, dout, inp, w, N, C, OC, 1);
+    for (size_t i = 0; i < (size_t)N * C; i++) rdi[i] += dinp0[i];
+    e1 = rel_err_d(dinp2, rdi, (size_t)N * C);
+    CHECK(e1 < 1e-5, "matmul_bwd accumulate rel err %.3g", e1);
+    float *dw3 = fcopy(dw0, (size_t)OC * C);
+    be->matmul_bwd(be, NULL, dw3, NULL, dout, inp, w, N, C, OC, 0);
+    e2 = rel_err_d(dw3, rdw, (size_t)OC * C);
+    CHECK(e2 < 1e-5, "matmul_bwd with dinp NULL rel err %.3g", e2);
+    free(rdi);
+    free(rdw);
+    free(rdb);
+
+    if (fd) {  // the gradient of the projection loss, from zeroed accumulators
+        mm.out = out; mm.inp = inp; mm.w = w; mm.b = b; mm.N = N; mm.C = C; mm.OC = OC;
+        mm.R = frand(nout, 1);
+        float *gi = fnan((size_t)N * C), *gw = fbuf((size_t)OC * C), *gb = fbuf(OC);
+        be->zero(be, gw, (size_t)OC * C, ES_DT_F32);
+        be->zero(be, gb, OC, ES_DT_F32);
+        be->matmul_bwd(be, gi, gw, gb, mm.R, inp, w, N, C, OC, 0);
+        check_fd("matmul dinp", gi, inp, (size_t)N * C, 1e-2f, mm_loss);
+        check_fd("matmul dw", gw, w, (size_t)OC * C, 1e-2f, mm_loss);
+        check_fd("matmul dbias", gb, b, OC, 1e-2f, mm_loss);
+    }
+    free_all();
+}
+
+static void test_matmul(void) {
+    test_matmul_shape(5, 7, 6, 1);
+    test_matmul_shape(67, 300, 130, 0);  // past the blocking sizes, odd remainders
+}
+
+// ---- rmsnorm / layernorm ---------------------------------------------------------
+static struct { float *out, *mean, *rstd, *inp, *w, *b, *R; int N, C, layer; } nm;
+
+static double norm_loss(void) {
+    if (nm.layer)
+        be->layernorm_fwd(be, nm.out, nm.mean, nm.rstd, nm.inp, nm.w, nm.b, nm.N, nm.C, 1e-5f);
+    else
+        be->rmsnorm_fwd(be, nm.out, nm.rstd, nm.inp, nm.w, nm.N, nm.C, 1e-6f);
+    return proj(nm.out, nm.R, (size_t)nm.N * nm.C);
+}
+
+static void test_norm(int layer, int N, int C) {
+    size_t n = (size_t)N * C;
+    float *inp = frand(n, 1.5f), *w = frand(C, 1), *b = frand(C, 1);
+    for (int i = 0; i < N; i++) inp[i * C] += 0.7f;  // nonzero mean
+    float *out = fnan(n), *mean = fnan(N), *rstd = fnan(N);
+    nm.out = out; nm.mean = mean; nm.rstd = rstd; nm.inp = inp; nm.w = w; nm.b = b;
+    nm.N = N; nm.C = C; nm.layer = layer; nm.R = frand(n, 1);
+    norm_loss();
+    double *ref = es_xmalloc(n * sizeof(double)), *rr = es_xmalloc(N * sizeof(double));
+    double *rm = es_xmalloc(N * sizeof(double));
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C;
+        double mu = 0, var = 0;
+        if (layer) {
+            for (int c = 0; c < C; c++) mu += x[c];
+            mu /= C;
+        }
+        for (int c = 0; c < C; c++) var += (x[c] - mu) * (x[c] - mu);
+        double r = 1.0 / sqrt(var / C + (layer ? 1e-5 : 1e-6));
+        for (int c = 0; c < C; c++) ref[i * C + c] = (x[c] - mu) * r * w[c] + (layer ? b[c] : 0.0);
+        rr[i] = r;
+        rm[i] = mu;
+    }
+    const char *name = layer ? "layernorm" : "rmsnorm";
+    CHECK(rel_err_d(out, ref, n) < 1e-5, "%s_fwd rel err %.3g", name, rel_err_d(out, ref, n));
+    CHECK(rel_err_d(rstd, rr, N) < 1e-5, "%s rstd rel err", name);
+    if (layer) CHECK(rel_err_d(mean, rm, N) < 1e-5, "%s mean rel err", name);
+    free(ref);
+    free(rr);
+    free(rm);
+
+    float *dinp = fnan(n), *dw0 = frand(C, 1), *db0 = frand(C, 1);
+    float *dw = fcopy(dw0, C), *db = fcopy(db0, C);
+    if (layer)
+        be->layernorm_bwd(be, dinp, dw, db, nm.R, inp, w, mean, rstd, N, C, 0);
+    else
+        be->rmsnorm_bwd(be, dinp, dw, nm.R, inp, w, rstd, N, C, 0);
+    for (int c = 0; c < C; c++) {
+        dw[c] -= dw0[c];  // accumulated onto dw0: the difference is this call's gradient
+        db[c] -= db0[c];
+    }
+    check_fd(layer ? "layernorm dinp" : "rmsnorm dinp", dinp, inp, n, 1e-2f, norm_loss);
+    check_fd(layer ? "layernorm dw" : "rmsnorm dw", dw, w, C, 1e-2f, norm_loss);
+    if (layer) check_fd("layernorm db", db, b, C, 1e-2f, norm_loss);
+
+    // accumulate = 1 adds the same gradient onto what dinp holds
+    norm_loss();  // restore mean/rstd for the unperturbed input
+    float *base = frand(n, 1), *dacc = fcopy(base, n);
+    float *dwx = fbuf(C), *dbx = fbuf(C);
+    if (layer)
+        be->layernorm_bwd(be, dacc, dwx, dbx, nm.R, inp, w, mean, rstd, N, C, 1);
+    else
+        be->rmsnorm_bwd(be, dacc, dwx, nm.R, inp, w, rstd, N, C, 1);
+    for (size_t i = 0; i < n; i++) dacc[i] -= base[i];
+    double e = t_rel_err(dacc, dinp, n, 1e-6);
+    CHECK(e < 1e-5, "%s_bwd accumulate rel err %.3g", name, e);
+    free_all();
+}
+
+// ---- rope ---------------------------------------------------------------------
+static struct { float *out, *inp, *R; int32_t *pos; int N, H, D; } rp;
+
+static double rope_loss(void) {
+    be->rope_fwd(be, rp.out, rp.inp, rp.pos, rp.N, rp.H, rp.D, 10000.0f);
+    return proj(rp.out, rp.R, (size_t)rp.N * rp.H * rp.D);
+}
+
+static void test_rope(void) {
+    const int N = 6, H = 3, D = 16, half = D / 2;
+    const float theta = 10000.0f;
+    size_t n = (size_t)N * H * D;
+    int32_t *pos = ibuf(N);
+    const int32_t positions[6] = {0, 1, 7, 130, 4095, 31999};
+    memcpy(pos, positions, sizeof positions);
+    float *inp = frand(n, 1), *out = fnan(n);
+    be->rope_fwd(be, out, inp, pos, N, H, D, theta);
+    // transformers forms the angle in float: inv_freq = 1 / theta^(2j/D), angle = pos * inv_freq
+    double *ref = es_xmalloc(n * sizeof(double)), *refd = es_xmalloc(n * sizeof(double));
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < half; j++) {
+            float inv = 1.0f / powf(theta, (float)(2 * j) / (float)D);
+            double a = (double)((float)pos[i] * inv);
+            double ad = pos[i] * pow(theta, -2.0 * j / D);
+            for (int h = 0; h < H; h++) {
+                size_t o = ((size_t)i * H + h) * D;
+                double x1 = inp[o + j], x2 = inp[o + j + half];
+                ref[o + j] = x1 * cos(a) - x2 * sin(a);
+                ref[o + j + half] = x2 * cos(a) + x1 * sin(a);
+                refd[o + j] = x1 * cos(ad) - x2 * sin(ad);
+                refd[o + j + half] = x2 * cos(ad) + x1 * sin(ad);
+            }
+        }
+    double e = rel_err_d(out, ref, n);
+    CHECK(e < 2e-6, "rope_fwd vs transformers' angle rel err %.3g", e);
+    // positions up to 130 round the same in float and double angles
+    double ed = rel_err_d(out, refd, (size_t)4 * H * D);
+    CHECK(ed < 1e-5, "rope_fwd small positions vs double angles rel err %.3g", ed);
+    free(ref);
+    free(refd);
+
+    // backward is the inverse rotation: bwd(fwd(x)) == x, in place allowed
+    float *x = fcopy(out, n);
+    be->rope_bwd(be, x, x, pos, N, H, D, theta);
+    e = t_rel_err(x, inp, n, 1e-6);
+    CHECK(e < 1e-5, "rope_bwd(rope_fwd(x)) != x: rel err %.3g", e);
+    float *y = fcopy(inp, n);
+    be->rope_fwd(be, y, y, pos, N, H, D, theta);
+    CHECK(!memcmp(y, out, n * sizeof(float)), "rope_fwd in place differs from out of place");
+
+    rp.out = out; rp.inp = inp; rp.pos = pos; rp.N = N; rp.H = H; rp.D = D; rp.R = frand(n, 1);
+    float *dinp = fnan(n);
+    be->rope_bwd(be, dinp, rp.R, pos, N, H, D, theta);
+    check_fd("rope dinp", dinp, inp, n, 1e-2f, rope_loss);
+    free_all();
+}
+
+// ---- attention --------------------------------------------------------------
+static struct {
+    float *out, *lse, *q, *k, *v, *R;
+    int32_t *cu;
+    int ndocs, N, H, KVH, D;
+} at;
+
+static double attn_loss(void) {
+    be->attention_fwd(be, at.out, at.lse, at.q, at.k, at.v, at.cu, at.ndocs, at.N, at.H, at.KVH,
+                      at.D);
+    return proj(at.out, at.R, (size_t)at.N * at.H * at.D);
+}
+
+static void attention_ref(double *out, double *lse, const float *q, const float *k,
+                          const float *v, const int32_t *cu, int ndocs, int H, int KVH, int D) {
+    double scale = 1.0 / sqrt((double)D);
+    for (int d = 0; d < ndocs; d++)
+        for (int i = cu[d]; i < cu[d + 1]; i++)
+            for (int h = 0; h < H; h++) {
+                int g = h / (H / KVH);
+                const float *qi = q + ((size_t)i * H + h) * D;
+                double mx = -INFINITY, sum = 0, s[64];
+                for (int j = cu[d]; j <= i; j++) {
+                    double dot = 0;
+                    for (int e = 0; e < D; e++) dot += (double)qi[e] * k[((size_t)j * KVH + g) * D + e];
+                    s[j - cu[d]] = dot * scale;
+                    if (s[j - cu[d]] > mx) mx = s[j - cu[d]];
+                }
+                double *o = out + ((size_t)i * H + h) * D;
+                for (int e = 0; e < D; e++) o[e] = 0;
+                for (int j = cu[d]; j <= i; j++) {
+                    double p = exp(s[j - cu[d]] - mx);
+                    sum += p;
+                    for (int e = 0; e < D; e++) o[e] += p * v[((size_t)j * KVH + g) * D + e];
+                }
+                for (int e = 0; e < D; e++) o[e] /= sum;
+                lse[(size_t)i * H + h] = mx + log(sum);
+            }
+}
+
+// Analytic backward in double: dS = P (dP - rowsum(P dP)), dP = dout v^T.
+static void attention_bwd_ref(double *dq, double *dk, double *dv, const float *dout, const float *q,
+                              const float *k, const float *v, const int32_t *cu, int ndocs, int N,
+                              int H, int KVH, int D) {
+    double scale = 1.0 / sqrt((double)D);
+    memset(dq, 0, sizeof(double) * N * H * D);
+    memset(dk, 0, sizeof(double) * N * KVH * D);
+    memset(dv, 0, sizeof(double) * N * KVH * D);
+    for (int d = 0; d < ndocs; d++)
+        for (int i = cu[d]; i < cu[d + 1]; i++)
+            for (int h = 0; h < H; h++) {
+                int g = h / (H / KVH), a = cu[d];
+                const float *qi = q + ((size_t)i * H + h) * D, *doi = dout + ((size_t)i * H + h) * D;
+                double p[64], dp[64], mx = -INFINITY, z = 0, rd = 0;
+                for (int j = a; j <= i; j++) {
+                    double s = 0, t = 0;
+                    for (int e = 0; e < D; e++) {
+                        s += (double)qi[e] * k[((size_t)j * KVH + g) * D + e];
+                        t += (double)doi[e] * v[((size_t)j * KVH + g) * D + e];
+                    }
+                    p[j - a] = s * scale;
+                    dp[j - a] = t;
+                    mx = fmax(mx, p[j - a]);
+                }
+                for (int j = a; j <= i; j++) z += p[j - a] = exp(p[j - a] - mx);
+                for (int j = a; j <= i; j++) rd += (p[j - a] /= z) * dp[j - a];
+                for (int j = a; j <= i; j++) {
+                    double ds = p[j - a] * (dp[j - a] - rd);
+                    for (int e = 0; e < D; e++) {
+                        size_t kj = ((size_t)j * KVH + g) * D + e;
+                        dq[((size_t)i * H + h) * D + e] += scale * ds * k[kj];
+                        dk[kj] += scale * ds * qi[e];
+                        dv[kj] += p[j - a] * doi[e];
+                    }
+                }
+            }
+}
+
+static void test_attention_case(const int *lens, int ndocs, int H, int KVH, int D, int fd) {
+    int N = 0;
+    int32_t *cu = ibuf(ndocs + 1);
+    cu[0] = 0;
+    for (int d = 0; d < ndocs; d++) cu[d + 1] = N += lens[d];
+    size_t nq = (size_t)N * H * D, nkv = (size_t)N * KVH * D;
+    float *q = frand(nq, 1), *k = frand(nkv, 1), *v = frand(nkv, 1);
+    float *out = fnan(nq), *lse = fnan((size_t)N * H);
+    at.out = out; at.lse = lse; at.q = q; at.k = k; at.v = v; at.cu = cu; at.ndocs = ndocs;
+    at.N = N; at.H = H; at.KVH = KVH; at.D = D; at.R = frand(nq, 1);
+    attn_loss();
+    double *ro = es_xmalloc(nq * sizeof(double)), *rl = es_xmalloc((size_t)N * H * sizeof(double));
+    attention_ref(ro, rl, q, k, v, cu, ndocs, H, KVH, D);
+    double e1 = rel_err_d(out, ro, nq), e2 = rel_err_d(lse, rl, (size_t)N * H);
+    CHECK(e1 < 1e-5 && e2 < 1e-5, "attention_fwd N=%d H=%d KVH=%d D=%d: out %.3g lse %.3g", N, H,
+          KVH, D, e1, e2);
+    free(ro);
+    free(rl);
+
+    float *dq = fnan(nq), *dk = fnan(nkv), *dv = fnan(nkv);
+    be->attention_bwd(be, dq, dk, dv, at.R, q, k, v, out, lse, cu, ndocs, N, H, KVH, D);
+    double *rq = es_xmalloc(nq * sizeof(double)), *rk = es_xmalloc(nkv * sizeof(double));
+    double *rv = es_xmalloc(nkv * sizeof(double));
+    attention_bwd_ref(rq, rk, rv, at.R, q, k, v, cu, ndocs, N, H, KVH, D);
+    e1 = rel_err_d(dq, rq, nq);
+    e2 = rel_err_d(dk, rk, nkv);
+    double e3 = rel_err_d(dv, rv, nkv);
+    CHECK(e1 < 1e-5 && e2 < 1e-5 && e3 < 1e-5, "attention_bwd N=%d: dq %.3g dk %.3g dv %.3g", N, e1,
+          e2, e3);
+    free(rq);
+    free(rk);
+    free(rv);
+    if (fd) {
+        check_fd("attention dq", dq, q, nq, 1e-2f, attn_loss);
+        check_fd("attention dk", dk, k, nkv, 1e-2f, attn_loss);
+        check_fd("attention dv", dv, v, nkv, 1e-2f, attn_loss);
+    }
+
+    // documents are isolated: changing one token of document 0 leaves the
+    // outputs and gradients of every other document bit-identical
+    if (ndocs > 1) {
+        attn_loss();
+        float *out0 = fcopy(out, nq), *lse0 = fcopy(lse, (size_t)N * H);
+        be->attention_bwd(be, dq, dk, dv, at.R, q, k, v, out, lse, cu, ndocs, N, H, KVH, D);
+        float *dq0 = fcopy(dq, nq), *dk0 = fcopy(dk, nkv);
+        int t = cu[1] - 1;  // last token of document 0
+        for (int e = 0; e < H * D; e++) q[(size_t)t * H * D + e] += 0.5f;
+        for (int e = 0; e < KVH * D; e++) {
+            k[(size_t)t * KVH * D + e] -= 0.3f;
+            v[(size_t)t * KVH * D + e] += 0.7f;
+        }
+        attn_loss();
+        be->attention_bwd(be, dq, dk, dv, at.R, q, k, v, out, lse, cu, ndocs, N, H, KVH, D);
+        size_t a = (size_t)cu[1];
+        CHECK(!memcmp(out + a * H * D, out0 + a * H * D, (nq - a * H * D) * sizeof(float)) &&
+                  !memcmp(lse + a * H, lse0 + a * H, ((size_t)N * H - a * H) * sizeof(float)),
+              "attention: a change in document 0 altered other documents' outputs");
+        CHECK(!memcmp(dq + a * H * D, dq0 + a * H * D, (nq - a * H * D) * sizeof(float)) &&
+                  !memcmp(dk + a * KVH * D, dk0 + a * KVH * D, (nkv - a * KVH * D) * sizeof(float)),
+              "attention: a change in document 0 altered other documents' gradients");
+        CHECK(memcmp(out, out0, a * H * D * sizeof(float)) != 0, "document 0 output did not change");
+    }
+    free_all();
+}
+
+static void test_attention(void) {
+    const int packed[4] = {5, 1, 7, 3};  // one document of length 1
+    test_attention_case(packed, 4, 4, 2, 8, 1);
+    const int one[1] = {1};
+    test_attention_case(one, 1, 2, 1, 4, 1);
+    const int mha[3] = {3, 1, 4};
+    test_attention_case(mha, 3, 2, 2, 20, 1);  // D not a multiple of the vector width
+    const int longer[2] = {60, 33};
+    test_attention_case(longer, 2, 4, 1, 32, 0);
+}
+
+// ---- pointwise ------------------------------------------------------------------
+static void test_embed(void) {
+    const int N = 9, C = 70, V = 5, P = 6;
+    float *wte = frand((size_t)V * C, 1), *wpe = frand((size_t)P * C, 1), *out = fnan((size_t)N * C);
+    int32_t *tok = ibuf(N), *pos = ibuf(N);
+    for (int i = 0; i < N; i++) {
+        tok[i] = (int32_t)(es_rng_u64(&rng) % V);
+        pos[i] = i % P;
+    }
+    tok[1] = tok[4] = tok[7];  // repeated tokens must accumulate
+    for (int with_pe = 0; with_pe < 2; with_pe++) {
+        t_poison(out, (size_t)N * C);
+        be->embed_fwd(be, out, tok, pos, wte, with_pe ? wpe : NULL, N, C);
+        int ok = 1;
+        for (int i = 0; i < N; i++)
+            for (int c = 0; c < C; c++)
+                ok &= out[i * C + c] ==
+                      wte[tok[i] * C + c] + (with_pe ? wpe[pos[i] * C + c] : 0.0f);
+        CHECK(ok, "embed_fwd with_pe=%d", with_pe);
+    }
+    float *dout = frand((size_t)N * C, 1), *dwte0 = frand((size_t)V * C, 1), *dwpe0 = frand((size_t)P * C, 1);
+    float *dwte = fcopy(dwte0, (size_t)V * C), *dwpe = fcopy(dwpe0, (size_t)P * C);
+    be->embed_bwd(be, dwte, dwpe, dout, tok, pos, N, C);
+    double *rw = es_xmalloc(sizeof(double) * V * C), *rp2 = es_xmalloc(sizeof(double) * P * C);
+    for (int i = 0; i < V * C; i++) rw[i] = dwte0[i];
+    for (int i = 0; i < P * C; i++) rp2[i] = dwpe0[i];
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            rw[tok[i] * C + c] += dout[i * C + c];
+            rp2[pos[i] * C + c] += dout[i * C + c];
+        }
+    CHECK(rel_err_d(dwte, rw, (size_t)V * C) < 1e-6 && rel_err_d(dwpe, rp2, (size_t)P * C) < 1e-6,
+          "embed_bwd accumulation");
+    float *dwte2 = fcopy(dwte0, (size_t)V * C);
+    be->embed_bwd(be, dwte2, NULL, dout, tok, pos, N, C);
+    CHECK(rel_err_d(dwte2, rw, (size_t)V * C) < 1e-6, "embed_bwd without wpe");
+    free(rw);
+    free(rp2);
+    free_all();
+}
+
+static struct { float *out, *a, *b, *R; size_t n; int gelu; } pw;
+
+static double pw_loss(void) {
+    if (pw.gelu)
+        be->gelu_fwd(be, pw.out, pw.a, pw.n);
+    else
+        be->swiglu_fwd(be, pw.out, pw.a, pw.b, pw.n);
+    return proj(pw.out, pw.R, pw.n);
+}
+
+static void test_activations(void) {
+    const size_t n = 203;
+    float *g = frand(n, 2), *u = frand(n, 1), *out = fnan(n);
+    g[0] = -30.0f;  // far tails stay finite
+    g[1] = 30.0f;
+    double *ref = es_xmalloc(n * sizeof(double));
+    be->swiglu_fwd(be, out, g, u, n);
+    for (size_t i = 0; i < n; i++) ref[i] = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+    CHECK(rel_err_d(out, ref, n) < 1e-6, "swiglu_fwd rel err %.3g", rel_err_d(out, ref, n));
+    const double k = sqrt(2.0 / M_PI);
+    t_poison(out, n);
+    be->gelu_fwd(be, out, g, n);
+    for (size_t i = 0; i < n; i++) {
+        double x = g[i];
+        ref[i] = 0.5 * x * (1.0 + tanh(k * (x + 0.044715 * x * x * x)));
+    }
+    CHECK(rel_err_d(out, ref, n) < 1e-6, "gelu_fwd rel err %.3g", rel_err_d(out, ref, n));
+
+    pw.out = out; pw.a = g; pw.b = u; pw.n = n; pw.R = frand(n, 1);
+    float *dg = fnan(n), *du = fnan(n);
+    // analytic double references for the derivatives as well
+    be->swiglu_bwd(be, dg, du, pw.R, g, u, n);
+    double *rg = es_xmalloc(n * sizeof(double)), *ru = es_xmalloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        double x = g[i], s = 1.0 / (1.0 + exp(-x));
+        rg[i] = pw.R[i] * u[i] * (s + x * s * (1 - s));
+        ru[i] = pw.R[i] * x * s;
+    }
+    CHECK(rel_err_d(dg, rg, n) < 1e-5 && rel_err_d(du, ru, n) < 1e-5, "swiglu_bwd vs analytic");
+    pw.gelu = 0;
+    check_fd("swiglu dgate", dg, g, n, 1e-3f, pw_loss);
+    check_fd("swiglu dup", du, u, n, 1e-3f, pw_loss);
+    t_poison(dg, n);
+    be->gelu_bwd(be, dg, pw.R, g, n);
+    for (size_t i = 0; i < n; i++) {
+        double x = g[i], t = tanh(k * (x + 0.044715 * x * x * x));
+        rg[i] = pw.R[i] * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x));
+    }
+    CHECK(rel_err_d(dg, rg, n) < 1e-5, "gelu_bwd vs analytic %.3g", rel_err_d(dg, rg, n));
+    pw.gelu = 1;
+    check_fd("gelu dinp", dg, g, n, 1e-3f, pw_loss);
+    free(ref);
+    free(rg);
+    free(ru);
+
+    // add, also in place
+    float *a = frand(n, 1), *b = frand(n, 1), *s = fnan(n);
+    be->add(be, s, a, b, n);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= s[i] == a[i] + b[i];
+    be->add(be, a, a, b, n);
+    CHECK(ok && !memcmp(a, s, n * sizeof(float)), "add (and in place)");
+    free_all();
+}
+
+static void test_rows(void) {
+    const int R = 8, M = 6, C = 130;
+    float *inp = frand((size_t)R * C, 1), *out = fnan((size_t)M * C);
+    int32_t *rows = ibuf(M);
+    const int32_t sel[6] = {7, 0, 3, 3, 5, 0};  // repeats must add up in the scatter
+    memcpy(rows, sel, sizeof sel);
+    be->gather_rows(be, out, inp, rows, M, C);
+    int ok = 1;
+    for (int i = 0; i < M; i++) ok &= !memcmp(out + i * C, inp + sel[i] * C, C * sizeof(float));
+    CHECK(ok, "gather_rows");
+    float *base = frand((size_t)R * C, 1), *d = fcopy(base, (size_t)R * C), *dout = frand((size_t)M * C, 1);
+    be->scatter_add_rows(be, d, dout, rows, M, C);
+    double *ref = es_xmalloc(sizeof(double) * R * C);
+    for (int i = 0; i < R * C; i++) ref[i] = base[i];
+    for (int i = 0; i < M; i++)
+        for (int c = 0; c < C; c++) ref[sel[i] * C + c] += dout[i * C + c];
+    CHECK(rel_err_d(d, ref, (size_t)R * C) < 1e-6, "scatter_add_rows");
+    free(ref);
+    free_all();
+}
+
+// ---- distillation loss ------------------------------------------------------------
+static struct { float *s, *t, *w, *scratch; int32_t *tgt; int M, V; float alpha, tau; } dl;
+
+static double loss_only(void) {
+    float sums[2] = {0, 0};
+    memcpy(dl.scratch, dl.s, sizeof(float) * dl.M * dl.V);
+    be->distill_loss(be, sums, dl.scratch, dl.t, dl.tgt, dl.w, dl.M, dl.V, dl.alpha, dl.tau, 1.0f);
+    float a = dl.t ? dl.alpha : 1.0f;
+    return (double)a * sums[0] + (1.0 - a) * sums[1];
+}
+
+// Double reference: sums and d(loss)/d(logits) * gs.
+static void distill_ref(double sums[2], double *grad, const float *s, const float *t,
+                        const int32_t *tgt, const float *w, int M, int V, double alpha, double tau,
+                        double gs) {
+    double a = t ? alpha : 1.0;
+    sums[0] = sums[1] = 0;
+    for (int r = 0; r < M; r++) {
+        const float *sr = s + (size_t)r * V, *tr = t ? t + (size_t)r * V : NULL;
+        double *gr = grad + (size_t)r * V;
+        if (w[r] == 0) {
+            for (int v = 0; v < V; v++) gr[v] = 0;
+            continue;
+        }
+        double mx = -INFINITY, z = 0;
+        for (int v = 0; v < V; v++) mx = fmax(mx, sr[v]);
+        for (int v = 0; v < V; v++) z += exp(sr[v] - mx);
+        double lse = mx + log(z);
+        sums[0] += w[r] * (lse - sr[tgt[r]]);
+        for (int v = 0; v < V; v++) gr[v] = w[r] * gs * a * (exp(sr[v] - lse) - (v == tgt[r]));
+        if (!tr) continue;
+        double ms = -INFINITY, mt = -INFINITY, zs = 0, zt = 0, kl = 0;
+        for (int v = 0; v < V; v++) {
+            ms = fmax(ms, sr[v] / tau);
+            mt = fmax(mt, tr[v] / tau);
+        }
+        for (int v = 0; v < V; v++) {
+            zs += exp(sr[v] / tau - ms);
+            zt += exp(tr[v] / tau - mt);
+        }
+        for (int v = 0; v < V; v++) {
+            double lq = sr[v] / tau - ms - log(zs), lp = tr[v] / tau - mt - log(zt);
+            kl += exp(lp) * (lp - lq);
+            gr[v] += w[r] * gs * (1 - a) * tau * (exp(lq) - exp(lp));
+        }
+        sums[1] += w[r] * tau * tau * kl;
+    }
+}
+
+static void test_distill_case(int teacher, float alpha, float tau, float offset) {
+    const int M = 5, V = 13;
+    size_t n = (size_t)M * V;
+    float *s = frand(n, 2), *t = frand(n, 3), *w = fbuf(M), *g = fbuf(n);
+    for (size_t i = 0; i < n; i++) {  // large logits must not overflow
+        s[i] += offset;
+        t[i] += offset;
+    }
+    int32_t *tgt = ibuf(M);
+    const float weights[5] = {1.0f, 0.0f, 0.5f, 2.0f, 1.0f};
+    memcpy(w, weights, sizeof weights);
+    for (int r = 0; r < M; r++) tgt[r] = (int32_t)(es_rng_u64(&rng) % V);
+    memcpy(g, s, n * sizeof(float));
+    float sums[2] = {0.25f, -1.0f};  // sums accumulate
+    const float gs = 0.37f;
+    be->distill_loss(be, sums, g, teacher ? t : NULL, tgt, w, M, V, alpha, tau, gs);
+    double rs[2], *rg = es_xmalloc(n * sizeof(double));
+    distill_ref(rs, rg, s, teacher ? t : NULL, tgt, w, M, V, alpha, tau, gs);
+    double e = rel_err_d(g, rg, n);
+    CHECK(e < 1e-5, "distill_loss grad teacher=%d alpha=%g tau=%g rel err %.3g", teacher, alpha,
+          tau, e);
+    CHECK(fabs(sums[0] - 0.25 - rs[0]) < 1e-5 * fmax(1, fabs(rs[0])) + 1e-3 * (offset != 0),
+          "ce sum %g vs %g", sums[0] - 0.25, rs[0]);
+    CHECK(fabs(sums[1] + 1.0 - rs[1]) < 1e-5 * fmax(1, fabs(rs[1])) + 1e-3 * (offset != 0),
+          "kd sum %g vs %g", sums[1] + 1.0, rs[1]);
+    int zero = 1;
+    for (int v = 0; v < V; v++) zero &= g[V + v] == 0.0f;
+    CHECK(zero, "row with weight 0 must have zero gradient");
+    if (offset == 0.0f) {  // finite differences of the loss itself
+        dl.s = s; dl.t = teacher ? t : NULL; dl.w = w; dl.tgt = tgt; dl.M = M; dl.V = V;
+        dl.alpha = alpha; dl.tau = tau; dl.scratch = fbuf(n);
+        for (size_t i = 0; i < n; i++) g[i] /= gs;
+        check_fd("distill_loss dlogits", g, s, n, 1e-2f, loss_only);
+    }
+    free(rg);
+    free_all();
+}
+
+static void test_distill(void) {
+    test_distill_case(1, 0.5f, 1.0f, 0.0f);
+    test_distill_case(1, 0.3f, 2.0f, 0.0f);
+    test_distill_case(1, 0.0f, 0.7f, 0.0f);
+    test_distill_case(0, 0.3f, 2.0f, 0.0f);  // without a teacher alpha is 1
+    test_distill_case(1, 0.5f, 1.0f, 3000.0f);
+}
+
+// ---- optimizer ----------------------------------------------------------------
+static void test_optim(void) {
+    const size_t n = 1001;
+    float *x = frand(n, 3);
+    double ref = 0;
+    for (size_t i = 0; i < n; i++) ref += (double)x[i] * x[i];
+    double ss = be->sumsq(be, x, n);
+    CHECK(fabs(ss - ref) < 1e-9 * ref, "sumsq %.17g vs %.17g", ss, ref);
+    float *y = fcopy(x, n);
+    be->scale(be, y, 0.25f, n);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= y[i] == x[i] * 0.25f;
+    CHECK(ok, "scale");
+
+    // one step by hand: p=1, g=0.5, lr=0.1, wd=0.1, betas (0.9, 0.999), eps=1e-8, step 1:
+    // m = 0.05, v = 0.00025, mhat = 0.5, vhat = 0.25, update = 0.5 / (0.5 + 1e-8)
+    // p = 1 - 0.1 * 0.1 * 1 - 0.1 * 0.99999998 = 0.890000002
+    float *p = fbuf(2), *gr = fbuf(2), *m = fbuf(2), *v = fbuf(2);
+    p[0] = 1.0f; p[1] = -2.0f;
+    gr[0] = 0.5f; gr[1] = -0.25f;
+    be->zero(be, m, 2, ES_DT_F32);
+    be->zero(be, v, 2, ES_DT_F32);
+    be->adamw(be, p, NULL, gr, m, v, 2, 0.1f, 0.9f, 0.999f, 1e-8f, 0.1f, 1);
+    // p1 = -2 + 0.1 * 0.1 * 2 - 0.1 * (-1) = -1.88
+    CHECK(fabs(p[0] - 0.890000002) < 1e-6 && fabs(p[1] + 1.88) < 1e-6, "adamw step 1: %.9g %.9g",
+          p[0], p[1]);
+    // 1 - beta rounds in fp32, so the moments match to about 1e-5 relative
+    CHECK(fabs(m[0] - 0.05) < 1e-6 && fabs(v[0] - 0.00025) < 1e-4 * 0.00025, "adamw moments %g %g",
+          m[0], v[0]);
+
+    // several steps with fp32 master weights and wd = 0 against a double reference
+    float *pp = fnan(n), *master = frand(n, 1), *g2 = fbuf(n), *m2 = fbuf(n), *v2 = fbuf(n);
+    be->zero(be, m2, n, ES_DT_F32);
+    be->zero(be, v2, n, ES_DT_F32);
+    double *rp = es_xmalloc(n * sizeof(double)), *rm = es_xmalloc(n * sizeof(double));
+    double *rv = es_xmalloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        rp[i] = master[i];
+        rm[i] = rv[i] = 0;
+    }
+    for (int step = 1; step <= 3; step++) {
+        for (size_t i = 0; i < n; i++) g2[i] = es_rng_normal(&rng);
+        float wd = step == 3 ? 0.0f : 0.05f;
+        be->adamw(be, pp, master, g2, m2, v2, n, 1e-2f, 0.9f, 0.95f, 1e-8f, wd, step);
+        for (size_t i = 0; i < n; i++) {
+            rm[i] = 0.9 * rm[i] + 0.1 * g2[i];
+            rv[i] = 0.95 * rv[i] + 0.05 * (double)g2[i] * g2[i];
+            double mh = rm[i] / (1 - pow(0.9, step)), vh = rv[i] / (1 - pow(0.95, step));
+            rp[i] = rp[i] * (1 - 1e-2 * wd) - 1e-2 * mh / (sqrt(vh) + 1e-8);
+        }
+    }
+    double e = rel_err_d(master, rp, n);
+    CHECK(e < 1e-5, "adamw master after 3 steps rel err %.3g", e);
+    CHECK(!memcmp(pp, master, n * sizeof(float)), "adamw params not refreshed from master");
+    free(rp);
+    free(rm);
+    free(rv);
+    free_all();
+}
+
+int main(void) {
+    be = es_backend_cpu_create();
+    if (!be) {
+        fprintf(stderr, "test_cpu_ops: %s\n", es_last_error());
+        return 1;
+    }
+    es_rng_seed(&rng, 1234);
+    test_memory();
+    test_matmul();
+    test_norm(0, 4, 9);
+    test_norm(0, 3, 150);  // more columns than one weight-gradient block
+    test_norm(1, 4, 9);
+    test_norm(1, 3, 150);
+    test_rope();
+    test_attention();
+    test_embed();
+    test_activations();
+    test_rows();
+    test_distill();
+    test_optim();
+    be->destroy(be);
+    TEST_DONE();
+}

@@ -1,0 +1,291 @@
+// The CPU backend against Hugging Face transformers: for each fixture written
+// by tools/make_fixtures.py, load the model with es_model_load_hf, run the
+// packed batch forward, the full LM head and the cross-entropy, then backward,
+// and compare logits, loss and the gradient of every parameter (by its
+// Hugging Face name) with the reference.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "model.h"
+#include "safetensors.h"
+#include "test.h"
+
+#define TOL 1e-4
+
+static const char *const cases[] = {"qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2"};
+
+// Reads tensor `name` of io (n elements) as fp32; returns a fresh array, or
+// NULL with a failed check.
+static float *read_tensor(const es_st_file *io, const char *name, size_t n) {
+    int i = es_st_find(io, name);
+    CHECK(i >= 0, "%s: tensor '%s' missing", io->path, name);
+    if (i < 0) return NULL;
+    size_t numel = es_st_numel(&io->tensors[i]);
+    CHECK(numel == n, "%s: '%s' has %zu elements, expected %zu", io->path, name, numel, n);
+    if (numel != n) return NULL;
+    float *x = es_xmalloc(numel * sizeof *x);
+    es_st_read_f32(x, io, i);
+    return x;
+}
+
+// GPT-2's Conv1D modules hold (in, out) weights whose output columns are the
+// internal (out, in) matrices of `parts` side by side; biases are concatenated.
+typedef struct {
+    const char *hf;        // module inside transformer.h.<l>.
+    const char *parts[3];  // internal modules inside model.layers.<l>.
+    int conv;              // Conv1D: transposed weight
+} gpt2_module;
+
+static const gpt2_module gpt2_modules[] = {
+    {"attn.c_attn", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, 1},
+    {"attn.c_proj", {"self_attn.o_proj"}, 1},
+    {"mlp.c_fc", {"mlp.up_proj"}, 1},
+    {"mlp.c_proj", {"mlp.down_proj"}, 1},
+    {"ln_1", {"input_layernorm"}, 0},
+    {"ln_2", {"post_attention_layernorm"}, 0},
+};
+
+static const char *const gpt2_top[][2] = {
+    {"transformer.wte.weight", "model.embed_tokens.weight"},
+    {"transformer.wpe.weight", "model.wpe.weight"},
+    {"transformer.ln_f.weight", "model.norm.weight"},
+    {"transformer.ln_f.bias", "model.norm.bias"},
+};
+
+// Writes our gradient of Hugging Face parameter `hf` into out, in Hugging Face
+// layout; returns its element count, or 0 when the name maps to nothing.
+static size_t internal_grad(float *out, const es_layout *lo, const float *g, const char *hf,
+                            int gpt2) {
+    if (!gpt2) {
+        int i = es_layout_find(lo, hf);
+        if (i < 0) return 0;
+        memcpy(out, g + lo->params[i].offset, lo->params[i].numel * sizeof *out);
+        return lo->params[i].numel;
+    }
+    for (size_t t = 0; t < sizeof gpt2_top / sizeof gpt2_top[0]; t++) {
+        if (strcmp(hf, gpt2_top[t][0])) continue;
+        return internal_grad(out, lo, g, gpt2_top[t][1], 0);
+    }
+    int l, at = 0;
+    if (sscanf(hf, "transformer.h.%d.%n", &l, &at) != 1 || !at) return 0;
+    const char *rest = hf + at, *kind = strrchr(rest, '.');
+    if (!kind) return 0;
+    for (size_t k = 0; k < sizeof gpt2_modules / sizeof gpt2_modules[0]; k++) {
+        const gpt2_module *mod = &gpt2_modules[k];
+        size_t len = strlen(mod->hf);
+        if (strncmp(rest, mod->hf, len) || rest + len != kind) continue;
+        int idx[3], nparts = 0, out_total = 0;
+        for (; nparts < 3 && mod->parts[nparts]; nparts++) {
+            char name[96];
+            snprintf(name, sizeof name, "model.layers.%d.%s%s", l, mod->parts[nparts], kind);
+            idx[nparts] = es_layout_find(lo, name);
+            if (idx[nparts] < 0) return 0;
+            out_total += lo->params[idx[nparts]].shape[0];
+        }
+        int is_weight = !strcmp(kind, ".weight");
+        size_t n = 0;
+        for (int p = 0, o_off = 0; p < nparts; p++) {
+            const es_param *pp = &lo->params[idx[p]];
+            const float *src = g + pp->offset;
+            if (is_weight && mod->conv) {  // (out_p, in) -> columns of (in, out_total)
+                int OC = pp->shape[0], IC = pp->shape[1];
+                for (int o = 0; o < OC; o++)
+                    for (int i = 0; i < IC; i++) out[(size_t)i * out_total + o_off + o] = src[(size_t)o * IC + i];
+                o_off += OC;
+            } else {
+                memcpy(out + n, src, pp->numel * sizeof *out);
+            }
+            n += pp->numel;
+        }
+        return n;
+    }
+    return 0;
+}
+
+// The packed batch of a fixture, on the host.
+typedef struct {
+    int N, ndocs, count;  // tokens, documents, supervised tokens
+    int32_t *tokens, *pos, *cu, *targets;  // ignored targets become 0 with weight 0
+    float *weights, loss;
+} fixture_batch;
+
+static int read_batch(fixture_batch *fb, const es_st_file *io) {
+    memset(fb, 0, sizeof *fb);
+    int ti = es_st_find(io, "tokens"), ci = es_st_find(io, "cu_seqlens");
+    CHECK(ti >= 0 && ci >= 0, "%s: tokens or cu_seqlens missing", io->path);
+    if (ti < 0 || ci < 0) return ES_ERR;
+    fb->N = (int)es_st_numel(&io->tensors[ti]);
+    fb->ndocs = (int)es_st_numel(&io->tensors[ci]) - 1;
+    float *tok = read_tensor(io, "tokens", (size_t)fb->N),
+          *pos = read_tensor(io, "position_ids", (size_t)fb->N),
+          *cu = read_tensor(io, "cu_seqlens", (size_t)fb->ndocs + 1),
+          *tgt = read_tensor(io, "targets", (size_t)fb->N), *loss = read_tensor(io, "loss", 1);
+    int ok = tok && pos && cu && tgt && loss && fb->ndocs >= 1;
+    if (ok) {
+        fb->tokens = es_xmalloc((size_t)fb->N * 4);
+        fb->pos = es_xmalloc((size_t)fb->N * 4);
+        fb->targets = es_xmalloc((size_t)fb->N * 4);
+        fb->weights = es_xmalloc((size_t)fb->N * 4);
+        fb->cu = es_xmalloc((size_t)(fb->ndocs + 1) * 4);
+        for (int i = 0; i < fb->N; i++) {
+            fb->tokens[i] = (int32_t)tok[i];
+            fb->pos[i] = (int32_t)pos[i];
+            int valid = tgt[i] >= 0;
+            fb->targets[i] = valid ? (int32_t)tgt[i] : 0;
+            fb->weights[i] = valid ? 1.0f : 0.0f;
+            fb->count += valid;
+        }
+        for (int d = 0; d <= fb->ndocs; d++) fb->cu[d] = (int32_t)cu[d];
+        fb->loss = loss[0];
+    }
+    free(tok);
+    free(pos);
+    free(cu);
+    free(tgt);
+    free(loss);
+    return ok ? ES_OK : ES_ERR;
+}
+
+static void free_batch(fixture_batch *fb) {
+    free(fb->tokens);
+    free(fb->pos);
+    free(fb->cu);
+    free(fb->targets);
+    free(fb->weights);
+}
+
+// Compares every Hugging Face gradient in io with ours. Each must have a
+// counterpart and the counts must add up to our whole buffer, so that no
+// parameter goes unchecked. Returns the worst relative error.
+static double compare_grads(const es_st_file *io, const es_model *m, const char *name) {
+    size_t total = m->layout.total, covered = 0;
+    float *g = es_xmalloc(total * sizeof *g), *mine = es_xmalloc(total * sizeof *mine);
+    m->be->download(m->be, g, m->grads, total, ES_DT_F32);
+    double gmax = 0, worst = 0;
+    for (size_t i = 0; i < total; i++)
+        if (fabs(g[i]) > gmax) gmax = fabs(g[i]);
+    for (int t = 0; t < io->ntensors; t++) {
+        const char *tn = io->tensors[t].name;
+        if (strncmp(tn, "grad.", 5)) continue;
+        size_t n = es_st_numel(&io->tensors[t]);
+        float *ref = read_tensor(io, tn, n);
+        if (!ref) continue;
+        t_poison(mine, n < total ? n : total);
+        size_t got = internal_grad(mine, &m->layout, g, tn + 5, m->cfg.arch == ES_ARCH_GPT2);
+        CHECK(got == n, "%s: %s: %zu elements map to %zu of ours", name, tn + 5, n, got);
+        if (got == n) {
+            // Tiny gradients (a key bias has none) are compared against the
+            // model's largest gradient rather than their own size.
+            double e = t_rel_err(mine, ref, n, 1e-3 * gmax);
+            CHECK(e <= TOL, "%s: gradient %s rel err %g", name, tn + 5, e);
+            if (e > worst) worst = e;
+            covered += n;
+        }
+        free(ref);
+    }
+    CHECK(covered == total, "%s: %zu of %zu gradient elements compared", name, covered, total);
+    free(g);
+    free(mine);
+    return worst;
+}
+
+// Forward, full LM head, cross-entropy and backward on the CPU backend, each
+// compared with the reference.
+static void run_case(es_model *m, const es_st_file *io, const fixture_batch *fb,
+                     const char *name) {
+    es_backend *be = m->be;
+    int N = fb->N, C = m->cfg.hidden, V = m->cfg.vocab;
+    float *logits_ref = read_tensor(io, "logits", (size_t)N * V);
+    if (!logits_ref) return;
+    es_model_batch b = {.N = N, .ndocs = fb->ndocs};
+    b.tokens = be->alloc(be, (size_t)N, ES_DT_I32, ES_MEM_INDEX);
+    b.pos = be->alloc(be, (size_t)N, ES_DT_I32, ES_MEM_INDEX);
+    b.cu_seqlens = be->alloc(be, (size_t)fb->ndocs + 1, ES_DT_I32, ES_MEM_INDEX);
+    void *d_tgt = be->alloc(be, (size_t)N, ES_DT_I32, ES_MEM_INDEX);
+    void *d_w = be->alloc(be, (size_t)N, ES_DT_F32, ES_MEM_ACTS);
+    void *d_logits = be->alloc(be, (size_t)N * V, ES_DT_COMPUTE, ES_MEM_ACTS);
+    void *d_dh = be->alloc(be, (size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
+    size_t nbig = (size_t)N * (V > C ? V : C);
+    float *host = es_xmalloc(nbig * sizeof *host);
+    int ok = b.tokens && b.pos && b.cu_seqlens && d_tgt && d_w && d_logits && d_dh;
+    CHECK(ok, "%s: alloc: %s", name, es_last_error());
+    if (ok) {
+        be->upload(be, b.tokens, fb->tokens, (size_t)N, ES_DT_I32);
+        be->upload(be, b.pos, fb->pos, (size_t)N, ES_DT_I32);
+        be->upload(be, b.cu_seqlens, fb->cu, (size_t)fb->ndocs + 1, ES_DT_I32);
+        be->upload(be, d_tgt, fb->targets, (size_t)N, ES_DT_I32);
+        be->upload(be, d_w, fb->weights, (size_t)N, ES_DT_F32);
+        // Outputs start as NaN so that anything left unwritten fails.
+        t_poison(host, nbig);
+        be->upload(be, m->hidden, host, (size_t)N * C, ES_DT_COMPUTE);
+        be->upload(be, d_logits, host, (size_t)N * V, ES_DT_COMPUTE);
+        be->upload(be, d_dh, host, (size_t)N * C, ES_DT_COMPUTE);
+
+        CHECK(es_model_forward(m, &b) == ES_OK, "%s: forward: %s", name, es_last_error());
+        be->matmul_fwd(be, d_logits, m->hidden, es_model_lm_head(m), NULL, N, C, V);
+        be->download(be, host, d_logits, (size_t)N * V, ES_DT_COMPUTE);
+        double e_logits = t_rel_err(host, logits_ref, (size_t)N * V, 1e-6);
+        CHECK(e_logits <= TOL, "%s: logits rel err %g", name, e_logits);
+
+        float sums[2] = {0, 0};
+        be->distill_loss(be, sums, d_logits, NULL, d_tgt, d_w, N, V, 1.0f, 1.0f,
+                         1.0f / (float)fb->count);
+        double loss = sums[0] / fb->count, e_loss = fabs(loss - fb->loss) / fabs(fb->loss);
+        CHECK(e_loss <= TOL, "%s: loss %.7f vs %.7f (rel err %g)", name, loss, fb->loss, e_loss);
+
+        // dhidden and the LM head gradient, then the model's backward.
+        be->matmul_bwd(be, d_dh, es_model_lm_head_grad(m), NULL, d_logits, m->hidden,
+                       es_model_lm_head(m), N, C, V, 0);
+        CHECK(es_model_backward(m, &b, d_dh) == ES_OK, "%s: backward: %s", name,
+              es_last_error());
+        double worst = compare_grads(io, m, name);
+        printf("%-13s N=%d docs=%d: rel err logits %.2g, loss %.2g, gradients (worst) %.2g\n",
+               name, N, fb->ndocs, e_logits, e_loss, worst);
+    }
+    free(host);
+    free(logits_ref);
+    be->free(be, b.tokens);
+    be->free(be, b.pos);
+    be->free(be, b.cu_seqlens);
+    be->free(be, d_tgt);
+    be->free(be, d_w);
+    be->free(be, d_logits);
+    be->free(be, d_dh);
+}
+
+static void check_case(es_backend *be, const char *name) {
+    char dir[256], path[512];
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", name);
+    snprintf(path, sizeof path, "%s/io.safetensors", dir);
+    es_st_file io;
+    if (es_st_open(&io, path)) {
+        CHECK(0, "%s", es_last_error());
+        return;
+    }
+    fixture_batch fb;
+    if (read_batch(&fb, &io) == ES_OK) {
+        es_model m;
+        if (es_model_load_hf(&m, dir, be, fb.N, 1) == ES_OK) {
+            run_case(&m, &io, &fb, name);
+            es_model_free(&m);
+        } else {
+            CHECK(0, "%s: load: %s", name, es_last_error());
+        }
+    }
+    free_batch(&fb);
+    es_st_close(&io);
+}
+
+int main(void) {
+    es_backend *be = es_backend_cpu_create();
+    if (!be) {
+        fprintf(stderr, "cpu backend: %s\n", es_last_error());
+        return 1;
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(be, cases[i]);
+    CHECK(be->mem_now_total == 0, "%zu bytes still allocated", be->mem_now_total);
+    be->destroy(be);
+    TEST_DONE();
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Writes the Hugging Face reference fixtures under tests/fixtures/<case>/.
+
+Each case is a tiny randomly initialised `transformers` model (float32, eager
+attention) saved with save_pretrained (config.json + model.safetensors), and an
+io.safetensors holding one packed batch of three documents with its reference
+logits, loss and the gradient of every parameter (Hugging Face names).
+
+The packed reference is exact: each document runs on its own (batch of 1,
+positions from 0), the logits are concatenated, and the loss is the sum of the
+per-document cross-entropies over the total number of supervised tokens.
+
+Needs torch and transformers; run once by hand (never by tests):
+    python3 tools/make_fixtures.py [--out tests/fixtures]
+"""
+import argparse
+import pathlib
+
+import torch
+from safetensors.torch import save_file
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+
+SEED = 1234
+DOC_LENS = (13, 7, 11)  # three documents of different lengths, packed: N = 31
+IGNORE = -100
+
+COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+              rms_norm_eps=1e-6, initializer_range=0.1, rope_theta=10000.0)
+
+
+def cases():
+    """(name, model class, config) for every fixture."""
+    return [
+        # head_dim 16 != hidden / heads = 8, so q/o shapes differ from (C, C)
+        ("qwen3_tied", Qwen3ForCausalLM,
+         Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=True)),
+        ("qwen3_untied", Qwen3ForCausalLM,
+         Qwen3Config(**COMMON, head_dim=8, tie_word_embeddings=False)),
+        ("qwen2", Qwen2ForCausalLM, Qwen2Config(**COMMON, tie_word_embeddings=False)),
+        # attention_bias puts biases on q, k, v and o
+        ("llama", LlamaForCausalLM,
+         LlamaConfig(**COMMON, attention_bias=True, mlp_bias=False, tie_word_embeddings=False)),
+        ("gpt2", GPT2LMHeadModel,
+         GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                    initializer_range=0.1, layer_norm_epsilon=1e-5,
+                    activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                    attn_pdrop=0.0, bos_token_id=95, eos_token_id=95)),
+    ]
+
+
+def perturb(model, gen):
+    """Moves norm weights off 1 and biases off 0, so that a loader or kernel that
+    ignores them fails the comparison."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def make_batch(vocab, gen):
+    """tokens, position_ids, cu_seqlens and targets of the packed batch, as
+    DataCollatorWithFlattening lays it out; the last token of each document
+    predicts nothing."""
+    docs = [torch.randint(0, vocab, (n,), generator=gen) for n in DOC_LENS]
+    tokens = torch.cat(docs)
+    pos = torch.cat([torch.arange(n) for n in DOC_LENS])
+    cu = torch.tensor([0] + list(torch.cumsum(torch.tensor(DOC_LENS), 0)))
+    targets = torch.cat([torch.cat([d[1:], torch.tensor([IGNORE])]) for d in docs])
+    return docs, tokens, pos, cu, targets
+
+
+def reference(model, docs, targets):
+    """Concatenated per-document logits and the mean CE over supervised tokens,
+    with every parameter's gradient from loss.backward()."""
+    model.zero_grad(set_to_none=True)
+    logits = []
+    for d in docs:
+        pos = torch.arange(d.numel()).unsqueeze(0)
+        out = model(input_ids=d.unsqueeze(0), position_ids=pos)
+        logits.append(out.logits[0])
+    logits = torch.cat(logits)
+    count = int((targets != IGNORE).sum())
+    loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE,
+                                             reduction="sum") / count
+    loss.backward()
+    return logits.detach(), loss.detach()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="tests/fixtures", help="fixture root folder")
+    args = ap.parse_args()
+    torch.manual_seed(SEED)
+    torch.use_deterministic_algorithms(True)
+    for name, cls, cfg in cases():
+        gen = torch.Generator().manual_seed(SEED + sum(map(ord, name)))
+        cfg._attn_implementation = "eager"
+        model = cls(cfg).float().eval()  # eval: no dropout; gradients still flow
+        assert model.config._attn_implementation == "eager"
+        perturb(model, gen)
+        docs, tokens, pos, cu, targets = make_batch(cfg.vocab_size, gen)
+        logits, loss = reference(model, docs, targets)
+
+        out = pathlib.Path(args.out) / name
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=True)
+        io = {
+            "tokens": tokens.to(torch.int32),
+            "position_ids": pos.to(torch.int32),
+            "cu_seqlens": cu.to(torch.int32),
+            "targets": targets.to(torch.int32),
+            "logits": logits.float().contiguous(),
+            "loss": loss.float().reshape(()),
+        }
+        for pname, p in model.named_parameters():
+            io["grad." + pname] = p.grad.detach().float().contiguous()
+        save_file(io, str(out / "io.safetensors"))
+        print(f"{name}: N={tokens.numel()} loss={loss.item():.6f} "
+              f"params={sum(p.numel() for p in model.parameters())}")
+
+
+if __name__ == "__main__":
+    main()

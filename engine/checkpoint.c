@@ -90,8 +90,8 @@ static char *state_json(const es_train_state *st, const char *config_json) {
     cJSON_AddStringToObject(root, "data_epoch", num);
     snprintf(num, sizeof num, "%llu", (unsigned long long)st->data.step);
     cJSON_AddStringToObject(root, "data_step", num);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st->rng);  // exact: a JSON number would round
-    cJSON_AddStringToObject(root, "rng", num);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st->seed);  // exact: a JSON number would round
+    cJSON_AddStringToObject(root, "seed", num);
     cJSON_AddNumberToObject(root, "bad_steps", st->bad_steps);
     cJSON_AddNumberToObject(root, "tokens", st->tokens);
     cJSON_AddNumberToObject(root, "flops", st->flops);
@@ -175,7 +175,7 @@ static int load_trainer_state(es_train_state *st, const char *path) {
     if (!root) return es_fail("%s: not valid JSON (corrupt checkpoint)", path);
     double step = 0, ostep = 0, bad = 0;
     int r = get_num(&step, root, "step", path) || get_num(&ostep, root, "optim_step", path) || get_u64(&st->data.epoch, root, "data_epoch", path) ||
-            get_u64(&st->data.step, root, "data_step", path) || get_u64(&st->rng, root, "rng", path) ||
+            get_u64(&st->data.step, root, "data_step", path) || get_u64(&st->seed, root, "seed", path) ||
             get_num(&bad, root, "bad_steps", path) || get_num(&st->tokens, root, "tokens", path) ||
             get_num(&st->flops, root, "flops", path) || get_num(&st->seconds, root, "seconds", path);
     cJSON_Delete(root);

@@ -1,7 +1,7 @@
 // Checkpoints: a directory out/ckpt-NNNNNNNN holding the student as a Hugging
 // Face directory (config.json, model.safetensors, fp32), the optimizer state
 // (optim.safetensors) and the trainer state (trainer_state.json: step, data
-// position, RNG, run config). It is built in a temporary directory and
+// position, seed, run config). It is built in a temporary directory and
 // renamed into place, so a crash mid-write leaves the previous one intact.
 #pragma once
 #include <stdint.h>
@@ -14,7 +14,7 @@ typedef struct {
     int step;                  // training steps done (skipped ones included)
     int optim_step;            // AdamW updates applied
     es_packer_state data;      // where the packer stands
-    uint64_t rng;              // trainer RNG state
+    uint64_t seed;             // run.seed: with `data` it fixes every later batch and label mask
     int bad_steps;             // non-finite steps in a row
     double tokens;             // kept tokens trained on
     double flops;              // FLOPs spent

@@ -9,3 +9,14 @@ typedef struct {
 
 // `essence data <verb>`: validate and describe data shards (engine/cmd_data.c).
 int cmd_data(int argc, char **argv);
+
+// `essence train`: train or distil a student from a run config (engine/cmd_train.c).
+int cmd_train(int argc, char **argv);
+
+#include <stdio.h>
+
+#include "run_config.h"
+
+// Parses `--config RUN.json [--set key=value ...] [--fresh]` (and --help,
+// --help-config) into rc. Returns 0 to go on, else the exit code + 1.
+int es_parse_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void (*help)(FILE *));

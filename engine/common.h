@@ -23,6 +23,10 @@ void *es_xcalloc(size_t n, size_t size);
 // Reads a whole file into a NUL-terminated buffer; ES_ERR on failure.
 int es_read_file(char **out, size_t *out_len, const char *path);
 
+// Writes `len` bytes to `path` atomically (tmp file, fsync, rename, fsync
+// dir): readers see the old file or the new one, never a part.
+int es_write_atomic(const char *path, const void *data, size_t len);
+
 // Wall clock in seconds (monotonic).
 double es_now(void);
 

@@ -229,6 +229,11 @@ int es_config_load(es_config *cfg, const char *path) {
 // Shortest decimal that reads back as the same float (1e-06, not 9.99999997e-07).
 static void add_float(cJSON *o, const char *key, float v) {
     char buf[32];
+    if (v == (float)(long long)v && v < 1e15f && v > -1e15f) {  // 1000000, not 1e+06
+        snprintf(buf, sizeof buf, "%lld", (long long)v);
+        cJSON_AddRawToObject(o, key, buf);
+        return;
+    }
     for (int prec = 6; prec <= 9; prec++) {
         snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
         if (strtof(buf, NULL) == v) break;

@@ -107,7 +107,7 @@ int es_distill_loss(es_distill *d, float sums[2], void *dhidden, float *dlm_head
         }
         M++;
     }
-    be->zero(be, dhidden, (size_t)mb->n * C, ES_DT_COMPUTE);
+    if (dhidden) be->zero(be, dhidden, (size_t)mb->n * C, ES_DT_COMPUTE);
     if (M == 0) return ES_OK;
     be->upload(be, d->rows, d->hrows, (size_t)M, ES_DT_I32);
     be->upload(be, d->targets, d->htargets, (size_t)M, ES_DT_I32);
@@ -137,6 +137,7 @@ int es_distill_loss(es_distill *d, float sums[2], void *dhidden, float *dlm_head
         } else {
             be->distill_loss(be, sums, d->logits, NULL, tg, w, r, V, 1.0f, p->tau, p->grad_scale);
         }
+        if (!dhidden) continue;  // evaluation: the loss only
         // logits now hold d(loss)/d(logits): back through the LM head
         be->matmul_bwd(be, d->dh, dlm_head, NULL, d->logits, d->h, lm_head, r, C, V, 0);
         be->scatter_add_rows(be, dhidden, d->dh, rows, r, C);

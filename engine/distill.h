@@ -50,7 +50,8 @@ typedef struct {
 
 // Over device buffers: hidden (N, C) and lm_head (V, C) of the student.
 // dhidden (N, C) is overwritten with d(loss)/d(hidden) (zero on unsupervised
-// rows); dlm_head (V, C) fp32 accumulates. sums[0], sums[1] receive the
+// rows); dlm_head (V, C) fp32 accumulates. With dhidden == NULL only the
+// loss is computed (evaluation) and neither gradient is touched. sums[0], sums[1] receive the
 // weighted CE and KD sums of this micro-batch (overwritten).
 int es_distill_loss(es_distill *d, float sums[2], void *dhidden, float *dlm_head,
                     const void *hidden, const void *lm_head, const es_teacher_rows *teacher,

@@ -9,6 +9,7 @@ static int cmd_version(int argc, char **argv);
 
 static const es_command commands[] = {
     {"version", "print the version and the backends built in", cmd_version},
+    {"train", "train or distil a student from a run config", cmd_train},
     {"data", "validate data shards and print their statistics", cmd_data},
 };
 static const int ncommands = (int)(sizeof commands / sizeof commands[0]);

@@ -196,17 +196,23 @@ void es_st_read_f32(float *dst, const es_st_file *f, int i) {
     const es_st_tensor *t = &f->tensors[i];
     const unsigned char *src = f->map + f->data_off + t->begin;  // may be unaligned: memcpy
     size_t n = es_st_numel(t);
-    for (size_t j = 0; j < n; j++) {
-        uint16_t h;
-        int32_t i32;
-        int64_t i64;
-        switch (t->dtype) {
-        case ES_ST_F32: memcpy(&dst[j], src + 4 * j, 4); break;
-        case ES_ST_BF16: memcpy(&h, src + 2 * j, 2); dst[j] = es_bf16_to_f32(h); break;
-        case ES_ST_F16: memcpy(&h, src + 2 * j, 2); dst[j] = es_f16_to_f32(h); break;
-        case ES_ST_I32: memcpy(&i32, src + 4 * j, 4); dst[j] = (float)i32; break;
-        case ES_ST_I64: memcpy(&i64, src + 8 * j, 8); dst[j] = (float)i64; break;
-        }
+    uint16_t h;
+    int32_t i32;
+    int64_t i64;
+    switch (t->dtype) {  // one loop per type: this runs over every weight at load
+    case ES_ST_F32: memcpy(dst, src, 4 * n); break;
+    case ES_ST_BF16:
+        for (size_t j = 0; j < n; j++) memcpy(&h, src + 2 * j, 2), dst[j] = es_bf16_to_f32(h);
+        break;
+    case ES_ST_F16:
+        for (size_t j = 0; j < n; j++) memcpy(&h, src + 2 * j, 2), dst[j] = es_f16_to_f32(h);
+        break;
+    case ES_ST_I32:
+        for (size_t j = 0; j < n; j++) memcpy(&i32, src + 4 * j, 4), dst[j] = (float)i32;
+        break;
+    case ES_ST_I64:
+        for (size_t j = 0; j < n; j++) memcpy(&i64, src + 8 * j, 8), dst[j] = (float)i64;
+        break;
     }
 }
 

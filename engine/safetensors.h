@@ -43,6 +43,3 @@ void es_st_writer_add_i32(es_st_writer *w, const char *name, const int32_t *data
                           const int64_t *shape);
 int es_st_writer_write(es_st_writer *w, const char *path);
 void es_st_writer_free(es_st_writer *w);
-
-// Writes `len` bytes to `path` atomically (tmp file, fsync, rename, fsync dir).
-int es_write_atomic(const char *path, const void *data, size_t len);

@@ -90,6 +90,29 @@ static void write_raw(const char *path, const char *header, uint64_t hlen_field,
     free(buf);
 }
 
+// F16 comes only from other writers: a hand-made file with known values.
+static void test_st_f16(void) {
+    const char *hdr = "{\"h\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]}}";
+    const uint16_t bits[4] = {0x3C00, 0xC000, 0x3555, 0x0001};  // 1, -2, ~1/3, smallest subnormal
+    const float want[4] = {1.0f, -2.0f, 0.333251953125f, 5.9604644775390625e-8f};
+    size_t h = strlen(hdr);
+    unsigned char buf[256] = {0};
+    buf[0] = (unsigned char)h;
+    memcpy(buf + 8, hdr, h);
+    for (int i = 0; i < 4; i++) buf[8 + h + 2 * i] = bits[i] & 0xff, buf[9 + h + 2 * i] = bits[i] >> 8;
+    char path[128];
+    path_in(path, sizeof path, "f16.safetensors");
+    CHECK(es_write_atomic(path, buf, 8 + h + 8) == ES_OK, "%s", es_last_error());
+    es_st_file f;
+    CHECK(es_st_open(&f, path) == ES_OK, "%s", es_last_error());
+    if (f.ntensors != 1) return;
+    float got[4];
+    t_poison(got, 4);
+    es_st_read_f32(got, &f, 0);
+    CHECK(t_rel_err(got, want, 4, 1e-30) == 0, "f16 %g %g %g %g", got[0], got[1], got[2], got[3]);
+    es_st_close(&f);
+}
+
 static void expect_st_error(const char *header, int64_t hlen_field, size_t data_len,
                             const char *needle, const char *what) {
     char path[128];
@@ -302,7 +325,11 @@ static void test_save_load(es_backend *be) {
             CHECK(es_model_load_hf(&back, dir, be, 8, 1) == ES_OK, "arch %d load: %s", a, es_last_error());
             if (back.params) {
                 CHECK(back.cfg.arch == m.cfg.arch && back.layout.total == m.layout.total &&
-                          back.cfg.tied == m.cfg.tied && back.cfg.head_dim == m.cfg.head_dim,
+                          back.cfg.tied == m.cfg.tied && back.cfg.head_dim == m.cfg.head_dim &&
+                          back.cfg.kv_heads == m.cfg.kv_heads && back.cfg.ffn == m.cfg.ffn &&
+                          back.cfg.max_pos == m.cfg.max_pos && back.cfg.rope_theta == m.cfg.rope_theta &&
+                          back.cfg.norm_eps == m.cfg.norm_eps && back.cfg.eos_id == m.cfg.eos_id &&
+                          back.cfg.qkv_bias == m.cfg.qkv_bias && back.cfg.o_bias == m.cfg.o_bias,
                       "arch %d config differs", a);
                 CHECK(!strcmp(back.cfg.torch_dtype, bf16 ? "bfloat16" : "float32"), "dtype %s",
                       back.cfg.torch_dtype);
@@ -521,6 +548,7 @@ int main(void) {
     }
     es_rng_seed(&g_rng, (uint64_t)getpid() ^ (uint64_t)(es_now() * 1e6));
     test_st_round_trip();
+    test_st_f16();
     test_st_bad_input();
     test_config_parse();
     test_presets();

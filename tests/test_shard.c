@@ -42,12 +42,14 @@ typedef struct {
     float *logp;
 } content;
 
-static content random_content(es_rng *r, size_t ndocs, uint32_t topk, uint32_t vocab) {
+// Examples of 2..41 tokens; odd forces an odd total so that the padding exists.
+static content random_content(es_rng *r, size_t ndocs, uint32_t topk, uint32_t vocab, int odd) {
     content x = {0};
     x.docs = es_xcalloc(ndocs, sizeof *x.docs);
     size_t n = 0;
     for (size_t d = 0; d < ndocs; d++) {
-        uint32_t len = 1 + (uint32_t)(es_rng_u64(r) % 40);
+        uint32_t len = 2 + (uint32_t)(es_rng_u64(r) % 40);
+        if (odd && d == ndocs - 1 && (n + len) % 2 == 0) len++;
         uint32_t b = (uint32_t)(es_rng_u64(r) % (len + 1));
         uint32_t e = b + (uint32_t)(es_rng_u64(r) % (len - b + 1));
         x.docs[d] = (es_doc_info){len, b, e};
@@ -109,7 +111,7 @@ static void check_same(const es_dataset *ds, const es_shard_content *const *cs, 
 }
 
 static void test_round_trip(es_rng *r) {
-    content a = random_content(r, 5, 3, 1000), b = random_content(r, 4, 3, 1000);
+    content a = random_content(r, 5, 3, 1000, 0), b = random_content(r, 4, 3, 1000, 0);
     b.c.fingerprint = a.c.fingerprint;
     const char *pa = tmp_path("a.shard"), *pb = tmp_path("b.shard");
     CHECK(es_shard_write(pa, &a.c) == ES_OK, "write a: %s", es_last_error());
@@ -125,7 +127,7 @@ static void test_round_trip(es_rng *r) {
     free_content(&a);
     free_content(&b);
     for (int rep = 0; rep < 4; rep++) {  // without top-k; odd and even token counts
-        content c = random_content(r, 1 + (size_t)rep, 0, 50);
+        content c = random_content(r, 1 + (size_t)rep, 0, 50, rep % 2);
         const es_shard_content *one = &c.c;
         CHECK(es_shard_write(pa, &c.c) == ES_OK, "write: %s", es_last_error());
         CHECK(es_dataset_open(&ds, paths, 1, 0, 0) == ES_OK, "open: %s", es_last_error());
@@ -139,11 +141,7 @@ static void test_round_trip(es_rng *r) {
 // Every prefix, one extra byte, and a flip of every byte: refused with a
 // message naming the file, never a crash.
 static void test_damage(es_rng *r) {
-    content c = random_content(r, 3, 2, 300);
-    c.c.ntokens -= c.docs[2].len;  // make the token count odd so the padding is there to damage
-    c.docs[2].len = (uint32_t)(c.c.ntokens % 2 ? 4 : 5);
-    c.docs[2].cot_begin = c.docs[2].cot_end = 1;
-    c.c.ntokens += c.docs[2].len;
+    content c = random_content(r, 3, 2, 300, 1);
     const char *good = tmp_path("good.shard"), *bad = tmp_path("bad.shard");
     CHECK(es_shard_write(good, &c.c) == ES_OK, "write: %s", es_last_error());
     CHECK(c.c.ntokens % 2 == 1, "odd token count");
@@ -196,11 +194,11 @@ typedef struct {
 } patch;
 
 static void test_rules(es_rng *r) {
-    content c = random_content(r, 2, 2, 100);
-    c.c.ntokens -= c.docs[1].len;  // odd total, known layout
-    c.docs[0] = (es_doc_info){c.docs[0].len, 0, 1 < c.docs[0].len ? 1 : c.docs[0].len};
-    c.docs[1] = (es_doc_info){c.c.ntokens % 2 ? 2 : 3, 1, 2};
-    c.c.ntokens += c.docs[1].len;
+    content c = random_content(r, 2, 2, 100, 1);  // at least 5 tokens
+    c.docs[0].cot_begin = 0;
+    c.docs[0].cot_end = 1;
+    c.docs[1].cot_begin = 1;
+    c.docs[1].cot_end = 2;
     const char *good = tmp_path("rules.shard"), *bad = tmp_path("rules-bad.shard");
     CHECK(es_shard_write(good, &c.c) == ES_OK, "write: %s", es_last_error());
     char *bytes;
@@ -221,7 +219,7 @@ static void test_rules(es_rng *r) {
         {"gap between examples", idx + 24, 1, "overlap or leave gaps"},
         {"empty example", idx + 8, 0, "is empty"},
         {"cot_begin after cot_end", idx + 24 + 12, 3, "out of order"},
-        {"cot_end past len", idx + 24 + 16, 9, "out of order"},
+        {"cot_end past len", idx + 24 + 16, c.docs[1].len + 1, "out of order"},
         {"top-k id outside vocab", ids + 4 * 5, 100, "top-k id 100"},
         {"positive log-prob", logp + 4 * 3, pos_bits, "log-probability"},
         {"NaN log-prob", logp + 4 * 5, nan_bits, "log-probability"},
@@ -268,7 +266,7 @@ static void test_rules(es_rng *r) {
 }
 
 static void test_mismatch(es_rng *r) {
-    content a = random_content(r, 2, 0, 64), b = random_content(r, 2, 0, 64), k = random_content(r, 2, 1, 64);
+    content a = random_content(r, 2, 0, 64, 0), b = random_content(r, 2, 0, 64, 0), k = random_content(r, 2, 1, 64, 0);
     b.c.fingerprint = a.c.fingerprint ^ 0x10;
     k.c.fingerprint = a.c.fingerprint;
     const char *pa = tmp_path("m-a.shard"), *pb = tmp_path("m-b.shard"), *pk = tmp_path("m-k.shard");

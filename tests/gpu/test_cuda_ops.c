@@ -162,25 +162,31 @@ static void test_matmul(void) {
     for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
 }
 
-static void test_rmsnorm(int N, int C, const char *fwd, const char *dx, const char *dwn) {
+static void test_rmsnorm(int N, int C, const char *tag) {
+    char name[48];
     buf inp = rnd((size_t)N * C, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf w = rnd(C, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
     buf out = nan_buf((size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf rstd = nan_buf(N, ES_DT_F32, ES_MEM_ACTS);
     cpu->rmsnorm_fwd(cpu, out.c, rstd.c, inp.c, w.c, N, C, 1e-6f);
     gpu->rmsnorm_fwd(gpu, out.g, rstd.g, inp.g, w.g, N, C, 1e-6f);
-    compare(fwd, out);
-    compare("rmsnorm_fwd rstd", rstd);
+    snprintf(name, sizeof name, "%s fwd", tag);
+    compare(name, out);
+    snprintf(name, sizeof name, "%s fwd rstd", tag);
+    compare(name, rstd);
     buf dout = rnd((size_t)N * C, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf dinp = nan_buf((size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf dw = rnd(C, 1.0f, ES_DT_F32, ES_MEM_GRADS);
     cpu->rmsnorm_bwd(cpu, dinp.c, dw.c, dout.c, inp.c, w.c, rstd.c, N, C, 0);
     gpu->rmsnorm_bwd(gpu, dinp.g, dw.g, dout.g, inp.g, w.g, rstd.g, N, C, 0);
-    compare(dx, dinp);
-    compare(dwn, dw);
+    snprintf(name, sizeof name, "%s bwd dinp", tag);
+    compare(name, dinp);
+    snprintf(name, sizeof name, "%s bwd dw", tag);
+    compare(name, dw);
     cpu->rmsnorm_bwd(cpu, dinp.c, dw.c, dout.c, inp.c, w.c, rstd.c, N, C, 1);
     gpu->rmsnorm_bwd(gpu, dinp.g, dw.g, dout.g, inp.g, w.g, rstd.g, N, C, 1);
-    compare("rmsnorm_bwd dinp +=", dinp);
+    snprintf(name, sizeof name, "%s bwd dinp +=", tag);
+    compare(name, dinp);
     buf b[] = {inp, w, out, rstd, dout, dinp, dw};
     for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
 }
@@ -429,8 +435,8 @@ int main(void) {
 
     test_embed();
     test_matmul();
-    test_rmsnorm(301, 1024, "rmsnorm_fwd", "rmsnorm_bwd dinp", "rmsnorm_bwd dw");
-    test_rmsnorm(301 * 16, 128, "qk-norm fwd (C=128)", "qk-norm bwd dinp", "qk-norm bwd dw");
+    test_rmsnorm(301, 1024, "rmsnorm");
+    test_rmsnorm(301 * 16, 128, "rmsnorm qk C=128");
     test_layernorm();
     test_rope();
     test_attention(8, 2, 128, "GQA D=128");

@@ -1,0 +1,203 @@
+// essence train: the training loop around the trainer, with the live
+// progress line, metrics, validation, checkpoints and clean stops.
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "common.h"
+#include "train.h"
+
+static volatile sig_atomic_t g_stop = 0;
+static void on_signal(int sig) { g_stop = sig; }
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: essence train --config RUN.json [--set key=value ...] [--fresh]\n"
+            "       essence train --help-config\n\n"
+            "Trains (distils) a student as the run config says; resumes from the newest\n"
+            "checkpoint in run.out unless --fresh. SIGINT/SIGTERM finish the step, write a\n"
+            "checkpoint and exit. Under mpirun every rank runs this same command.\n");
+}
+
+// Parses the command line into a run config; returns 0 to go on, or an exit code + 1.
+int es_parse_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void (*help)(FILE *)) {
+    es_run_config_defaults(rc);
+    const char *config = NULL;
+    *fresh = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            help(stdout);
+            return 1;
+        } else if (!strcmp(argv[i], "--help-config")) {
+            es_run_config_print_help();
+            return 1;
+        } else if (!strcmp(argv[i], "--config") && i + 1 < argc) {
+            config = argv[++i];
+        } else if (!strcmp(argv[i], "--set") && i + 1 < argc) {
+            i++;  // applied after the file, below
+        } else if (!strcmp(argv[i], "--fresh")) {
+            *fresh = 1;
+        } else {
+            fprintf(stderr, "essence %s: unknown or incomplete option '%s'\n", argv[0], argv[i]);
+            help(stderr);
+            return 3;
+        }
+    }
+    if (!config) {
+        fprintf(stderr, "essence %s: --config RUN.json is required\n", argv[0]);
+        return 3;
+    }
+    if (es_run_config_load(rc, config)) goto fail;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--set") && es_run_config_set(rc, argv[++i])) goto fail;
+    if (es_run_config_validate(rc)) goto fail;
+    return 0;
+fail:
+    fprintf(stderr, "essence: %s\n", es_last_error());
+    return 2;
+}
+
+static double rss_peak_bytes(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss * 1024.0;
+}
+
+static void progress(const es_trainer *t, const es_step_result *r, double tok_s, double mfu, double eta_s,
+                     int tty) {
+    char eta[32];
+    es_format_duration(eta, sizeof eta, eta_s);
+    double epoch = (double)t->st.step / (t->steps_per_epoch ? t->steps_per_epoch : 1);
+    fprintf(stderr, "%sstep %d/%d | epoch %.2f | loss %.4f (ce %.4f kd %.4f) | lr %.2e | %.0f tok/s | MFU %.1f%% | ETA %s%s%s",
+            tty ? "\r" : "", t->st.step, t->total_steps, epoch, r->loss, r->ce, r->kd, r->lr, tok_s, 100 * mfu, eta,
+            r->skipped ? " | SKIPPED" : "", tty ? "\033[K" : "\n");
+    fflush(stderr);
+}
+
+static int write_summary(const es_trainer *t, double val_loss, double rss) {
+    char path[600], buf[2048];
+    snprintf(path, sizeof path, "%s/summary.json", t->rc.out);
+    const es_backend *be = t->be;
+    int n = snprintf(buf, sizeof buf,
+                     "{\"steps\": %d, \"lsp\": %g, \"tokens\": %.0f, \"flops\": %.6g, \"seconds\": %.3f, "
+                     "\"val_loss\": %.9g, \"peak_device_bytes\": %zu, \"peak_rss_bytes\": %.0f, "
+                     "\"peak_activation_bytes\": %zu, \"capacity\": %d}\n",
+                     t->st.step, t->rc.lsp, t->st.tokens, t->st.flops, t->st.seconds, isfinite(val_loss) ? val_loss : -1,
+                     be->mem_peak_total, rss, be->mem_peak[ES_MEM_ACTS], t->capacity);
+    return es_write_atomic(path, buf, (size_t)n);
+}
+
+static int validate_and_log(es_trainer *t, es_metrics *mx, double *val) {
+    if (es_trainer_validate(t, val)) return ES_ERR;
+    if (t->dist->rank == 0 && isfinite(*val)) {
+        const char *k[] = {"step", "val_loss"};
+        double v[] = {t->st.step, *val};
+        es_metrics_write(mx, "val", 2, k, v);
+        fprintf(stderr, "%sstep %d | validation loss %.4f\n", mx->tty ? "\n" : "", t->st.step, *val);
+    }
+    return ES_OK;
+}
+
+static int train_loop(es_trainer *t, es_metrics *mx) {
+    const es_run_config *rc = &t->rc;
+    const es_dist *dist = t->dist;
+    double session_s = 0;
+    int session_steps = 0, rank0 = dist->rank == 0;
+    double val = NAN;
+    while (t->st.step < t->total_steps) {
+        es_step_result r;
+        if (es_trainer_step(t, &r)) return ES_ERR;
+        session_s += r.seconds;
+        session_steps++;
+        double tok_s = r.tokens / r.seconds, mfu = r.flops / r.seconds / (t->be->peak_flops * dist->size);
+        double eta = session_s / session_steps * (t->total_steps - t->st.step);
+        if (rank0) {
+            const char *k[] = {"step", "loss", "ce", "kd", "lr", "grad_norm", "tokens", "supervised", "docs",
+                               "flops", "seconds", "tok_per_s", "mfu", "skipped"};
+            double v[] = {t->st.step, r.loss, r.ce, r.kd, r.lr, r.grad_norm, r.tokens, r.nsup, r.docs,
+                          r.flops, r.seconds, tok_s, mfu, r.skipped};
+            es_metrics_write(mx, "train", 14, k, v);
+            if (r.skipped)
+                fprintf(stderr, "%swarning: step %d: non-finite loss or gradient norm, update skipped (%d in a row)\n",
+                        mx->tty ? "\n" : "", t->st.step, t->st.bad_steps);
+            if (t->st.step % rc->log_every == 0 || t->st.step == t->total_steps || r.skipped)
+                progress(t, &r, tok_s, mfu, eta, mx->tty);
+        }
+        if (t->st.bad_steps >= rc->max_bad_steps)
+            return es_fail("%d steps in a row had a non-finite loss or gradient norm (run.max_bad_steps); aborting "
+                           "without a checkpoint: lower optim.lr or check the data",
+                           t->st.bad_steps);
+        if (rc->val_every && t->st.step % rc->val_every == 0 && t->st.step < t->total_steps &&
+            validate_and_log(t, mx, &val))
+            return ES_ERR;
+        double stop = g_stop;
+        es_dist_max_f64(dist, &stop, 1);
+        int ckpt_due = rc->ckpt_every && t->st.step % rc->ckpt_every == 0;
+        if ((ckpt_due || stop) && t->st.step < t->total_steps) {
+            if (es_trainer_checkpoint(t)) return ES_ERR;
+            if (stop) {
+                if (rank0)
+                    fprintf(stderr, "%sstopped by signal %d at step %d: checkpoint written to %s; run the same "
+                                    "command to resume\n",
+                            mx->tty ? "\n" : "", (int)stop, t->st.step, rc->out);
+                return ES_OK;
+            }
+        }
+    }
+    if (mx->tty && rank0) fputc('\n', stderr);
+    if (validate_and_log(t, mx, &val)) return ES_ERR;
+    if (es_trainer_checkpoint(t)) return ES_ERR;
+    double rss = rss_peak_bytes();
+    es_dist_max_f64(dist, &rss, 1);
+    if (rank0) {
+        if (write_summary(t, val, rss)) return ES_ERR;
+        char dur[32];
+        es_format_duration(dur, sizeof dur, t->st.seconds);
+        printf("done: %d steps, %.3g tokens, %.3g FLOPs in %s; peak memory %.1f MiB (engine), %.1f MiB (process); "
+               "validation loss %.4f; checkpoint in %s\n",
+               t->st.step, t->st.tokens, t->st.flops, dur, t->be->mem_peak_total / 1048576.0, rss / 1048576.0, val,
+               rc->out);
+    }
+    return ES_OK;
+}
+
+int cmd_train(int argc, char **argv) {
+    es_run_config rc;
+    int fresh;
+    int code = es_parse_run_args(&rc, &fresh, argc, argv, usage);
+    if (code) return code - 1;
+
+    es_dist dist;
+    if (es_dist_init(&dist, &argc, &argv)) {
+        fprintf(stderr, "essence: %s\n", es_last_error());
+        return 1;
+    }
+    if (mkdir(rc.out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "essence: %s: cannot create the run directory: %s\n", rc.out, strerror(errno));
+        return 1;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    es_trainer t;
+    es_metrics mx = {0};
+    int r = es_trainer_init(&t, &rc, &dist, fresh, dist.rank == 0);
+    if (r == ES_OK && dist.rank == 0) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", rc.out);
+        r = es_metrics_open(&mx, path);
+    }
+    if (r == ES_OK) r = train_loop(&t, &mx);
+    if (r != ES_OK) fprintf(stderr, "%sessence: rank %d: %s\n", mx.tty ? "\n" : "", dist.rank, es_last_error());
+    es_metrics_close(&mx);
+    es_trainer_free(&t);
+    es_dist_finalize(&dist);
+    return r == ES_OK ? 0 : 1;
+}

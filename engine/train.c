@@ -1,0 +1,343 @@
+#include "train.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common.h"
+#include "flops.h"
+#include "tokenizer_id.h"
+
+static int open_dataset(es_dataset *ds, const char (*paths)[512], int n, uint32_t vocab, uint64_t fp) {
+    const char *p[ES_MAX_SHARDS];
+    for (int i = 0; i < n; i++) p[i] = paths[i];
+    return es_dataset_open(ds, p, n, vocab, fp);
+}
+
+static int pack_config(es_pack_config *pc, const es_run_config *rc, const es_dist *dist, int full) {
+    es_pack_config_defaults(pc);
+    if (es_trunc_mode_parse(&pc->mode, rc->trunc_mode) || es_trunc_window_parse(&pc->window, rc->trunc_window) ||
+        es_supervision_parse(pc->weights, rc->supervise))
+        return ES_ERR;
+    pc->ratio = full ? 1.0 : rc->lsp;
+    pc->drop_answer = full ? 0 : rc->drop_answer;
+    pc->label_mask = full ? 0.0 : rc->label_mask;
+    pc->capacity = rc->capacity;
+    pc->shuffle_window = rc->shuffle_window;
+    pc->seed = rc->seed;
+    pc->rank = dist->rank;
+    pc->nranks = dist->size;
+    return ES_OK;
+}
+
+// The student: from a checkpoint, a Hugging Face directory, or a preset.
+static int load_student(es_trainer *t, const char *dir, int max_tokens) {
+    const es_run_config *rc = &t->rc;
+    if (dir) return es_model_load_hf(&t->student, dir, t->be, max_tokens, 1);
+    if (rc->student_path[0]) return es_model_load_hf(&t->student, rc->student_path, t->be, max_tokens, 1);
+    es_config cfg;
+    if (es_config_load(&cfg, rc->student_preset)) return ES_ERR;
+    if (es_model_create(&t->student, &cfg, t->be, max_tokens, 1)) return ES_ERR;
+    es_model_init_random(&t->student, rc->seed);
+    return ES_OK;
+}
+
+// Tokenizer of the run: shards and models must agree with it.
+static int run_tokenizer(uint64_t *fp, uint32_t *vocab, const es_run_config *rc) {
+    const char *dir = rc->tokenizer[0] ? rc->tokenizer : rc->student_path;
+    *fp = 0;
+    *vocab = 0;
+    if (!dir[0]) return ES_OK;  // a random preset without a tokenizer: checked against shards only
+    char path[PATH_MAX];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (stat(path, &sb) != 0) {
+        if (rc->tokenizer[0]) return es_fail("%s: missing (tokenizer)", path);
+        return ES_OK;  // a student directory without a tokenizer: rely on the shards
+    }
+    return es_tokenizer_fingerprint(fp, vocab, dir);
+}
+
+static int check_teacher_tokenizer(const es_trainer *t, uint64_t fp) {
+    char path[PATH_MAX];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/tokenizer.json", t->rc.teacher_path);
+    if (!fp || stat(path, &sb) != 0) return ES_OK;
+    uint64_t tfp;
+    uint32_t tv;
+    if (es_tokenizer_fingerprint(&tfp, &tv, t->rc.teacher_path)) return ES_ERR;
+    if (tfp != fp)
+        return es_fail("%s: the teacher's tokenizer (fingerprint %016llx) differs from the run's (%016llx)", path,
+                       (unsigned long long)tfp, (unsigned long long)fp);
+    return ES_OK;
+}
+
+static void print_plan(const es_trainer *t) {
+    const es_backend *be = t->be;
+    printf("run config:\n%s\n", t->config_json);
+    printf("student: %s, %d layers, hidden %d, %lld parameters\n", t->student.cfg.model_type,
+           t->student.cfg.layers, t->student.cfg.hidden, es_config_param_count(&t->student.cfg));
+    if (t->has_teacher)
+        printf("teacher: %s, %d layers, hidden %d, %lld parameters (forward only)\n", t->teacher.cfg.model_type,
+               t->teacher.cfg.layers, t->teacher.cfg.hidden, es_config_param_count(&t->teacher.cfg));
+    printf("data: %zu training examples, %zu tokens; r = %.3g keeps %zu tokens, %zu supervised (per epoch, all ranks)\n",
+           t->train.ndocs, t->train.ntokens, t->pack.ratio, es_packer_kept_tokens(t->packer),
+           es_packer_supervised_tokens(t->packer));
+    printf("batching: micro-batch capacity %d tokens, %d micro-batches per step per rank, %d rank(s); "
+           "%d steps per epoch, %d steps\n",
+           t->capacity, t->accum, t->dist->size, t->steps_per_epoch, t->total_steps);
+    printf("memory plan (%s):", be->name);
+    for (int k = 0; k < ES_MEM_KINDS; k++) printf(" %s %.1f MiB%s", es_mem_kind_names[k], be->mem_now[k] / 1048576.0,
+                                                  k + 1 < ES_MEM_KINDS ? "," : "\n");
+    if (t->resumed) printf("resuming from %s at step %d\n", t->resumed_from, t->st.step);
+    fflush(stdout);
+}
+
+int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist, int fresh, int verbose) {
+    memset(t, 0, sizeof *t);
+    t->rc = *rc;
+    t->dist = dist;
+    if (es_run_config_validate(rc) || es_schedule_parse(&t->sched, rc->schedule)) return ES_ERR;
+    t->config_json = es_run_config_to_json(rc);
+    if (es_dist_check_same(dist, "run config", t->config_json)) return ES_ERR;
+
+    t->be = es_backend_create(rc->device);
+    if (!t->be) return ES_ERR;
+
+    uint64_t fp;
+    uint32_t tok_vocab;
+    if (run_tokenizer(&fp, &tok_vocab, rc)) return ES_ERR;
+    if (open_dataset(&t->train, rc->train, rc->ntrain, tok_vocab, fp)) return ES_ERR;
+    if (rc->nval) {
+        if (open_dataset(&t->val, rc->val, rc->nval, t->train.vocab, t->train.fingerprint)) return ES_ERR;
+        t->has_val = 1;
+    }
+    char fps[64];
+    snprintf(fps, sizeof fps, "%016llx %zu %zu", (unsigned long long)t->train.fingerprint, t->train.ndocs,
+             t->train.ntokens);
+    if (es_dist_check_same(dist, "training data (fingerprint, examples, tokens)", fps)) return ES_ERR;
+
+    if (pack_config(&t->pack, rc, dist, 0) || pack_config(&t->val_pack, rc, dist, 1)) return ES_ERR;
+    if (es_packer_from_dataset(&t->packer, &t->train, &t->pack)) return ES_ERR;
+    t->capacity = es_packer_capacity(t->packer);
+    int max_tokens = t->capacity;
+    if (t->has_val) {  // validation runs whole sequences: size the activations for them
+        es_packer *vp;
+        if (es_packer_from_dataset(&vp, &t->val, &t->val_pack)) return ES_ERR;
+        if (es_packer_capacity(vp) > max_tokens) max_tokens = es_packer_capacity(vp);
+        t->val_pack.capacity = es_packer_capacity(vp);
+        es_packer_free(vp);
+    }
+
+    // resume from the newest checkpoint of the run directory
+    char ckpt[600];
+    if (!fresh && es_ckpt_latest(ckpt, sizeof ckpt, rc->out)) {
+        t->resumed = 1;
+        snprintf(t->resumed_from, sizeof t->resumed_from, "%s", ckpt);
+    }
+    if (load_student(t, t->resumed ? ckpt : NULL, max_tokens)) return ES_ERR;
+    const es_config *sc = &t->student.cfg;
+    if (t->train.vocab > (uint32_t)sc->vocab)
+        return es_fail("%s: token ids reach %u but the student's vocabulary has %d entries", rc->train[0],
+                       t->train.vocab, sc->vocab);
+    if (sc->arch == ES_ARCH_GPT2 && max_tokens > sc->max_pos)
+        return es_fail("batch.capacity: micro-batches of %d tokens exceed the student's %d learned positions",
+                       max_tokens, sc->max_pos);
+    if (rc->teacher_path[0]) {
+        if (es_model_load_hf(&t->teacher, rc->teacher_path, t->be, max_tokens, 0)) return ES_ERR;
+        t->has_teacher = 1;
+        if (t->teacher.cfg.vocab != sc->vocab)
+            return es_fail("%s: the teacher's vocabulary (%d) differs from the student's (%d)", rc->teacher_path,
+                           t->teacher.cfg.vocab, sc->vocab);
+        if (check_teacher_tokenizer(t, fp)) return ES_ERR;
+    }
+    int topk = !t->has_teacher && t->train.topk > 0 && rc->alpha < 1 ? t->train.topk : 0;
+    if (es_distill_create(&t->loss, t->be, max_tokens, sc->hidden, sc->vocab, rc->chunk_rows,
+                          t->has_teacher ? t->teacher.cfg.hidden : 0, topk))
+        return ES_ERR;
+    if (topk) {
+        t->topk_ids = es_xmalloc((size_t)max_tokens * (size_t)topk * sizeof(int32_t));
+        t->topk_logp = es_xmalloc((size_t)max_tokens * (size_t)topk * sizeof(float));
+    }
+    if (es_optim_create(&t->opt, &t->student)) return ES_ERR;
+    if (t->resumed) {
+        if (es_ckpt_load_state(&t->opt, &t->st, &t->student, ckpt)) return ES_ERR;
+        if (t->st.seed != rc->seed)
+            return es_fail("%s: run.seed %llu differs from the checkpoint's %llu (the data order would change)", ckpt,
+                           rc->seed, (unsigned long long)t->st.seed);
+        if (es_packer_set_state(t->packer, t->st.data)) return ES_ERR;
+    }
+    t->st.seed = rc->seed;
+
+    // batch buffers on the device
+    es_backend *be = t->be;
+    t->d_tokens = be->alloc(be, (size_t)max_tokens, ES_DT_I32, ES_MEM_INDEX);
+    t->d_pos = be->alloc(be, (size_t)max_tokens, ES_DT_I32, ES_MEM_INDEX);
+    t->d_cu = be->alloc(be, (size_t)max_tokens + 1, ES_DT_I32, ES_MEM_INDEX);
+    t->dhidden = be->alloc(be, (size_t)max_tokens * (size_t)sc->hidden, ES_DT_COMPUTE, ES_MEM_ACTS);
+    if (!t->d_tokens || !t->d_pos || !t->d_cu || !t->dhidden) return ES_ERR;
+
+    // micro-batches per step: the step target over the average micro-batch
+    size_t mb_epoch = es_packer_steps_per_epoch(t->packer);  // per rank
+    double all_mb = (double)mb_epoch * dist->size;
+    double per_mb = rc->step_tokens ? (double)es_packer_kept_tokens(t->packer) / all_mb : (double)t->train.ndocs / all_mb;
+    double target = rc->step_tokens ? rc->step_tokens : rc->step_examples;
+    t->accum = (int)lround(target / (per_mb * dist->size));
+    if (t->accum < 1) t->accum = 1;
+    if ((size_t)t->accum > mb_epoch) t->accum = (int)mb_epoch;
+    t->steps_per_epoch = (int)(mb_epoch / (size_t)t->accum);
+    t->total_steps = rc->steps ? rc->steps : rc->epochs * t->steps_per_epoch;
+    t->mbs = es_xcalloc((size_t)t->accum, sizeof *t->mbs);
+    for (int a = 0; a < t->accum; a++) es_microbatch_alloc(&t->mbs[a], max_tokens);
+    if (verbose && dist->rank == 0) print_plan(t);
+    return ES_OK;
+}
+
+void es_trainer_free(es_trainer *t) {
+    es_backend *be = t->be;
+    if (t->mbs)
+        for (int a = 0; a < t->accum; a++) es_microbatch_free(&t->mbs[a]);
+    free(t->mbs);
+    free(t->topk_ids);
+    free(t->topk_logp);
+    if (be) {
+        void *bufs[] = {t->d_tokens, t->d_pos, t->d_cu, t->dhidden};
+        for (int i = 0; i < 4; i++)
+            if (bufs[i]) be->free(be, bufs[i]);
+        es_optim_free(&t->opt, be);
+        es_distill_free(&t->loss);
+        if (t->has_teacher) es_model_free(&t->teacher);
+        if (t->student.be) es_model_free(&t->student);
+    }
+    if (t->packer) es_packer_free(t->packer);
+    if (t->has_val) es_dataset_close(&t->val);
+    if (t->train.shards) es_dataset_close(&t->train);
+    if (be) be->destroy(be);
+    free(t->config_json);
+    memset(t, 0, sizeof *t);
+}
+
+// Uploads the indices of a micro-batch and runs the student forward on
+// exactly its kept tokens.
+static int forward_student(es_trainer *t, es_model_batch *b, const es_microbatch *mb) {
+    es_backend *be = t->be;
+    be->upload(be, t->d_tokens, mb->tokens, (size_t)mb->n, ES_DT_I32);
+    be->upload(be, t->d_pos, mb->pos, (size_t)mb->n, ES_DT_I32);
+    be->upload(be, t->d_cu, mb->cu_seqlens, (size_t)mb->ndocs + 1, ES_DT_I32);
+    *b = (es_model_batch){.N = mb->n, .ndocs = mb->ndocs, .tokens = t->d_tokens, .pos = t->d_pos, .cu_seqlens = t->d_cu};
+    return es_model_forward(&t->student, b);
+}
+
+int es_trainer_step(es_trainer *t, es_step_result *r) {
+    es_backend *be = t->be;
+    const es_run_config *rc = &t->rc;
+    double t0 = es_now();
+    memset(r, 0, sizeof *r);
+
+    // fetch the whole step first: the loss is normalised by its supervised tokens
+    double sums[5] = {0, 0, 0, 0, 0};  // nsup, tokens, docs, ce, kd
+    for (int a = 0; a < t->accum; a++) {
+        es_packer_next(t->packer, &t->mbs[a]);
+        sums[0] += t->mbs[a].nsup;
+        sums[1] += t->mbs[a].n;
+        sums[2] += t->mbs[a].ndocs;
+    }
+    double nsup_all = sums[0];
+    es_dist_sum_f64(t->dist, &nsup_all, 1);
+    es_distill_params dp = {.alpha = rc->alpha, .tau = rc->tau, .grad_scale = nsup_all > 0 ? (float)(1.0 / nsup_all) : 0};
+
+    be->zero(be, t->student.grads, t->student.layout.total, ES_DT_F32);
+    double flops = 0;
+    for (int a = 0; a < t->accum; a++) {
+        const es_microbatch *mb = &t->mbs[a];
+        if (mb->n == 0) continue;  // this rank's share ran out in the last round
+        es_model_batch b;
+        if (forward_student(t, &b, mb)) return ES_ERR;
+        if (t->has_teacher && es_model_forward(&t->teacher, &b)) return ES_ERR;
+        if (t->topk_ids && es_microbatch_topk(t->topk_ids, t->topk_logp, mb, &t->train)) return ES_ERR;
+        float ls[2];
+        if (es_distill_model(&t->loss, ls, t->dhidden, &t->student, t->has_teacher ? &t->teacher : NULL, t->topk_ids,
+                             t->topk_logp, mb, &dp))
+            return ES_ERR;
+        if (es_model_backward(&t->student, &b, t->dhidden)) return ES_ERR;
+        sums[3] += ls[0];
+        sums[4] += ls[1];
+        flops += es_flops_train(&t->student.cfg, t->has_teacher ? &t->teacher.cfg : NULL, mb->cu_seqlens, mb->ndocs,
+                                mb->nsup);
+    }
+    // gradients and statistics of all ranks
+    es_dist_sum_f32(t->dist, t->student.grads, t->student.layout.total);
+    es_dist_sum_f64(t->dist, sums, 5);
+    es_dist_sum_f64(t->dist, &flops, 1);
+
+    int kd = t->has_teacher || t->topk_ids;
+    float alpha = kd ? rc->alpha : 1.0f;
+    r->nsup = sums[0];
+    r->tokens = sums[1];
+    r->docs = sums[2];
+    r->ce = sums[0] > 0 ? sums[3] / sums[0] : NAN;
+    r->kd = sums[0] > 0 && kd ? sums[4] / sums[0] : 0;
+    r->loss = alpha * r->ce + (1 - alpha) * r->kd;
+    r->flops = flops;
+    r->grad_norm = es_grad_norm(&t->student);
+    r->lr = es_schedule_lr(t->sched, rc->lr, rc->min_lr_ratio, rc->warmup, t->st.step, t->total_steps);
+    if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
+        r->skipped = 1;
+        t->st.bad_steps++;
+    } else {
+        es_optim_hparams hp = {.lr = r->lr, .beta1 = rc->beta1, .beta2 = rc->beta2, .eps = rc->eps, .wd = rc->wd,
+                               .clip = rc->clip};
+        es_optim_step(&t->opt, &t->student, &hp, r->grad_norm);
+        t->st.bad_steps = 0;
+        t->st.optim_step = t->opt.step;
+    }
+    be->sync(be);
+    r->seconds = es_now() - t0;
+    t->st.step++;
+    t->st.data = es_packer_get_state(t->packer);
+    t->st.tokens += r->tokens;
+    t->st.flops += r->flops;
+    t->st.seconds += r->seconds;
+    return ES_OK;
+}
+
+int es_trainer_validate(es_trainer *t, double *val_loss) {
+    *val_loss = NAN;
+    if (!t->has_val) return ES_OK;
+    es_packer *vp;
+    if (es_packer_from_dataset(&vp, &t->val, &t->val_pack)) return ES_ERR;
+    es_microbatch mb;
+    es_microbatch_alloc(&mb, es_packer_capacity(vp));
+    es_distill_params dp = {.alpha = 1, .tau = 1, .grad_scale = 1};
+    double sums[2] = {0, 0};  // ce, supervised tokens
+    int rcode = ES_OK;
+    size_t n = es_packer_steps_per_epoch(vp);
+    for (size_t i = 0; i < n && rcode == ES_OK; i++) {
+        es_packer_next(vp, &mb);
+        if (mb.n == 0) continue;
+        es_model_batch b;
+        float ls[2];
+        rcode = forward_student(t, &b, &mb);
+        if (rcode == ES_OK)
+            rcode = es_distill_loss(&t->loss, ls, NULL, NULL, t->student.hidden, es_model_lm_head(&t->student), NULL,
+                                    &mb, &dp);
+        sums[0] += ls[0];
+        sums[1] += mb.nsup;
+    }
+    es_microbatch_free(&mb);
+    es_packer_free(vp);
+    es_dist_sum_f64(t->dist, sums, 2);
+    if (sums[1] > 0) *val_loss = sums[0] / sums[1];
+    return rcode;
+}
+
+int es_trainer_checkpoint(es_trainer *t) {
+    int r = ES_OK;
+    if (t->dist->rank == 0) r = es_ckpt_save(t->rc.out, &t->student, &t->opt, &t->st, t->config_json, t->rc.keep);
+    double failed = r != ES_OK;
+    es_dist_max_f64(t->dist, &failed, 1);
+    if (failed && r == ES_OK) return es_fail("checkpoint: rank 0 failed to write it");
+    return r;
+}

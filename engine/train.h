@@ -1,0 +1,69 @@
+// The trainer: sets up a run from its config (backend, data, packer, student,
+// teacher, optimizer, resume) and runs optimizer steps. `essence train` and
+// `essence bench` both drive it.
+#pragma once
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "dist.h"
+#include "distill.h"
+#include "metrics.h"
+#include "model.h"
+#include "optim.h"
+#include "packer.h"
+#include "run_config.h"
+#include "shard.h"
+
+typedef struct {
+    es_run_config rc;
+    const es_dist *dist;
+    es_backend *be;
+    es_model student, teacher;
+    int has_teacher;
+    es_dataset train, val;
+    int has_val;
+    es_pack_config pack, val_pack;
+    es_packer *packer;
+    es_distill loss;
+    es_optim opt;
+    es_schedule sched;
+    es_train_state st;
+    int resumed;
+    char resumed_from[600];
+    int capacity;          // tokens per micro-batch
+    int accum;             // micro-batches per optimizer step, per rank
+    int steps_per_epoch;   // optimizer steps
+    int total_steps;
+    es_microbatch *mbs;    // (accum) micro-batches of the current step
+    void *d_tokens, *d_pos, *d_cu;  // device copies of the batch indices
+    void *dhidden;         // (capacity, C)
+    int32_t *topk_ids;     // (capacity, K) offline teacher rows, or NULL
+    float *topk_logp;
+    char *config_json;     // resolved config, stored in checkpoints
+} es_trainer;
+
+// What one optimizer step did (summed over ranks).
+typedef struct {
+    double loss, ce, kd;   // per supervised token
+    double nsup;           // supervised tokens
+    double tokens;         // kept tokens run through the student
+    double docs;
+    double flops;          // training FLOPs (student fwd+bwd, teacher fwd)
+    double grad_norm;
+    float lr;
+    int skipped;           // non-finite loss or gradient: no update
+    double seconds;
+} es_step_result;
+
+// Sets up everything; resumes from the newest checkpoint in rc->out unless
+// `fresh`. Prints the resolved config and the memory plan when `verbose`.
+int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist, int fresh,
+                    int verbose);
+void es_trainer_free(es_trainer *t);
+// One optimizer step.
+int es_trainer_step(es_trainer *t, es_step_result *r);
+// Cross-entropy per supervised token on the validation shards at r = 1
+// (the whole sequences), all ranks together. NAN when no validation data.
+int es_trainer_validate(es_trainer *t, double *val_loss);
+// Writes a checkpoint of the current state (rank 0 writes, all ranks call).
+int es_trainer_checkpoint(es_trainer *t);

@@ -1,12 +1,10 @@
 // essence train: the training loop around the trainer, with the live
 // progress line, metrics, validation, checkpoints and clean stops.
-#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "common.h"
@@ -177,8 +175,8 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "essence: %s\n", es_last_error());
         return 1;
     }
-    if (mkdir(rc.out, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "essence: %s: cannot create the run directory: %s\n", rc.out, strerror(errno));
+    if (es_mkdir_p(rc.out)) {
+        fprintf(stderr, "essence: run.out: %s\n", es_last_error());
         return 1;
     }
     struct sigaction sa = {0};

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static _Thread_local char g_err[1024];
@@ -58,6 +59,19 @@ int es_read_file(char **out, size_t *out_len, const char *path) {
     buf[n] = 0;
     *out = buf;
     if (out_len) *out_len = (size_t)n;
+    return ES_OK;
+}
+
+int es_mkdir_p(const char *path) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return es_fail("%s: path too long", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return es_fail("%s: cannot create: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return es_fail("%s: cannot create: %s", buf, strerror(errno));
     return ES_OK;
 }
 

@@ -27,6 +27,9 @@ int es_read_file(char **out, size_t *out_len, const char *path);
 // dir): readers see the old file or the new one, never a part.
 int es_write_atomic(const char *path, const void *data, size_t len);
 
+// Creates a directory and its missing parents (like mkdir -p).
+int es_mkdir_p(const char *path);
+
 // Wall clock in seconds (monotonic).
 double es_now(void);
 

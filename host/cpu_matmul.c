@@ -1,5 +1,7 @@
 // Matrix multiplies: OpenBLAS sgemm when built with it, else a blocked
-// OpenMP loop over packed panels of op(B).
+// OpenMP loop over packed panels of op(B). BLAS keeps its own threads: split
+// across OpenMP threads, OpenBLAS (pthreads) serialises the calls. Run with
+// OMP_WAIT_POLICY=passive so idle OpenMP threads do not spin against them.
 #include <stdlib.h>
 #include <string.h>
 

@@ -172,7 +172,51 @@ struct es_backend {
     void (*distill_loss_topk)(es_backend *be, float *sums, void *logits, const void *tids,
                               const void *tlogp, const void *targets, const void *weights, int M,
                               int V, int K, float alpha, float grad_scale);
+
+    // ---- generation with a key/value cache -------------------------------
+    // A cache is one buffer per layer for keys and one for values, rows of
+    // W = KVH * D in the compute dtype; each sequence owns a contiguous block
+    // of rows. kcache[rows[i]] = k[i], vcache[rows[i]] = v[i]; k, v (N, W).
+    void (*kv_append)(es_backend *be, void *kcache, void *vcache, const void *k, const void *v,
+                      const void *rows, int N, int W);
+    // One query per sequence against its cached keys: q, out (B, H, D); row i
+    // attends to cache rows [start[i], start[i] + len[i]) of kcache/vcache
+    // (rows of KVH * D), len[i] >= 1, with the grouping and scale of
+    // attention_fwd. start, len (B) int32; max_len bounds every len[i].
+    void (*attention_decode)(es_backend *be, void *out, const void *q, const void *kcache,
+                             const void *vcache, const void *start, const void *len, int B,
+                             int H, int KVH, int D, int max_len);
+
+    // ---- collectives across data-parallel ranks -------------------------
+    // NULL on a backend without them; a single rank never calls them.
+    // Setup: comm_id fills ES_COMM_ID_BYTES on rank 0 (NCCL's unique id;
+    // nothing on a backend that talks MPI itself), the engine broadcasts them,
+    // and every rank passes them to comm_init. ES_ERR with the reason on failure
+    // (a lost peer included); a lost peer never hangs a call.
+    int (*comm_id)(es_backend *be, void *id);
+    int (*comm_init)(es_backend *be, const void *id, int rank, int nranks);
+    // g (n) fp32 summed over ranks, in place. May be only enqueued (CUDA: on
+    // the communication stream, after the compute issued so far) so that
+    // per-layer buckets overlap the rest of backward; comm_wait orders later
+    // compute and host reads after every collective issued.
+    int (*grad_allreduce)(es_backend *be, float *g, size_t n);
+    // ZeRO-1: rank r owns part [lo, hi) of n elements (es_shard_range). g (n)
+    // fp32: each rank's own part ends up holding the sum over ranks; the other
+    // parts are left undefined.
+    int (*grad_reduce_scatter)(es_backend *be, float *g, size_t n);
+    // x (n) of type dt: each rank's own part copied to every rank.
+    int (*param_allgather)(es_backend *be, void *x, size_t n, es_dtype dt);
+    int (*comm_wait)(es_backend *be);
 };
+
+#define ES_COMM_ID_BYTES 128
+
+// The part [*lo, *hi) of n elements that rank r of nranks owns under ZeRO-1:
+// contiguous, in rank order, sizes differing by at most one.
+static inline void es_shard_range(size_t *lo, size_t *hi, size_t n, int r, int nranks) {
+    *lo = n / (size_t)nranks * (size_t)r + (n % (size_t)nranks < (size_t)r ? n % (size_t)nranks : (size_t)r);
+    *hi = *lo + n / (size_t)nranks + ((size_t)r < n % (size_t)nranks ? 1 : 0);
+}
 
 // Backends compiled into this build.
 es_backend *es_backend_cpu_create(void);

@@ -61,10 +61,10 @@ static int list_ckpts(int **steps, const char *out_dir) {
     return n;
 }
 
-static int save_optim(const char *path, const es_model *m, const es_optim *o) {
+// Writes the optimizer state o (n elements: the whole layout, or one rank's part).
+static int save_optim(const char *path, const es_model *m, const es_optim *o, size_t n) {
     es_backend *be = m->be;
-    size_t n = m->layout.total;
-    float *buf = es_xmalloc(n * sizeof(float) * 3);
+    float *buf = es_xmalloc((n ? n : 1) * sizeof(float) * 3);
     be->download(be, buf, o->m, n, ES_DT_F32);
     be->download(be, buf + n, o->v, n, ES_DT_F32);
     es_st_writer *w = es_st_writer_new();
@@ -81,7 +81,7 @@ static int save_optim(const char *path, const es_model *m, const es_optim *o) {
     return r;
 }
 
-static char *state_json(const es_train_state *st, const char *config_json) {
+static char *state_json(const es_train_state *st, const char *config_json, int nparts) {
     cJSON *root = cJSON_CreateObject();
     char num[32];
     cJSON_AddNumberToObject(root, "step", st->step);
@@ -96,6 +96,7 @@ static char *state_json(const es_train_state *st, const char *config_json) {
     cJSON_AddNumberToObject(root, "tokens", st->tokens);
     cJSON_AddNumberToObject(root, "flops", st->flops);
     cJSON_AddNumberToObject(root, "seconds", st->seconds);
+    if (nparts) cJSON_AddNumberToObject(root, "optim_parts", nparts);
     cJSON *cfg = config_json ? cJSON_Parse(config_json) : NULL;
     if (cfg) cJSON_AddItemToObject(root, "config", cfg);
     char *s = cJSON_Print(root);
@@ -103,20 +104,18 @@ static char *state_json(const es_train_state *st, const char *config_json) {
     return s;
 }
 
-int es_ckpt_save(const char *out_dir, const es_model *m, const es_optim *o, const es_train_state *st,
-                 const char *config_json, int keep) {
-    char tmp[PATH_MAX], final[PATH_MAX], path[PATH_MAX];
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
-        return es_fail("%s: cannot create run directory: %s", out_dir, strerror(errno));
-    snprintf(tmp, sizeof tmp, "%s/.ckpt-tmp-XXXXXX", out_dir);
-    if (!mkdtemp(tmp)) return es_fail("%s: cannot create a temporary directory: %s", out_dir, strerror(errno));
+// Completes the checkpoint staged in tmp (model, the whole optimizer state
+// unless o is NULL because nparts ranks wrote it in parts, trainer state) and
+// moves it into place.
+static int commit(const char *out_dir, const char *tmp, const es_model *m, const es_optim *o, int nparts,
+                  const es_train_state *st, const char *config_json, int keep) {
+    char final[PATH_MAX], path[PATH_MAX];
     snprintf(final, sizeof final, "%s/ckpt-%08d", out_dir, st->step);
-
     int r = es_model_save_hf(m, tmp, 0);
     snprintf(path, sizeof path, "%s/optim.safetensors", tmp);
-    if (!r) r = save_optim(path, m, o);
+    if (!r && o) r = save_optim(path, m, o, m->layout.total);
     if (!r) {
-        char *js = state_json(st, config_json);
+        char *js = state_json(st, config_json, nparts);
         snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
         r = es_write_atomic(path, js, strlen(js));
         free(js);
@@ -143,6 +142,44 @@ int es_ckpt_save(const char *out_dir, const es_model *m, const es_optim *o, cons
     return ES_OK;
 }
 
+int es_ckpt_save(const char *out_dir, const es_model *m, const es_optim *o, const es_train_state *st,
+                 const char *config_json, int keep) {
+    char tmp[PATH_MAX];
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
+        return es_fail("%s: cannot create run directory: %s", out_dir, strerror(errno));
+    snprintf(tmp, sizeof tmp, "%s/.ckpt-tmp-XXXXXX", out_dir);
+    if (!mkdtemp(tmp)) return es_fail("%s: cannot create a temporary directory: %s", out_dir, strerror(errno));
+    return commit(out_dir, tmp, m, o, 0, st, config_json, keep);
+}
+
+void es_ckpt_stage_path(char *path, size_t size, const char *out_dir, int step) {
+    snprintf(path, size, "%s/.ckpt-stage-%08d", out_dir, step);
+}
+
+int es_ckpt_stage_create(const char *stage) {
+    struct stat sb;
+    if (stat(stage, &sb) == 0 && rm_tree(stage)) return ES_ERR;  // left by a crash
+    if (es_mkdir_p(stage)) return ES_ERR;
+    return ES_OK;
+}
+
+static void part_path(char *path, size_t size, const char *dir, int rank, int nranks) {
+    snprintf(path, size, "%s/optim-%05d-of-%05d.safetensors", dir, rank, nranks);
+}
+
+int es_ckpt_save_part(const char *stage, const es_model *m, const es_optim *o, int rank, int nranks) {
+    char path[PATH_MAX];
+    size_t lo, hi;
+    es_shard_range(&lo, &hi, m->layout.total, rank, nranks);
+    part_path(path, sizeof path, stage, rank, nranks);
+    return save_optim(path, m, o, hi - lo);
+}
+
+int es_ckpt_save_sharded(const char *out_dir, const char *stage, const es_model *m, const es_train_state *st,
+                         const char *config_json, int keep, int nranks) {
+    return commit(out_dir, stage, m, NULL, nranks, st, config_json, keep);
+}
+
 int es_ckpt_latest(char *path, size_t size, const char *out_dir) {
     int *steps, n = list_ckpts(&steps, out_dir);
     if (n) snprintf(path, size, "%s/ckpt-%08d", out_dir, steps[n - 1]);
@@ -167,7 +204,8 @@ static int get_num(double *out, const cJSON *root, const char *key, const char *
     return ES_OK;
 }
 
-static int load_trainer_state(es_train_state *st, const char *path) {
+// *nparts: ranks that wrote the optimizer state in parts (0: one file).
+static int load_trainer_state(es_train_state *st, int *nparts, const char *path) {
     char *txt;
     if (es_read_file(&txt, NULL, path)) return ES_ERR;
     cJSON *root = cJSON_Parse(txt);
@@ -178,6 +216,9 @@ static int load_trainer_state(es_train_state *st, const char *path) {
             get_u64(&st->data.step, root, "data_step", path) || get_u64(&st->seed, root, "seed", path) ||
             get_num(&bad, root, "bad_steps", path) || get_num(&st->tokens, root, "tokens", path) ||
             get_num(&st->flops, root, "flops", path) || get_num(&st->seconds, root, "seconds", path);
+    const cJSON *parts = cJSON_GetObjectItemCaseSensitive(root, "optim_parts");
+    double np = cJSON_IsNumber(parts) ? parts->valuedouble : 0;
+    if (!r && (parts && !cJSON_IsNumber(parts))) r = es_fail("%s: 'optim_parts' is not a number", path);
     cJSON_Delete(root);
     if (r) return ES_ERR;
     if (step < 0 || bad < 0 || ostep < 0 || ostep > step)
@@ -185,6 +226,8 @@ static int load_trainer_state(es_train_state *st, const char *path) {
     st->step = (int)step;
     st->optim_step = (int)ostep;
     st->bad_steps = (int)bad;
+    if (np < 0 || np > 1 << 20 || np != (int)np) return es_fail("%s: bad 'optim_parts' %g (corrupt checkpoint)", path, np);
+    *nparts = (int)np;
     return ES_OK;
 }
 
@@ -198,26 +241,65 @@ static int load_vec(float *host, es_st_file *f, const char *name, size_t n) {
     return ES_OK;
 }
 
-int es_ckpt_load_state(es_optim *o, es_train_state *st, const es_model *m, const char *ckpt_dir) {
+// Reads elements [lo, hi) of the moments (and master weights, when
+// `master` is not NULL and every file has them) from the optimizer state
+// of a checkpoint, stored whole (nparts 0) or in nparts parts.
+static int load_range(float *m, float *v, float *master, int *has_master, const char *ckpt_dir, int nparts,
+                      size_t n, size_t lo, size_t hi) {
     char path[PATH_MAX];
+    *has_master = master != NULL;
+    for (int p = 0; p < (nparts ? nparts : 1); p++) {
+        size_t plo = 0, phi = n;
+        if (nparts) es_shard_range(&plo, &phi, n, p, nparts);
+        size_t a = lo > plo ? lo : plo, b = hi < phi ? hi : phi;
+        if (a >= b) continue;
+        if (nparts)
+            part_path(path, sizeof path, ckpt_dir, p, nparts);
+        else
+            snprintf(path, sizeof path, "%s/optim.safetensors", ckpt_dir);
+        es_st_file f;
+        if (es_st_open(&f, path)) return ES_ERR;
+        float *buf = es_xmalloc((phi - plo) * sizeof(float));
+        float *dst[3] = {m, v, master};
+        const char *names[3] = {"adamw.m", "adamw.v", "master"};
+        int r = ES_OK;
+        for (int k = 0; k < 3 && !r; k++) {
+            if (k == 2 && (!*has_master || es_st_find(&f, "master") < 0)) {
+                *has_master = 0;
+                break;
+            }
+            r = load_vec(buf, &f, names[k], phi - plo);
+            if (!r) memcpy(dst[k] + (a - lo), buf + (a - plo), (b - a) * sizeof(float));
+        }
+        free(buf);
+        es_st_close(&f);
+        if (r) return ES_ERR;
+    }
+    return ES_OK;
+}
+
+int es_ckpt_load_state_range(es_optim *o, es_train_state *st, const es_model *m, const char *ckpt_dir, size_t lo,
+                             size_t hi) {
+    char path[PATH_MAX];
+    int nparts = 0;
     snprintf(path, sizeof path, "%s/trainer_state.json", ckpt_dir);
-    if (load_trainer_state(st, path)) return ES_ERR;
-    snprintf(path, sizeof path, "%s/optim.safetensors", ckpt_dir);
-    es_st_file f;
-    if (es_st_open(&f, path)) return ES_ERR;
+    if (load_trainer_state(st, &nparts, path)) return ES_ERR;
     es_backend *be = m->be;
-    size_t n = m->layout.total;
-    float *host = es_xmalloc(n * sizeof(float));
-    int r = load_vec(host, &f, "adamw.m", n);
-    if (!r) be->upload(be, o->m, host, n, ES_DT_F32);
-    if (!r) r = load_vec(host, &f, "adamw.v", n);
-    if (!r) be->upload(be, o->v, host, n, ES_DT_F32);
-    if (!r && o->master && es_st_find(&f, "master") >= 0) {
-        r = load_vec(host, &f, "master", n);
-        if (!r) be->upload(be, o->master, host, n, ES_DT_F32);
+    size_t n = hi - lo;
+    float *host = es_xmalloc((n ? n : 1) * sizeof(float) * 3);
+    int has_master;
+    int r = load_range(host, host + n, o->master ? host + 2 * n : NULL, &has_master, ckpt_dir, nparts,
+                       m->layout.total, lo, hi);
+    if (!r) {
+        be->upload(be, o->m, host, n, ES_DT_F32);
+        be->upload(be, o->v, host + n, n, ES_DT_F32);
+        if (has_master) be->upload(be, o->master, host + 2 * n, n, ES_DT_F32);
+        o->step = st->optim_step;
     }
     free(host);
-    es_st_close(&f);
-    if (!r) o->step = st->optim_step;
     return r;
+}
+
+int es_ckpt_load_state(es_optim *o, es_train_state *st, const es_model *m, const char *ckpt_dir) {
+    return es_ckpt_load_state_range(o, st, m, ckpt_dir, 0, m->layout.total);
 }

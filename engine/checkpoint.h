@@ -29,3 +29,21 @@ int es_ckpt_latest(char *path, size_t size, const char *out_dir);
 // Restores the optimizer and trainer state of a checkpoint into an already
 // loaded model (load the weights with es_model_load_hf on the same directory).
 int es_ckpt_load_state(es_optim *o, es_train_state *st, const es_model *m, const char *ckpt_dir);
+
+// ZeRO-1: the optimizer state is saved in parts, rank r of n writing its part
+// (es_shard_range) as optim-RRRRR-of-NNNNN.safetensors, and trainer_state.json
+// records "optim_parts": n. Sequence: rank 0 creates the step's staging
+// directory (the same path on every rank: a shared run directory), every rank
+// writes its part, then rank 0 adds the model and trainer state and moves it
+// into place. A crash before that leaves the previous checkpoint the newest.
+void es_ckpt_stage_path(char *path, size_t size, const char *out_dir, int step);
+int es_ckpt_stage_create(const char *stage);
+// o holds the rank's part only.
+int es_ckpt_save_part(const char *stage, const es_model *m, const es_optim *o, int rank, int nranks);
+int es_ckpt_save_sharded(const char *out_dir, const char *stage, const es_model *m, const es_train_state *st,
+                         const char *config_json, int keep, int nranks);
+// As es_ckpt_load_state, for elements [lo, hi) of the flat layout only (o
+// sized hi - lo). Reads a checkpoint written whole or in parts by any number
+// of ranks, so a run may resume on a different number of ranks.
+int es_ckpt_load_state_range(es_optim *o, es_train_state *st, const es_model *m, const char *ckpt_dir, size_t lo,
+                             size_t hi);

@@ -13,6 +13,15 @@ int cmd_data(int argc, char **argv);
 // `essence train`: train or distil a student from a run config (engine/cmd_train.c).
 int cmd_train(int argc, char **argv);
 
+// `essence bench`: time steps of a run config (engine/cmd_bench.c).
+int cmd_bench(int argc, char **argv);
+
+// `essence teacher`: precompute an offline teacher's top-k for shards (engine/cmd_teacher.c).
+int cmd_teacher(int argc, char **argv);
+
+// `essence generate`: continue token-id prompts with a KV cache (engine/cmd_generate.c).
+int cmd_generate(int argc, char **argv);
+
 #include <stdio.h>
 
 #include "run_config.h"

@@ -68,6 +68,14 @@ void es_dist_sum_f64(const es_dist *d, double *x, size_t n) {
 #endif
 }
 
+void es_dist_bcast(const es_dist *d, void *buf, size_t bytes) {
+#if ES_HAVE_MPI
+    if (d->size > 1) MPI_CHECK(MPI_Bcast(buf, (int)bytes, MPI_BYTE, 0, MPI_COMM_WORLD));
+#else
+    (void)d, (void)buf, (void)bytes;
+#endif
+}
+
 void es_dist_max_f64(const es_dist *d, double *x, size_t n) {
 #if ES_HAVE_MPI
     if (d->size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));

@@ -15,6 +15,8 @@ void es_dist_finalize(es_dist *d);
 // Sums n values across ranks, in place.
 void es_dist_sum_f32(const es_dist *d, float *x, size_t n);
 void es_dist_sum_f64(const es_dist *d, double *x, size_t n);
+// Rank 0's `bytes` bytes of buf copied to every rank.
+void es_dist_bcast(const es_dist *d, void *buf, size_t bytes);
 // Max of n values across ranks, in place.
 void es_dist_max_f64(const es_dist *d, double *x, size_t n);
 // Reduce-scatter (sum) of x (n, divisible into size equal parts of n/size)

@@ -10,7 +10,10 @@ static int cmd_version(int argc, char **argv);
 static const es_command commands[] = {
     {"version", "print the version and the backends built in", cmd_version},
     {"train", "train or distil a student from a run config", cmd_train},
+    {"bench", "time training steps: throughput, MFU, memory, time per op", cmd_bench},
     {"data", "validate data shards and print their statistics", cmd_data},
+    {"teacher", "precompute an offline teacher's top-k log-probabilities for shards", cmd_teacher},
+    {"generate", "continue token-id prompts (greedy or sampled) with a KV cache", cmd_generate},
 };
 static const int ncommands = (int)(sizeof commands / sizeof commands[0]);
 

@@ -66,6 +66,7 @@ static const field fields[] = {
     {"run.device", F_STR, OFF(device), "auto", "cpu|cuda|auto", 0, 0, "backend"},
     {"run.out", F_STR, OFF(out), "runs/default", NULL, 0, 0, "run directory: checkpoints, metrics.jsonl"},
     {"run.threads", F_INT, OFF(threads), "0", NULL, 0, 4096, "CPU threads (0: all cores)"},
+    {"run.zero1", F_BOOL, OFF(zero1), "false", NULL, 0, 0, "ZeRO-1 under mpirun: each rank keeps and updates 1/N of the optimizer state"},
 };
 static const int nfields = (int)(sizeof fields / sizeof fields[0]);
 

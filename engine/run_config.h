@@ -48,6 +48,7 @@ typedef struct {
     char device[8];          // cpu | cuda | auto
     char out[512];           // run directory (checkpoints, metrics.jsonl)
     int threads;             // OpenMP threads (0 = all)
+    int zero1;               // shard the optimizer state across ranks (ZeRO-1)
 } es_run_config;
 
 void es_run_config_defaults(es_run_config *rc);

@@ -105,6 +105,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
 
     t->be = es_backend_create(rc->device);
     if (!t->be) return ES_ERR;
+    if (es_dp_init(&t->dp, t->be, dist, rc->zero1)) return ES_ERR;
 
     uint64_t fp;
     uint32_t tok_vocab;
@@ -161,9 +162,9 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
         t->topk_ids = es_xmalloc((size_t)max_tokens * (size_t)topk * sizeof(int32_t));
         t->topk_logp = es_xmalloc((size_t)max_tokens * (size_t)topk * sizeof(float));
     }
-    if (es_optim_create(&t->opt, &t->student)) return ES_ERR;
+    if (es_dp_optim_create(&t->opt, &t->dp, &t->student)) return ES_ERR;
     if (t->resumed) {
-        if (es_ckpt_load_state(&t->opt, &t->st, &t->student, ckpt)) return ES_ERR;
+        if (es_ckpt_load_state_range(&t->opt, &t->st, &t->student, ckpt, t->dp.lo, t->dp.hi)) return ES_ERR;
         if (t->st.seed != rc->seed)
             return es_fail("%s: run.seed %llu differs from the checkpoint's %llu (the data order would change)", ckpt,
                            rc->seed, (unsigned long long)t->st.seed);
@@ -267,8 +268,8 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
         flops += es_flops_train(&t->student.cfg, t->has_teacher ? &t->teacher.cfg : NULL, mb->cu_seqlens, mb->ndocs,
                                 mb->nsup);
     }
-    // gradients and statistics of all ranks
-    es_dist_sum_f32(t->dist, t->student.grads, t->student.layout.total);
+    // gradients (all, or this rank's ZeRO-1 part) and statistics of all ranks
+    if (es_dp_reduce_grads(&t->dp, &t->student)) return ES_ERR;
     es_dist_sum_f64(t->dist, sums, 5);
     es_dist_sum_f64(t->dist, &flops, 1);
 
@@ -281,7 +282,7 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
     r->kd = sums[0] > 0 && kd ? sums[4] / sums[0] : 0;
     r->loss = alpha * r->ce + (1 - alpha) * r->kd;
     r->flops = flops;
-    r->grad_norm = es_grad_norm(&t->student);
+    r->grad_norm = es_dp_grad_norm(&t->dp, t->dist, &t->student);
     r->lr = es_schedule_lr(t->sched, rc->lr, rc->min_lr_ratio, rc->warmup, t->st.step, t->total_steps);
     if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
         r->skipped = 1;
@@ -289,7 +290,7 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
     } else {
         es_optim_hparams hp = {.lr = r->lr, .beta1 = rc->beta1, .beta2 = rc->beta2, .eps = rc->eps, .wd = rc->wd,
                                .clip = rc->clip};
-        es_optim_step(&t->opt, &t->student, &hp, r->grad_norm);
+        if (es_dp_optim_step(&t->opt, &t->dp, &t->student, &hp, r->grad_norm)) return ES_ERR;
         t->st.bad_steps = 0;
         t->st.optim_step = t->opt.step;
     }
@@ -333,9 +334,31 @@ int es_trainer_validate(es_trainer *t, double *val_loss) {
     return rcode;
 }
 
+// ZeRO-1: every rank writes its part of the optimizer state into the staging
+// directory rank 0 made, then rank 0 completes the checkpoint.
+static int checkpoint_sharded(es_trainer *t) {
+    const es_dist *d = t->dist;
+    char stage[600];
+    es_ckpt_stage_path(stage, sizeof stage, t->rc.out, t->st.step);
+    int r = d->rank == 0 ? es_ckpt_stage_create(stage) : ES_OK;
+    double failed = r != ES_OK;
+    es_dist_max_f64(d, &failed, 1);
+    if (failed) return r ? r : es_fail("checkpoint: rank 0 failed to create %s", stage);
+    r = es_ckpt_save_part(stage, &t->student, &t->opt, d->rank, d->size);
+    failed = r != ES_OK;
+    es_dist_max_f64(d, &failed, 1);
+    if (failed) return r ? r : es_fail("checkpoint: another rank failed to write its part into %s", stage);
+    if (d->rank == 0)
+        r = es_ckpt_save_sharded(t->rc.out, stage, &t->student, &t->st, t->config_json, t->rc.keep, d->size);
+    return r;
+}
+
 int es_trainer_checkpoint(es_trainer *t) {
     int r = ES_OK;
-    if (t->dist->rank == 0) r = es_ckpt_save(t->rc.out, &t->student, &t->opt, &t->st, t->config_json, t->rc.keep);
+    if (t->dp.sharded)
+        r = checkpoint_sharded(t);
+    else if (t->dist->rank == 0)
+        r = es_ckpt_save(t->rc.out, &t->student, &t->opt, &t->st, t->config_json, t->rc.keep);
     double failed = r != ES_OK;
     es_dist_max_f64(t->dist, &failed, 1);
     if (failed && r == ES_OK) return es_fail("checkpoint: rank 0 failed to write it");

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "checkpoint.h"
+#include "data_parallel.h"
 #include "dist.h"
 #include "distill.h"
 #include "metrics.h"
@@ -25,7 +26,8 @@ typedef struct {
     es_pack_config pack, val_pack;
     es_packer *packer;
     es_distill loss;
-    es_optim opt;
+    es_optim opt;          // this rank's part of the state under ZeRO-1
+    es_dp dp;              // gradient reduction across ranks, ZeRO-1 part
     es_schedule sched;
     es_train_state st;
     int resumed;

@@ -139,6 +139,9 @@ es_backend *es_backend_cpu_create(void) {
     be->scale = cpu_scale;
     be->adamw = cpu_adamw;
     be->destroy = cpu_destroy;
+    cpu_fill_comm(be);
+    be->kv_append = cpu_kv_append;
+    be->attention_decode = cpu_attention_decode;
     be->compute_is_f32 = 1;
     be->peak_flops = cpu_sgemm_rate(be);
     return be;

@@ -13,6 +13,8 @@
 #include <cblas.h>
 #endif
 
+#define MM_BIAS_COLS 64  // columns per task in the bias gradient
+
 #if !ES_HAVE_BLAS
 // Rows of C per task and depth of one packed panel of op(B).
 #define MM_BLOCK_M 32
@@ -84,8 +86,8 @@ void cpu_matmul_fwd(es_backend *be, void *out_, const void *inp, const void *w, 
     float *out = out_;
     const float *bias = bias_;
     float beta = 0.0f;
-    if (bias) {  // start from the bias rows and let sgemm add the product
-        #pragma omp parallel for schedule(static)
+    if (bias) {  // start from the bias rows and let sgemm add the product; serial,
+                 // so no OpenMP threads are left spinning while BLAS runs
         for (int i = 0; i < N; i++) memcpy(out + (size_t)i * OC, bias, (size_t)OC * sizeof(float));
         beta = 1.0f;
     }
@@ -104,9 +106,9 @@ void cpu_matmul_bwd(es_backend *be, void *dinp, void *dw, void *dbias_, const vo
     if (dbias) {
         // columns split across threads; each thread walks all rows of its columns
         #pragma omp parallel for schedule(static)
-        for (int o0 = 0; o0 < OC; o0 += 64) {
-            int o1 = o0 + 64 < OC ? o0 + 64 : OC;
-            float acc[64] = {0};
+        for (int o0 = 0; o0 < OC; o0 += MM_BIAS_COLS) {
+            int o1 = o0 + MM_BIAS_COLS < OC ? o0 + MM_BIAS_COLS : OC;
+            float acc[MM_BIAS_COLS] = {0};
             for (int i = 0; i < N; i++) {
                 const float *r = dout + (size_t)i * OC;
                 for (int o = o0; o < o1; o++) acc[o - o0] += r[o];

@@ -74,3 +74,12 @@ double cpu_sumsq(es_backend *be, const float *x, size_t n);
 void cpu_scale(es_backend *be, float *x, float s, size_t n);
 void cpu_adamw(es_backend *be, void *params, float *master, const float *grads, float *m, float *v,
                size_t n, float lr, float beta1, float beta2, float eps, float wd, int step);
+
+// Fills the collectives (MPI) of the table; leaves them NULL without MPI.
+void cpu_fill_comm(es_backend *be);
+
+void cpu_kv_append(es_backend *be, void *kcache, void *vcache, const void *k, const void *v,
+                   const void *rows, int N, int W);
+void cpu_attention_decode(es_backend *be, void *out, const void *q, const void *kcache,
+                          const void *vcache, const void *start, const void *len, int B, int H,
+                          int KVH, int D, int max_len);

@@ -10,15 +10,20 @@ The packed reference is exact: each document runs on its own (batch of 1,
 positions from 0), the logits are concatenated, and the loss is the sum of the
 per-document cross-entropies over the total number of supervised tokens.
 
+Then tests/fixtures/generate/<case>.json holds greedy continuations that
+`transformers` generate() makes from each saved model for a few prompts: the
+reference for `essence generate`. --generate-only rewrites just those.
+
 Needs torch and transformers; run once by hand (never by tests):
-    python3 tools/make_fixtures.py [--out tests/fixtures]
+    python3 tools/make_fixtures.py [--out tests/fixtures] [--generate-only]
 """
 import argparse
+import json
 import pathlib
 
 import torch
 from safetensors.torch import save_file
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+from transformers import (GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 SEED = 1234
@@ -90,10 +95,49 @@ def reference(model, docs, targets):
     return logits.detach(), loss.detach()
 
 
+GEN_PROMPT_LENS = (6, 11, 1)
+GEN_NEW_TOKENS = 20
+
+
+def generation_fixture(name, cls, root):
+    """Greedy continuations of a few prompts by the saved model of a case, with
+    the smallest top-1/top-2 logit gap met on the way (how close a tie came)."""
+    model = cls.from_pretrained(root / name, attn_implementation="eager").float().eval()
+    gen = torch.Generator().manual_seed(SEED + 7 + sum(map(ord, name)))
+    vocab = model.config.vocab_size
+    prompts = [torch.randint(0, vocab, (n,), generator=gen) for n in GEN_PROMPT_LENS]
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=GEN_NEW_TOKENS,
+                           min_new_tokens=GEN_NEW_TOKENS, eos_token_id=None, pad_token_id=0)
+    tokens, gap = [], float("inf")
+    with torch.no_grad():
+        for p in prompts:
+            out = model.generate(p.unsqueeze(0), generation_config=cfg, output_scores=True,
+                                 return_dict_in_generate=True)
+            tokens.append(out.sequences[0, p.numel():].tolist())
+            for sc in out.scores:
+                top = torch.topk(sc[0].float(), 2).values
+                gap = min(gap, float(top[0] - top[1]))
+    return {"prompts": [p.tolist() for p in prompts], "max_new": GEN_NEW_TOKENS,
+            "tokens": tokens, "min_top2_gap": gap}
+
+
+def write_generation_fixtures(root):
+    (root / "generate").mkdir(parents=True, exist_ok=True)
+    for name, cls, _ in cases():
+        fx = generation_fixture(name, cls, root)
+        (root / "generate" / f"{name}.json").write_text(json.dumps(fx) + "\n")
+        print(f"generate/{name}: min top-2 gap {fx['min_top2_gap']:.4g}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="tests/fixtures", help="fixture root folder")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="only rewrite the greedy generation fixtures from saved models")
     args = ap.parse_args()
+    if args.generate_only:
+        write_generation_fixtures(pathlib.Path(args.out))
+        return
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
     for name, cls, cfg in cases():
@@ -121,6 +165,7 @@ def main():
         save_file(io, str(out / "io.safetensors"))
         print(f"{name}: N={tokens.numel()} loss={loss.item():.6f} "
               f"params={sum(p.numel() for p in model.parameters())}")
+    write_generation_fixtures(pathlib.Path(args.out))
 
 
 if __name__ == "__main__":

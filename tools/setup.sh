@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(build-essential meson ninja-build pkg-config libopenblas-dev libcjson-dev
+apt_pkgs=(build-essential meson ninja-build pkg-config libopenblas-openmp-dev libcjson-dev
           openmpi-bin libopenmpi-dev python3 python3-pip)
 missing=()
 for p in "${apt_pkgs[@]}"; do

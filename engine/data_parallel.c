@@ -1,0 +1,91 @@
+#include "data_parallel.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+int es_dp_init(es_dp *dp, es_backend *be, const es_dist *d, int zero1) {
+    memset(dp, 0, sizeof *dp);
+    dp->nranks = d->size;
+    dp->rank = d->rank;
+    dp->sharded = zero1 && d->size > 1;
+    if (d->size == 1) return ES_OK;
+    if (!be->comm_init || !be->grad_allreduce || !be->grad_reduce_scatter || !be->param_allgather)
+        return es_fail("backend %s: this build has no collectives for %d ranks (rebuild with MPI%s)", be->name,
+                       d->size, strcmp(be->name, "cuda") ? "" : " and NCCL");
+    unsigned char id[ES_COMM_ID_BYTES];
+    int r = d->rank == 0 ? be->comm_id(be, id) : ES_OK;
+    double failed = r != ES_OK;  // every rank learns of rank 0's failure
+    es_dist_max_f64(d, &failed, 1);
+    if (failed) return r ? ES_ERR : es_fail("rank %d: rank 0 could not create the communicator", d->rank);
+    es_dist_bcast(d, id, sizeof id);
+    return be->comm_init(be, id, d->rank, d->size);
+}
+
+int es_dp_optim_create(es_optim *o, es_dp *dp, es_model *m) {
+    es_backend *be = m->be;
+    size_t n = m->layout.total;
+    if (!dp->sharded) {
+        dp->lo = 0;
+        dp->hi = n;
+        return es_optim_create(o, m);
+    }
+    es_shard_range(&dp->lo, &dp->hi, n, dp->rank, dp->nranks);
+    size_t part = dp->hi - dp->lo;
+    memset(o, 0, sizeof *o);
+    o->m = be->alloc(be, part, ES_DT_F32, ES_MEM_OPTIM);
+    o->v = be->alloc(be, part, ES_DT_F32, ES_MEM_OPTIM);
+    if (!o->m || !o->v) return es_fail("optimizer: cannot allocate %zu moments of this rank's part", part);
+    be->zero(be, o->m, part, ES_DT_F32);
+    be->zero(be, o->v, part, ES_DT_F32);
+    if (!be->compute_is_f32) {  // master weights of this part start from the loaded parameters
+        o->master = be->alloc(be, part, ES_DT_F32, ES_MEM_OPTIM);
+        if (!o->master) return es_fail("optimizer: cannot allocate %zu master weights of this rank's part", part);
+        float *host = es_xmalloc((part ? part : 1) * sizeof(float));
+        be->download(be, host, be->offset(be, m->params, dp->lo, ES_DT_COMPUTE), part, ES_DT_COMPUTE);
+        be->upload(be, o->master, host, part, ES_DT_F32);
+        free(host);
+    }
+    return ES_OK;
+}
+
+int es_dp_reduce_grads(const es_dp *dp, es_model *m) {
+    es_backend *be = m->be;
+    if (dp->nranks == 1) return ES_OK;
+    int r = dp->sharded ? be->grad_reduce_scatter(be, m->grads, m->layout.total)
+                        : be->grad_allreduce(be, m->grads, m->layout.total);
+    return r ? r : be->comm_wait(be);
+}
+
+double es_dp_grad_norm(const es_dp *dp, const es_dist *d, es_model *m) {
+    if (!dp->sharded) return es_grad_norm(m);
+    double ss = m->be->sumsq(m->be, m->grads + dp->lo, dp->hi - dp->lo);
+    es_dist_sum_f64(d, &ss, 1);
+    return sqrt(ss);
+}
+
+int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, double grad_norm) {
+    if (!dp->sharded) {
+        es_optim_step(o, m, hp, grad_norm);
+        return ES_OK;
+    }
+    es_backend *be = m->be;
+    if (hp->clip > 0 && grad_norm > hp->clip)
+        be->scale(be, m->grads + dp->lo, (float)(hp->clip / grad_norm), dp->hi - dp->lo);
+    o->step++;
+    // each tensor's overlap with this rank's part, so that decay follows the tensor kind
+    for (int i = 0; i < m->layout.nparams; i++) {
+        const es_param *p = &m->layout.params[i];
+        size_t a = p->offset > dp->lo ? p->offset : dp->lo;
+        size_t b = p->offset + p->numel < dp->hi ? p->offset + p->numel : dp->hi;
+        if (a >= b) continue;
+        size_t k = a - dp->lo;  // index into the part's state
+        be->adamw(be, be->offset(be, m->params, a, ES_DT_COMPUTE), o->master ? o->master + k : NULL, m->grads + a,
+                  o->m + k, o->v + k, b - a, hp->lr, hp->beta1, hp->beta2, hp->eps, p->decay ? hp->wd : 0.0f,
+                  o->step);
+    }
+    if (be->param_allgather(be, m->params, m->layout.total, ES_DT_COMPUTE)) return ES_ERR;
+    return be->comm_wait(be);
+}

@@ -1,0 +1,229 @@
+// The decoder's forward pass with a key/value cache. It runs the same backend
+// ops in the same order as es_model_forward (engine/model.c), adding one
+// kv_append per layer, and in decode steps attention_decode against the cache
+// in place of attention over the packed batch.
+#include "generate.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+// Device pointer to parameter idx (NULL when the architecture lacks it).
+static void *param(const es_model *m, int idx) {
+    if (idx < 0) return NULL;
+    return m->be->offset(m->be, m->params, m->layout.params[idx].offset, ES_DT_COMPUTE);
+}
+
+static void norm(es_model *m, void *out, float *mean, float *rstd, const void *inp, int w, int b,
+                 int N) {
+    es_backend *be = m->be;
+    if (m->cfg.arch == ES_ARCH_GPT2)
+        be->layernorm_fwd(be, out, mean, rstd, inp, param(m, w), param(m, b), N, m->cfg.hidden,
+                          m->cfg.norm_eps);
+    else
+        be->rmsnorm_fwd(be, out, rstd, inp, param(m, w), N, m->cfg.hidden, m->cfg.norm_eps);
+}
+
+static int alloc_idx(es_backend *be, void **out, size_t n) {
+    *out = be->alloc(be, n, ES_DT_I32, ES_MEM_INDEX);
+    return *out ? ES_OK : ES_ERR;
+}
+
+int es_gen_create(es_gen *g, es_model *m, int slots, int max_len) {
+    memset(g, 0, sizeof *g);
+    g->model = m;
+    g->slots = slots;
+    g->max_len = max_len;
+    const es_config *c = &m->cfg;
+    es_backend *be = m->be;
+    if (!be->kv_append || !be->attention_decode)
+        return es_fail("generate: the %s backend has no key/value cache ops", be->name);
+    if (slots < 1 || max_len < 1 || slots > m->max_tokens)
+        return es_fail("generate: %d slots of %d tokens do not fit a model with capacity %d",
+                       slots, max_len, m->max_tokens);
+    g->kcache = es_xcalloc((size_t)c->layers, sizeof *g->kcache);
+    g->vcache = es_xcalloc((size_t)c->layers, sizeof *g->vcache);
+    g->len = es_xcalloc((size_t)slots, sizeof *g->len);
+    size_t rows = (size_t)slots * max_len, W = (size_t)c->kv_heads * c->head_dim;
+    size_t T = (size_t)m->max_tokens;
+    g->h_idx = es_xmalloc((T + 1) * sizeof *g->h_idx);
+    for (int l = 0; l < c->layers; l++) {
+        g->kcache[l] = be->alloc(be, rows * W, ES_DT_COMPUTE, ES_MEM_ACTS);
+        g->vcache[l] = be->alloc(be, rows * W, ES_DT_COMPUTE, ES_MEM_ACTS);
+        if (!g->kcache[l] || !g->vcache[l]) goto fail;
+    }
+    if (alloc_idx(be, &g->d_tokens, T) || alloc_idx(be, &g->d_pos, T) ||
+        alloc_idx(be, &g->d_rows, T) || alloc_idx(be, &g->d_cu, T + 1) ||
+        alloc_idx(be, &g->d_last, (size_t)slots) || alloc_idx(be, &g->d_start, (size_t)slots) ||
+        alloc_idx(be, &g->d_len, (size_t)slots))
+        goto fail;
+    g->last = be->alloc(be, (size_t)slots * c->hidden, ES_DT_COMPUTE, ES_MEM_ACTS);
+    g->logits = be->alloc(be, (size_t)slots * c->vocab, ES_DT_COMPUTE, ES_MEM_ACTS);
+    if (!g->last || !g->logits) goto fail;
+    return ES_OK;
+fail:
+    es_gen_free(g);
+    return es_fail("generate: cannot allocate a cache of %d x %d tokens: %s", slots, max_len,
+                   es_last_error());
+}
+
+void es_gen_free(es_gen *g) {
+    if (!g->model) return;
+    es_backend *be = g->model->be;
+    for (int l = 0; g->kcache && l < g->model->cfg.layers; l++) {
+        be->free(be, g->kcache[l]);
+        be->free(be, g->vcache[l]);
+    }
+    void *bufs[] = {g->d_tokens, g->d_pos, g->d_rows, g->d_cu,  g->d_last,
+                    g->d_start,  g->d_len, g->last,   g->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->free(be, bufs[i]);
+    free(g->kcache);
+    free(g->vcache);
+    free(g->len);
+    free(g->h_idx);
+    memset(g, 0, sizeof *g);
+}
+
+static void upload_idx(es_gen *g, void *dst, size_t n) {
+    g->model->be->upload(g->model->be, dst, g->h_idx, n, ES_DT_I32);
+}
+
+// Runs N tokens (g->d_tokens at g->d_pos) through every layer, writing each
+// layer's keys and values to cache rows g->d_rows; fills model->hidden (N, C).
+// With ndocs > 0 the tokens are packed prompts (g->d_cu) attending among
+// themselves; otherwise token i attends to its cache (g->d_start, g->d_len).
+static void forward(es_gen *g, int N, int ndocs, int max_len) {
+    es_model *m = g->model;
+    es_backend *be = m->be;
+    const es_config *c = &m->cfg;
+    const es_layout *lo = &m->layout;
+    int C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim, F = c->ffn;
+    es_layer_acts *a = &m->acts[0];  // forward-only: one set, residual in ln1_in
+    be->embed_fwd(be, a->ln1_in, g->d_tokens, g->d_pos, param(m, lo->wte), param(m, lo->wpe), N,
+                  C);
+    for (int l = 0; l < c->layers; l++) {
+        const es_layer_params *lp = &lo->layer[l];
+        norm(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
+        void *q = c->qk_norm ? a->q_raw : a->q, *k = c->qk_norm ? a->k_raw : a->k;
+        be->matmul_fwd(be, q, a->ln1_out, param(m, lp->q_w), param(m, lp->q_b), N, C, H * D);
+        be->matmul_fwd(be, k, a->ln1_out, param(m, lp->k_w), param(m, lp->k_b), N, C, KVH * D);
+        be->matmul_fwd(be, a->v, a->ln1_out, param(m, lp->v_w), param(m, lp->v_b), N, C,
+                       KVH * D);
+        if (c->qk_norm) {
+            be->rmsnorm_fwd(be, a->q, a->q_rstd, a->q_raw, param(m, lp->q_norm), N * H, D,
+                            c->norm_eps);
+            be->rmsnorm_fwd(be, a->k, a->k_rstd, a->k_raw, param(m, lp->k_norm), N * KVH, D,
+                            c->norm_eps);
+        }
+        if (c->arch != ES_ARCH_GPT2) {
+            be->rope_fwd(be, a->q, a->q, g->d_pos, N, H, D, c->rope_theta);
+            be->rope_fwd(be, a->k, a->k, g->d_pos, N, KVH, D, c->rope_theta);
+        }
+        be->kv_append(be, g->kcache[l], g->vcache[l], a->k, a->v, g->d_rows, N, KVH * D);
+        if (ndocs)
+            be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, g->d_cu, ndocs, N, H, KVH,
+                              D);
+        else
+            be->attention_decode(be, a->att, a->q, g->kcache[l], g->vcache[l], g->d_start,
+                                 g->d_len, N, H, KVH, D, max_len);
+        be->matmul_fwd(be, m->scratch[0], a->att, param(m, lp->o_w), param(m, lp->o_b), N, H * D,
+                       C);
+        be->add(be, a->res2, a->ln1_in, m->scratch[0], (size_t)N * C);
+        norm(m, a->ln2_out, a->ln2_mean, a->ln2_rstd, a->res2, lp->ln2_w, lp->ln2_b, N);
+        be->matmul_fwd(be, a->up, a->ln2_out, param(m, lp->up_w), param(m, lp->up_b), N, C, F);
+        if (c->arch == ES_ARCH_GPT2) {
+            be->gelu_fwd(be, a->act, a->up, (size_t)N * F);
+        } else {
+            be->matmul_fwd(be, a->gate, a->ln2_out, param(m, lp->gate_w), NULL, N, C, F);
+            be->swiglu_fwd(be, a->act, a->gate, a->up, (size_t)N * F);
+        }
+        be->matmul_fwd(be, m->scratch[0], a->act, param(m, lp->down_w), param(m, lp->down_b), N,
+                       F, C);
+        be->add(be, a->ln1_in, a->res2, m->scratch[0], (size_t)N * C);
+    }
+    norm(m, m->hidden, m->lnf_mean, m->lnf_rstd, a->ln1_in, lo->lnf_w, lo->lnf_b, N);
+}
+
+// logits (n, V) on the host from n rows (C) of hidden states.
+static void logits_of(es_gen *g, float *logits, const void *rows, int n) {
+    es_model *m = g->model;
+    es_backend *be = m->be;
+    be->matmul_fwd(be, g->logits, rows, es_model_lm_head(m), NULL, n, m->cfg.hidden,
+                   m->cfg.vocab);
+    be->download(be, logits, g->logits, (size_t)n * m->cfg.vocab, ES_DT_COMPUTE);
+}
+
+static int check_slot(const es_gen *g, int s) {
+    if (s < 0 || s >= g->slots) return es_fail("generate: slot %d out of range", s);
+    return ES_OK;
+}
+
+int es_gen_prefill(es_gen *g, float *logits, const int *slot, const int32_t *const *ids,
+                   const int *lens, int n) {
+    es_model *m = g->model;
+    int N = 0;
+    if (n < 1 || n > g->slots) return es_fail("generate: prefill of %d prompts", n);
+    for (int i = 0; i < n; i++) {
+        if (check_slot(g, slot[i])) return ES_ERR;
+        if (g->len[slot[i]]) return es_fail("generate: prefill into busy slot %d", slot[i]);
+        if (lens[i] < 1 || lens[i] >= g->max_len)
+            return es_fail("generate: prompt of %d tokens does not fit %d cache rows", lens[i],
+                           g->max_len);
+        for (int j = 0; j < lens[i]; j++)
+            if (ids[i][j] < 0 || ids[i][j] >= m->cfg.vocab)
+                return es_fail("generate: token id %d outside the vocabulary (%d)", ids[i][j],
+                               m->cfg.vocab);
+        N += lens[i];
+        if (N > m->max_tokens)
+            return es_fail("generate: prefill of %d+ tokens exceeds capacity %d", N,
+                           m->max_tokens);
+    }
+    for (int i = 0, t = 0; i < n; i++)
+        for (int j = 0; j < lens[i]; j++, t++) g->h_idx[t] = ids[i][j];
+    upload_idx(g, g->d_tokens, (size_t)N);
+    for (int i = 0, t = 0; i < n; i++)
+        for (int j = 0; j < lens[i]; j++, t++) g->h_idx[t] = j;
+    upload_idx(g, g->d_pos, (size_t)N);
+    for (int i = 0, t = 0; i < n; i++)
+        for (int j = 0; j < lens[i]; j++, t++) g->h_idx[t] = slot[i] * g->max_len + j;
+    upload_idx(g, g->d_rows, (size_t)N);
+    g->h_idx[0] = 0;
+    for (int i = 0; i < n; i++) g->h_idx[i + 1] = g->h_idx[i] + lens[i];
+    upload_idx(g, g->d_cu, (size_t)n + 1);
+    for (int i = 0; i < n; i++) g->h_idx[i] = g->h_idx[i + 1] - 1;  // each prompt's last row
+    upload_idx(g, g->d_last, (size_t)n);
+    forward(g, N, n, 0);
+    m->be->gather_rows(m->be, g->last, m->hidden, g->d_last, n, m->cfg.hidden);
+    logits_of(g, logits, g->last, n);
+    for (int i = 0; i < n; i++) g->len[slot[i]] = lens[i];
+    return ES_OK;
+}
+
+int es_gen_decode(es_gen *g, float *logits, const int *slot, const int32_t *token, int n) {
+    es_model *m = g->model;
+    if (n < 1 || n > g->slots) return es_fail("generate: decode of %d sequences", n);
+    int longest = 0;
+    for (int i = 0; i < n; i++) {
+        if (check_slot(g, slot[i])) return ES_ERR;
+        int len = g->len[slot[i]];
+        if (len < 1 || len >= g->max_len)
+            return es_fail("generate: slot %d holds %d of %d tokens", slot[i], len, g->max_len);
+        if (token[i] < 0 || token[i] >= m->cfg.vocab)
+            return es_fail("generate: token id %d outside the vocabulary (%d)", token[i],
+                           m->cfg.vocab);
+        if (len + 1 > longest) longest = len + 1;
+    }
+    for (int i = 0; i < n; i++) g->h_idx[i] = token[i];
+    upload_idx(g, g->d_tokens, (size_t)n);
+    for (int i = 0; i < n; i++) g->h_idx[i] = g->len[slot[i]];
+    upload_idx(g, g->d_pos, (size_t)n);
+    for (int i = 0; i < n; i++) g->h_idx[i] = slot[i] * g->max_len + g->len[slot[i]];
+    upload_idx(g, g->d_rows, (size_t)n);
+    for (int i = 0; i < n; i++) g->h_idx[i] = slot[i] * g->max_len;
+    upload_idx(g, g->d_start, (size_t)n);
+    for (int i = 0; i < n; i++) g->h_idx[i] = g->len[slot[i]] + 1;
+    upload_idx(g, g->d_len, (size_t)n);
+    forward(g, n, 0, longest);
+    logits_of(g, logits, m->hidden, n);
+    for (int i = 0; i < n; i++) g->len[slot[i]]++;
+    return ES_OK;
+}

@@ -133,6 +133,7 @@ static void cuda_destroy(es_backend *be) {
     cuda_ctx *c = cuda_of(be);
     if (c) {
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        cuda_comm_destroy(be);
         for (size_t i = 0; i < c->nrecs; i++) CUDA_CHECK(cudaFree(c->recs[i].ptr));
         free(c->recs);
         if (c->scratch) CUDA_CHECK(cudaFree(c->scratch));
@@ -219,5 +220,7 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     cuda_fill_pointwise(be);
     cuda_fill_loss(be);
     cuda_fill_optim(be);
+    cuda_fill_decode(be);
+    cuda_fill_comm(be);
     return be;
 }

@@ -68,6 +68,7 @@ typedef struct {
     double *dsum;  // (4) device accumulators for reductions read by the host
     cuda_alloc_rec *recs;  // live allocations, for free's tally
     size_t nrecs, caprecs;
+    void *comm;  // cuda_comm.cu's NCCL communicator; NULL for one rank
 } cuda_ctx;
 
 static inline cuda_ctx *cuda_of(es_backend *be) { return (cuda_ctx *)be->ctx; }
@@ -98,3 +99,6 @@ void cuda_fill_attention(es_backend *be);
 void cuda_fill_pointwise(es_backend *be);
 void cuda_fill_loss(es_backend *be);
 void cuda_fill_optim(es_backend *be);
+void cuda_fill_decode(es_backend *be);
+void cuda_fill_comm(es_backend *be);
+void cuda_comm_destroy(es_backend *be);

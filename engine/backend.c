@@ -1,5 +1,6 @@
 #include "backend.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -17,11 +18,21 @@ es_backend *es_backend_cuda_create(int device) {
 }
 #endif
 
+// One GPU per rank: a rank takes the GPU of its index among the ranks of its node.
+static int local_rank(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"};
+    for (int i = 0; i < 3; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
 es_backend *es_backend_create(const char *name) {
     if (!strcmp(name, "cpu")) return es_backend_cpu_create();
-    if (!strcmp(name, "cuda")) return es_backend_cuda_create(0);
+    if (!strcmp(name, "cuda")) return es_backend_cuda_create(local_rank());
     if (!strcmp(name, "auto")) {
-        es_backend *be = es_backend_cuda_create(0);
+        es_backend *be = es_backend_cuda_create(local_rank());
         return be ? be : es_backend_cpu_create();
     }
     es_fail("device: unknown device '%s' (expected cpu, cuda or auto)", name);

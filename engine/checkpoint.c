@@ -97,6 +97,7 @@ static char *state_json(const es_train_state *st, const char *config_json, int n
     cJSON_AddNumberToObject(root, "flops", st->flops);
     cJSON_AddNumberToObject(root, "seconds", st->seconds);
     if (nparts) cJSON_AddNumberToObject(root, "optim_parts", nparts);
+    if (st->nranks > 1) cJSON_AddNumberToObject(root, "ranks", st->nranks);
     cJSON *cfg = config_json ? cJSON_Parse(config_json) : NULL;
     if (cfg) cJSON_AddItemToObject(root, "config", cfg);
     char *s = cJSON_Print(root);
@@ -153,7 +154,7 @@ int es_ckpt_save(const char *out_dir, const es_model *m, const es_optim *o, cons
 }
 
 void es_ckpt_stage_path(char *path, size_t size, const char *out_dir, int step) {
-    snprintf(path, size, "%s/.ckpt-stage-%08d", out_dir, step);
+    snprintf(path, size, "%s/.ckpt-tmp-stage-%08d", out_dir, step);
 }
 
 int es_ckpt_stage_create(const char *stage) {
@@ -178,6 +179,21 @@ int es_ckpt_save_part(const char *stage, const es_model *m, const es_optim *o, i
 int es_ckpt_save_sharded(const char *out_dir, const char *stage, const es_model *m, const es_train_state *st,
                          const char *config_json, int keep, int nranks) {
     return commit(out_dir, stage, m, NULL, nranks, st, config_json, keep);
+}
+
+int es_ckpt_clean(const char *out_dir, int all) {
+    DIR *d = opendir(out_dir);
+    if (!d) return ES_OK;
+    struct dirent *e;
+    int r = ES_OK;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, ".ckpt-tmp-", 10) && !(all && !strncmp(e->d_name, "ckpt-", 5))) continue;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", out_dir, e->d_name);
+        if (rm_tree(path)) r = ES_ERR;
+    }
+    closedir(d);
+    return r;
 }
 
 int es_ckpt_latest(char *path, size_t size, const char *out_dir) {
@@ -217,8 +233,10 @@ static int load_trainer_state(es_train_state *st, int *nparts, const char *path)
             get_num(&bad, root, "bad_steps", path) || get_num(&st->tokens, root, "tokens", path) ||
             get_num(&st->flops, root, "flops", path) || get_num(&st->seconds, root, "seconds", path);
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(root, "optim_parts");
-    double np = cJSON_IsNumber(parts) ? parts->valuedouble : 0;
-    if (!r && (parts && !cJSON_IsNumber(parts))) r = es_fail("%s: 'optim_parts' is not a number", path);
+    const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(root, "ranks");  // absent: one rank
+    double np = cJSON_IsNumber(parts) ? parts->valuedouble : 0, nr = cJSON_IsNumber(ranks) ? ranks->valuedouble : 1;
+    if (!r && ((parts && !cJSON_IsNumber(parts)) || (ranks && !cJSON_IsNumber(ranks))))
+        r = es_fail("%s: 'optim_parts' or 'ranks' is not a number", path);
     cJSON_Delete(root);
     if (r) return ES_ERR;
     if (step < 0 || bad < 0 || ostep < 0 || ostep > step)
@@ -226,8 +244,10 @@ static int load_trainer_state(es_train_state *st, int *nparts, const char *path)
     st->step = (int)step;
     st->optim_step = (int)ostep;
     st->bad_steps = (int)bad;
-    if (np < 0 || np > 1 << 20 || np != (int)np) return es_fail("%s: bad 'optim_parts' %g (corrupt checkpoint)", path, np);
+    if (np < 0 || np > 1 << 20 || np != (int)np || nr < 1 || nr > 1 << 20 || nr != (int)nr)
+        return es_fail("%s: bad 'optim_parts' %g or 'ranks' %g (corrupt checkpoint)", path, np, nr);
     *nparts = (int)np;
+    st->nranks = (int)nr;
     return ES_OK;
 }
 

@@ -19,11 +19,15 @@ typedef struct {
     double tokens;             // kept tokens trained on
     double flops;              // FLOPs spent
     double seconds;            // training time so far
+    int nranks;                // ranks that trained it: `data` counts micro-batches per rank
 } es_train_state;
 
 // Writes checkpoint `st->step` under out_dir and keeps the newest `keep`.
 int es_ckpt_save(const char *out_dir, const es_model *m, const es_optim *o, const es_train_state *st,
                  const char *config_json, int keep);
+// Removes temporaries left by a checkpoint write that was killed; with
+// `all`, also every checkpoint (a fresh start).
+int es_ckpt_clean(const char *out_dir, int all);
 // Finds the newest complete checkpoint; returns 1 and fills path, 0 if none.
 int es_ckpt_latest(char *path, size_t size, const char *out_dir);
 // Restores the optimizer and trainer state of a checkpoint into an already

@@ -11,7 +11,8 @@
 
 static const char *usage_text =
     "usage: essence data stats [options] SHARD...\n"
-    "Packs one epoch as training would and prints kept tokens, supervised labels and fill.\n"
+    "Packs one epoch as training would and prints kept tokens, supervised labels and fill,\n"
+    "next to the same at r = 1 (no truncation).\n"
     "  --lsp R           lead-span proportion in (0, 1] (default 1)\n"
     "  --mode M          seq | cot (default seq)\n"
     "  --window W        lead | middle | tail (default lead)\n"
@@ -29,6 +30,23 @@ static int parse_num(double *out, const char *opt, const char *s) {
         return ES_ERR;
     }
     return ES_OK;
+}
+
+static const char *const window_names[3] = {"lead", "middle", "tail"};
+
+// The baseline column: the same shards and supervision at r = 1, without
+// dropping the answer or masking labels; the given capacity when every
+// example fits it.
+static void full_config(es_pack_config *fc, const es_pack_config *pc, const es_dataset *ds) {
+    *fc = *pc;
+    fc->ratio = 1.0;
+    fc->drop_answer = 0;
+    fc->label_mask = 0;
+    for (size_t i = 0; i < ds->ndocs; i++) {
+        es_doc_info d;
+        es_dataset_doc(ds, i, &d);
+        if (d.len > (uint32_t)fc->capacity) fc->capacity = 0;
+    }
 }
 
 int data_stats(int argc, char **argv) {
@@ -84,23 +102,37 @@ int data_stats(int argc, char **argv) {
         fprintf(stderr, "essence: %s\n", es_last_error());
         return 1;
     }
-    es_packer *p = NULL;
-    if (es_packer_from_dataset(&p, &ds, &pc) != ES_OK) {
+    es_packer *p = NULL, *full = NULL;
+    es_pack_config fc;
+    full_config(&fc, &pc, &ds);
+    if (es_packer_from_dataset(&p, &ds, &pc) != ES_OK || es_packer_from_dataset(&full, &ds, &fc) != ES_OK) {
         fprintf(stderr, "essence: %s\n", es_last_error());
+        es_packer_free(p);
         es_dataset_close(&ds);
         return 1;
     }
-    size_t steps = es_packer_steps_per_epoch(p), kept = es_packer_kept_tokens(p);
-    size_t sup = es_packer_supervised_tokens(p), cap = (size_t)es_packer_capacity(p);
-    double tot = (double)ds.ntokens;
-    printf("examples             %zu\n", ds.ndocs);
+    printf("setting              lsp %g, mode %s, window %s%s, supervise %g,%g,%g", pc.ratio,
+           pc.mode == ES_TRUNC_COT ? "cot" : "seq", window_names[pc.window], pc.drop_answer ? ", drop-answer" : "",
+           pc.weights[0], pc.weights[1], pc.weights[2]);
+    if (pc.label_mask > 0) printf(", label-mask %g", pc.label_mask);
+    printf("\nexamples             %zu\n", ds.ndocs);
     printf("tokens               %zu\n", ds.ntokens);
-    printf("kept tokens          %zu (%.1f%%)\n", kept, 100.0 * (double)kept / tot);
-    printf("supervised labels    %zu (%.1f%% of tokens)\n", sup, 100.0 * (double)sup / tot);
-    printf("capacity             %zu tokens\n", cap);
-    printf("micro-batches/epoch  %zu (fill %.1f%%)\n", steps,
-           100.0 * (double)kept / ((double)steps * (double)cap));
+    printf("%-20s %-24s %s\n", "", "this setting", "r = 1");
+    const es_packer *col[2] = {p, full};
+    double tot = (double)ds.ntokens;
+    char cell[2][4][64];
+    for (int c = 0; c < 2; c++) {
+        size_t steps = es_packer_steps_per_epoch(col[c]), kept = es_packer_kept_tokens(col[c]);
+        size_t sup = es_packer_supervised_tokens(col[c]), cap = (size_t)es_packer_capacity(col[c]);
+        snprintf(cell[c][0], 64, "%zu (%.1f%%)", kept, 100.0 * (double)kept / tot);
+        snprintf(cell[c][1], 64, "%zu (%.1f%%)", sup, 100.0 * (double)sup / tot);
+        snprintf(cell[c][2], 64, "%zu tokens", cap);
+        snprintf(cell[c][3], 64, "%zu (fill %.1f%%)", steps, 100.0 * (double)kept / ((double)steps * (double)cap));
+    }
+    static const char *rows[4] = {"kept tokens", "supervised labels", "capacity", "micro-batches/epoch"};
+    for (int r = 0; r < 4; r++) printf("%-20s %-24s %s\n", rows[r], cell[0][r], cell[1][r]);
     es_packer_free(p);
+    es_packer_free(full);
     es_dataset_close(&ds);
     return 0;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "common.h"
@@ -15,11 +16,13 @@ static void on_signal(int sig) { g_stop = sig; }
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: essence train --config RUN.json [--set key=value ...] [--fresh]\n"
+            "usage: essence train --config RUN.json [--set key=value ...] [--fresh] [--stop-at STEP]\n"
             "       essence train --help-config\n\n"
             "Trains (distils) a student as the run config says; resumes from the newest\n"
-            "checkpoint in run.out unless --fresh. SIGINT/SIGTERM finish the step, write a\n"
-            "checkpoint and exit. Under mpirun every rank runs this same command.\n");
+            "checkpoint in run.out unless --fresh (which deletes the old checkpoints).\n"
+            "--stop-at STEP checkpoints and exits after STEP steps (a time slice): the\n"
+            "same command resumes. SIGINT/SIGTERM finish the step, write a checkpoint\n"
+            "and exit. Under mpirun every rank runs this same command.\n");
 }
 
 // Parses the command line into a run config; returns 0 to go on, or an exit code + 1.
@@ -101,12 +104,13 @@ static int validate_and_log(es_trainer *t, es_metrics *mx, double *val) {
     return ES_OK;
 }
 
-static int train_loop(es_trainer *t, es_metrics *mx) {
+static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
     const es_run_config *rc = &t->rc;
     const es_dist *dist = t->dist;
     double session_s = 0;
     int session_steps = 0, rank0 = dist->rank == 0;
     double val = NAN;
+    if (t->st.step == 0 && t->has_val && validate_and_log(t, mx, &val)) return ES_ERR;  // the starting point
     while (t->st.step < t->total_steps) {
         es_step_result r;
         if (es_trainer_step(t, &r)) return ES_ERR;
@@ -135,6 +139,13 @@ static int train_loop(es_trainer *t, es_metrics *mx) {
             return ES_ERR;
         double stop = g_stop;
         es_dist_max_f64(dist, &stop, 1);
+        if (stop_at && t->st.step >= stop_at && t->st.step < t->total_steps) {
+            if (es_trainer_checkpoint(t)) return ES_ERR;
+            if (rank0)
+                fprintf(stderr, "%sstopped at step %d (--stop-at): checkpoint written to %s\n", mx->tty ? "\n" : "",
+                        t->st.step, rc->out);
+            return ES_OK;
+        }
         int ckpt_due = rc->ckpt_every && t->st.step % rc->ckpt_every == 0;
         if ((ckpt_due || stop) && t->st.step < t->total_steps) {
             if (es_trainer_checkpoint(t)) return ES_ERR;
@@ -165,9 +176,27 @@ static int train_loop(es_trainer *t, es_metrics *mx) {
 }
 
 int cmd_train(int argc, char **argv) {
+    // --stop-at is not part of the run config: a resumed run must see the same config
+    int stop_at = 0, nargs = 0;
+    char **args = es_xcalloc((size_t)argc + 1, sizeof *args);
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--stop-at") && i + 1 < argc) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1 << 30) {
+                fprintf(stderr, "essence train: --stop-at '%s' is not a positive step count\n", argv[i]);
+                free(args);
+                return 2;
+            }
+            stop_at = (int)v;
+        } else {
+            args[nargs++] = argv[i];
+        }
+    }
     es_run_config rc;
     int fresh;
-    int code = es_parse_run_args(&rc, &fresh, argc, argv, usage);
+    int code = es_parse_run_args(&rc, &fresh, nargs, args, usage);
+    free(args);
     if (code) return code - 1;
 
     es_dist dist;
@@ -190,9 +219,10 @@ int cmd_train(int argc, char **argv) {
     if (r == ES_OK && dist.rank == 0) {
         char path[600];
         snprintf(path, sizeof path, "%s/metrics.jsonl", rc.out);
+        if (fresh) unlink(path);  // a fresh start begins a fresh record
         r = es_metrics_open(&mx, path);
     }
-    if (r == ES_OK) r = train_loop(&t, &mx);
+    if (r == ES_OK) r = train_loop(&t, &mx, stop_at);
     if (r != ES_OK) fprintf(stderr, "%sessence: rank %d: %s\n", mx.tty ? "\n" : "", dist.rank, es_last_error());
     es_metrics_close(&mx);
     es_trainer_free(&t);

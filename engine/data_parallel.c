@@ -12,6 +12,7 @@ int es_dp_init(es_dp *dp, es_backend *be, const es_dist *d, int zero1) {
     dp->rank = d->rank;
     dp->sharded = zero1 && d->size > 1;
     if (d->size == 1) return ES_OK;
+    if (es_dist_check_same(d, "backend", be->name)) return ES_ERR;  // "auto" may differ by node
     if (!be->comm_init || !be->grad_allreduce || !be->grad_reduce_scatter || !be->param_allgather)
         return es_fail("backend %s: this build has no collectives for %d ranks (rebuild with MPI%s)", be->name,
                        d->size, strcmp(be->name, "cuda") ? "" : " and NCCL");
@@ -64,6 +65,18 @@ double es_dp_grad_norm(const es_dp *dp, const es_dist *d, es_model *m) {
     double ss = m->be->sumsq(m->be, m->grads + dp->lo, dp->hi - dp->lo);
     es_dist_sum_f64(d, &ss, 1);
     return sqrt(ss);
+}
+
+int es_dp_data_position(es_packer_state *pos, int saved_ranks, int nranks, const char *ckpt) {
+    if (saved_ranks == nranks) return ES_OK;
+    // micro-batches of the epoch are dealt round-robin: all ranks together took step * ranks
+    uint64_t taken = pos->step * (uint64_t)saved_ranks;
+    if (taken % (uint64_t)nranks)
+        return es_fail("%s: written by %d ranks after %llu micro-batches of the epoch, which %d ranks cannot split "
+                       "evenly; resume with %d ranks",
+                       ckpt, saved_ranks, (unsigned long long)taken, nranks, saved_ranks);
+    pos->step = taken / (uint64_t)nranks;
+    return ES_OK;
 }
 
 int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, double grad_norm) {

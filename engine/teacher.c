@@ -50,7 +50,7 @@ static int row_topk(uint32_t *ids, float *logp, const float *x, int V, int nids,
     uint32_t hi[MAX_TOPK];
     double mx = -INFINITY, se = 0;
     for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
-    for (int v = 0; v < nids; v++) se += exp((double)x[v] - mx);
+    for (int v = 0; v < V; v++) se += exp((double)x[v] - mx);
     double lse = mx + log(se);
     if (!isfinite(lse)) return ES_ERR;
     for (int j = 0; j < k; j++) hx[j] = x[j], hi[j] = (uint32_t)j;

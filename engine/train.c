@@ -2,6 +2,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -103,6 +104,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     t->config_json = es_run_config_to_json(rc);
     if (es_dist_check_same(dist, "run config", t->config_json)) return ES_ERR;
 
+    if (rc->threads > 0) omp_set_num_threads(rc->threads);
     t->be = es_backend_create(rc->device);
     if (!t->be) return ES_ERR;
     if (es_dp_init(&t->dp, t->be, dist, rc->zero1)) return ES_ERR;
@@ -134,6 +136,8 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
 
     // resume from the newest checkpoint of the run directory
     char ckpt[600];
+    if (dist->rank == 0 && es_ckpt_clean(rc->out, fresh)) return ES_ERR;
+    es_dist_barrier(dist);
     if (!fresh && es_ckpt_latest(ckpt, sizeof ckpt, rc->out)) {
         t->resumed = 1;
         snprintf(t->resumed_from, sizeof t->resumed_from, "%s", ckpt);
@@ -168,9 +172,12 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
         if (t->st.seed != rc->seed)
             return es_fail("%s: run.seed %llu differs from the checkpoint's %llu (the data order would change)", ckpt,
                            rc->seed, (unsigned long long)t->st.seed);
-        if (es_packer_set_state(t->packer, t->st.data)) return ES_ERR;
+        if (es_dp_data_position(&t->st.data, t->st.nranks, dist->size, ckpt) ||
+            es_packer_set_state(t->packer, t->st.data))
+            return ES_ERR;
     }
     t->st.seed = rc->seed;
+    t->st.nranks = dist->size;
 
     // batch buffers on the device
     es_backend *be = t->be;

@@ -1,49 +1,148 @@
 // Exact causal softmax attention over packed documents (cu_seqlens), with
-// grouped-query heads. Each (query row, head) is one task, so documents never
-// mix and a row's result does not depend on the rest of the batch. The
-// backward recomputes probabilities from the saved log-sum-exp: one pass over
-// (query row, head) for dq, one over (key row, kv head) for dk and dv, so no
-// two threads write the same row.
+// grouped-query heads, as blocked matmuls. A block of ATT_BQ query rows of one
+// document and head meets the document's keys up to the block's last row in
+// one sgemm; the probabilities P and their gradients stay in per-thread
+// scratch. Blocks start at the document's first token, so a document's
+// results depend on nothing outside it. The backward recomputes P from the
+// saved log-sum-exp; one task owns one (document, kv head), loops over the
+// query heads of its group and accumulates that group's dk and dv, so no two
+// threads write the same rows. Tasks run largest document first.
+//
+// The sgemms run inside the OpenMP region: the OpenMP build of OpenBLAS then
+// runs each on its calling thread, so documents are spread across the cores.
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "cpu_fastmath.h"
 #include "cpu_ops.h"
+#include "es_build.h"
 
-static inline float dotf(const float *a, const float *b, int D) {
-    float acc[16] = {0};  // independent lanes let the compiler vectorise
-    int d = 0;
-    for (; d + 16 <= D; d += 16)
-        for (int l = 0; l < 16; l++) acc[l] += a[d + l] * b[d + l];
+#if ES_HAVE_BLAS
+#include <cblas.h>
+#endif
+
+#define ATT_BQ 64     // query rows per block
+#define ATT_LANES 16  // independent accumulators, so row reductions vectorise
+
+// C (M, N) = alpha * op(A) @ op(B) + beta * C on the calling thread alone
+// (beta == 0 never reads C); row-major as cpu_sgemm.
+static void gemm_1t(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc) {
+#if ES_HAVE_BLAS
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
+                N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#else
+    for (int i = 0; i < M; i++)
+        for (int n = 0; n < N; n++) {
+            float s = 0.0f;
+            for (int k = 0; k < K; k++)
+                s += (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
+                     (tb ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n]);
+            float *c = C + (size_t)i * ldc + n;
+            *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c;
+        }
+#endif
+}
+
+static float row_max(const float *x, int n) {
+    float m[ATT_LANES];
+    for (int l = 0; l < ATT_LANES; l++) m[l] = -INFINITY;
+    int j = 0;
+    for (; j + ATT_LANES <= n; j += ATT_LANES)
+        for (int l = 0; l < ATT_LANES; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+    float r = -INFINITY;
+    for (; j < n; j++) r = x[j] > r ? x[j] : r;
+    for (int l = 0; l < ATT_LANES; l++) r = m[l] > r ? m[l] : r;
+    return r;
+}
+
+// x[j] = exp(x[j] - sub) for j < n; returns their sum.
+static float exp_sub_sum(float *x, float sub, int n) {
+    float acc[ATT_LANES] = {0};
+    int j = 0;
+    for (; j + ATT_LANES <= n; j += ATT_LANES)
+        for (int l = 0; l < ATT_LANES; l++) acc[l] += x[j + l] = es_expf(x[j + l] - sub);
     float s = 0.0f;
-    for (; d < D; d++) s += a[d] * b[d];
-    for (int l = 0; l < 16; l++) s += acc[l];
+    for (; j < n; j++) s += x[j] = es_expf(x[j] - sub);
+    for (int l = 0; l < ATT_LANES; l++) s += acc[l];
     return s;
 }
 
-static inline void axpyf(float *y, float a, const float *x, int D) {
-    for (int d = 0; d < D; d++) y[d] += a * x[d];
+static float dot(const float *a, const float *b, int n) {
+    float acc[ATT_LANES] = {0};
+    int j = 0;
+    for (; j + ATT_LANES <= n; j += ATT_LANES)
+        for (int l = 0; l < ATT_LANES; l++) acc[l] += a[j + l] * b[j + l];
+    float s = 0.0f;
+    for (; j < n; j++) s += a[j] * b[j];
+    for (int l = 0; l < ATT_LANES; l++) s += acc[l];
+    return s;
 }
 
-// Document holding token i: [*start, *end); 0 when i lies outside every document.
-static int find_doc(int *start, int *end, const int32_t *cu, int ndocs, int i) {
-    int lo = 0, hi = ndocs;  // find the last d with cu[d] <= i
-    if (ndocs <= 0 || i < cu[0] || i >= cu[ndocs]) return 0;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (cu[mid] <= i) lo = mid; else hi = mid;
-    }
-    *start = cu[lo];
-    *end = cu[lo + 1];
-    return 1;
+static int cmp_desc(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x < y) - (x > y);
 }
 
-static int max_doc_len(const int32_t *cu, int ndocs) {
-    int m = 1;
+// Scratch: the documents as (length << 32 | index), longest first, then
+// `per` floats for each thread, each area 64-byte aligned. Returns the first
+// thread's area; per holds nbuf (ATT_BQ, longest document) buffers.
+static float *attention_scratch(const int64_t **order, size_t *per, es_backend *be,
+                                const int32_t *cu, int ndocs, int nbuf) {
+    int longest = 1;
     for (int d = 0; d < ndocs; d++)
-        if (cu[d + 1] - cu[d] > m) m = cu[d + 1] - cu[d];
-    return m;
+        if (cu[d + 1] - cu[d] > longest) longest = cu[d + 1] - cu[d];
+    size_t head = ((size_t)ndocs * 2 + 31) / 16 * 16;  // room to align what follows
+    *per = ((size_t)nbuf * ATT_BQ * longest + 15) / 16 * 16;
+    float *s = cpu_scratch(be, head + (size_t)omp_get_max_threads() * *per);
+    int64_t *o = (int64_t *)s;
+    for (int d = 0; d < ndocs; d++) {
+        int len = cu[d + 1] - cu[d];
+        o[d] = (int64_t)(len > 0 ? len : 0) * ((int64_t)1 << 32) + d;
+    }
+    qsort(o, (size_t)ndocs, sizeof *o, cmp_desc);
+    *order = o;
+    float *base = s + ndocs * 2;
+    return base + (16 - ((uintptr_t)base / sizeof(float)) % 16) % 16;
+}
+
+// Rows outside every document attend to nothing: zero them (count per row).
+static void zero_outside(float *x, const int32_t *cu, int ndocs, int N, size_t row) {
+    int lo = ndocs > 0 ? cu[0] : N, hi = ndocs > 0 ? cu[ndocs] : N;
+    memset(x, 0, (size_t)lo * row * sizeof(float));
+    memset(x + (size_t)hi * row, 0, (size_t)(N - hi) * row * sizeof(float));
+}
+
+// One document (n rows from token a) and query head h of group g.
+static void fwd_doc_head(float *out, float *lse, float *S, const float *q, const float *k,
+                         const float *v, int a, int n, int h, int g, int H, int KVH, int D,
+                         float scale) {
+    const int ldq = H * D, ldk = KVH * D;
+    const float *Q = q + ((size_t)a * H + h) * D, *K = k + ((size_t)a * KVH + g) * D;
+    const float *V = v + ((size_t)a * KVH + g) * D;
+    float *O = out + ((size_t)a * H + h) * D;
+    for (int i0 = 0; i0 < n; i0 += ATT_BQ) {
+        int bq = n - i0 < ATT_BQ ? n - i0 : ATT_BQ, w = i0 + bq;  // keys [0, w)
+        float inv[ATT_BQ];
+        // S (bq, w) = scale * Q_blk K[0:w]^T
+        gemm_1t(0, 1, bq, w, D, scale, Q + (size_t)i0 * ldq, ldq, K, ldk, 0.0f, S, w);
+        for (int r = 0; r < bq; r++) {
+            float *row = S + (size_t)r * w;
+            int i = i0 + r;  // keys 0..i are visible
+            float mx = row_max(row, i + 1), sum = exp_sub_sum(row, mx, i + 1);
+            memset(row + i + 1, 0, (size_t)(w - i - 1) * sizeof(float));
+            inv[r] = 1.0f / sum;
+            lse[(size_t)(a + i) * H + h] = mx + logf(sum);
+        }
+        // O_blk (bq, D) = P V[0:w], then the softmax denominators
+        float *Ob = O + (size_t)i0 * ldq;
+        gemm_1t(0, 0, bq, D, w, 1.0f, S, w, V, ldk, 0.0f, Ob, ldq);
+        for (int r = 0; r < bq; r++)
+            for (int d = 0; d < D; d++) Ob[(size_t)r * ldq + d] *= inv[r];
+    }
 }
 
 void cpu_attention_fwd(es_backend *be, void *out_, float *lse, const void *q_, const void *k_,
@@ -53,36 +152,63 @@ void cpu_attention_fwd(es_backend *be, void *out_, float *lse, const void *q_, c
     const float *q = q_, *k = k_, *v = v_;
     const int32_t *cu = cu_seqlens;
     const float scale = 1.0f / sqrtf((float)D);
-    const int group = H / KVH, L = max_doc_len(cu, ndocs);
-    float *scores = cpu_scratch(be, (size_t)omp_get_max_threads() * L);
+    const int group = H / KVH;
+    const int64_t *order;
+    size_t per;
+    float *scratch = attention_scratch(&order, &per, be, cu, ndocs, 1);
+    zero_outside(out, cu, ndocs, N, (size_t)H * D);
+    zero_outside(lse, cu, ndocs, N, (size_t)H);
     #pragma omp parallel
     {
-        float *sc = scores + (size_t)omp_get_thread_num() * L;  // (L) scores of one row
-        #pragma omp for schedule(dynamic, 16)
-        for (long t = 0; t < (long)N * H; t++) {
-            int i = (int)(t / H), h = (int)(t % H), g = h / group, start, end;
-            float *o = out + (size_t)t * D;
-            memset(o, 0, (size_t)D * sizeof(float));
-            if (!find_doc(&start, &end, cu, ndocs, i)) {
-                lse[t] = 0.0f;
-                continue;
+        float *S = scratch + (size_t)omp_get_thread_num() * per;  // (ATT_BQ, longest)
+        #pragma omp for schedule(dynamic, 1)
+        for (long t = 0; t < (long)ndocs * H; t++) {
+            int d = (int)(order[t / H] & 0xffffffff), h = (int)(t % H);
+            if (cu[d + 1] > cu[d])
+                fwd_doc_head(out, lse, S, q, k, v, cu[d], cu[d + 1] - cu[d], h, h / group, H,
+                             KVH, D, scale);
+        }
+    }
+}
+
+// One document (n rows from token a) and kv head g: dq of the group's query
+// heads, and dk, dv of head g over the document, which this call owns.
+static void bwd_doc_group(float *dq, float *dk, float *dv, float *P, float *dS, const float *dout,
+                          const float *q, const float *k, const float *v, const float *out,
+                          const float *lse, int a, int n, int g, int H, int KVH, int D, float scale) {
+    const int ldq = H * D, ldk = KVH * D, group = H / KVH;
+    const float *K = k + ((size_t)a * KVH + g) * D, *V = v + ((size_t)a * KVH + g) * D;
+    float *dK = dk + ((size_t)a * KVH + g) * D, *dV = dv + ((size_t)a * KVH + g) * D;
+    for (int j = 0; j < n; j++) {
+        memset(dK + (size_t)j * ldk, 0, (size_t)D * sizeof(float));
+        memset(dV + (size_t)j * ldk, 0, (size_t)D * sizeof(float));
+    }
+    for (int h = g * group; h < (g + 1) * group; h++) {
+        const size_t off = ((size_t)a * H + h) * D;
+        const float *Q = q + off, *dO = dout + off, *O = out + off;
+        for (int i0 = 0; i0 < n; i0 += ATT_BQ) {
+            int bq = n - i0 < ATT_BQ ? n - i0 : ATT_BQ, w = i0 + bq;  // keys [0, w)
+            const float *Qb = Q + (size_t)i0 * ldq, *dOb = dO + (size_t)i0 * ldq;
+            // P (bq, w) = exp(scale * Q_blk K^T - lse); dP (bq, w) = dO_blk V^T
+            gemm_1t(0, 1, bq, w, D, scale, Qb, ldq, K, ldk, 0.0f, P, w);
+            gemm_1t(0, 1, bq, w, D, 1.0f, dOb, ldq, V, ldk, 0.0f, dS, w);
+            for (int r = 0; r < bq; r++) {
+                int i = i0 + r;  // keys 0..i are visible
+                float *p = P + (size_t)r * w, *ds = dS + (size_t)r * w;
+                float l = lse[(size_t)(a + i) * H + h];
+                float rd = dot(dOb + (size_t)r * ldq, O + (size_t)(i0 + r) * ldq, D);
+                // dS = P (dP - rowsum(dO O)), with the score scale folded in
+                for (int j = 0; j <= i; j++) {
+                    p[j] = es_expf(p[j] - l);
+                    ds[j] = p[j] * (ds[j] - rd) * scale;
+                }
+                memset(p + i + 1, 0, (size_t)(w - i - 1) * sizeof(float));
+                memset(ds + i + 1, 0, (size_t)(w - i - 1) * sizeof(float));
             }
-            const float *qi = q + (size_t)t * D;
-            float mx = -INFINITY;
-            for (int j = start; j <= i; j++) {
-                float s = scale * dotf(qi, k + ((size_t)j * KVH + g) * D, D);
-                sc[j - start] = s;
-                if (s > mx) mx = s;
-            }
-            float sum = 0.0f;
-            for (int j = start; j <= i; j++) {
-                float p = expf(sc[j - start] - mx);
-                sum += p;
-                axpyf(o, p, v + ((size_t)j * KVH + g) * D, D);
-            }
-            float inv = 1.0f / sum;
-            for (int d = 0; d < D; d++) o[d] *= inv;
-            lse[t] = mx + logf(sum);
+            // dQ_blk = dS K ; dK[0:w] += dS^T Q_blk ; dV[0:w] += P^T dO_blk
+            gemm_1t(0, 0, bq, D, w, 1.0f, dS, w, K, ldk, 0.0f, dq + off + (size_t)i0 * ldq, ldq);
+            gemm_1t(1, 0, w, D, bq, 1.0f, dS, w, Qb, ldq, 1.0f, dK, ldk);
+            gemm_1t(1, 0, w, D, bq, 1.0f, P, w, dOb, ldq, 1.0f, dV, ldk);
         }
     }
 }
@@ -95,47 +221,22 @@ void cpu_attention_bwd(es_backend *be, void *dq_, void *dk_, void *dv_, const vo
     const float *dout = dout_, *q = q_, *k = k_, *v = v_, *out = out_;
     const int32_t *cu = cu_seqlens;
     const float scale = 1.0f / sqrtf((float)D);
-    const int group = H / KVH;
-    float *rowdot = cpu_scratch(be, (size_t)N * H);  // (N, H) sum(dout * out) per row
+    const int64_t *order;
+    size_t per;
+    float *scratch = attention_scratch(&order, &per, be, cu, ndocs, 2);
+    zero_outside(dq, cu, ndocs, N, (size_t)H * D);
+    zero_outside(dk, cu, ndocs, N, (size_t)KVH * D);
+    zero_outside(dv, cu, ndocs, N, (size_t)KVH * D);
     #pragma omp parallel
     {
-        // dS_ij = P_ij (dout_i . v_j - rowdot_i); dq_i = scale * sum_j dS_ij k_j
-        #pragma omp for schedule(dynamic, 16)
-        for (long t = 0; t < (long)N * H; t++) {
-            int i = (int)(t / H), h = (int)(t % H), g = h / group, start, end;
-            float *dqi = dq + (size_t)t * D;
-            memset(dqi, 0, (size_t)D * sizeof(float));
-            const float *doi = dout + (size_t)t * D, *qi = q + (size_t)t * D;
-            float rd = dotf(doi, out + (size_t)t * D, D);
-            rowdot[t] = rd;
-            if (!find_doc(&start, &end, cu, ndocs, i)) continue;
-            for (int j = start; j <= i; j++) {
-                const float *kj = k + ((size_t)j * KVH + g) * D, *vj = v + ((size_t)j * KVH + g) * D;
-                float p = expf(scale * dotf(qi, kj, D) - lse[t]);
-                float ds = p * (dotf(doi, vj, D) - rd);
-                axpyf(dqi, scale * ds, kj, D);
-            }
-        }
-        // implicit barrier: rowdot is complete
-        // dv_j = sum_i P_ij dout_i ; dk_j = scale * sum_i dS_ij q_i over the heads of group g
-        #pragma omp for schedule(dynamic, 16)
-        for (long t = 0; t < (long)N * KVH; t++) {
-            int j = (int)(t / KVH), g = (int)(t % KVH), start, end;
-            float *dkj = dk + (size_t)t * D, *dvj = dv + (size_t)t * D;
-            memset(dkj, 0, (size_t)D * sizeof(float));
-            memset(dvj, 0, (size_t)D * sizeof(float));
-            if (!find_doc(&start, &end, cu, ndocs, j)) continue;
-            const float *kj = k + (size_t)t * D, *vj = v + (size_t)t * D;
-            for (int h = g * group; h < (g + 1) * group; h++) {
-                for (int i = j; i < end; i++) {
-                    size_t ih = (size_t)i * H + h;
-                    const float *qi = q + ih * D, *doi = dout + ih * D;
-                    float p = expf(scale * dotf(qi, kj, D) - lse[ih]);
-                    float ds = p * (dotf(doi, vj, D) - rowdot[ih]);
-                    axpyf(dvj, p, doi, D);
-                    axpyf(dkj, scale * ds, qi, D);
-                }
-            }
+        float *P = scratch + (size_t)omp_get_thread_num() * per;  // (ATT_BQ, longest) twice
+        float *dS = P + per / 2;
+        #pragma omp for schedule(dynamic, 1)
+        for (long t = 0; t < (long)ndocs * KVH; t++) {
+            int d = (int)(order[t / KVH] & 0xffffffff), g = (int)(t % KVH);
+            if (cu[d + 1] > cu[d])
+                bwd_doc_group(dq, dk, dv, P, dS, dout, q, k, v, out, lse, cu[d],
+                              cu[d + 1] - cu[d], g, H, KVH, D, scale);
         }
     }
 }

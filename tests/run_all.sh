@@ -37,8 +37,8 @@ meson test -C build-asan --print-errorlogs --timeout-multiplier 4 2>&1 | tee /tm
 count_meson /tmp/essence-test-asan.log
 unset ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS
 
-echo "== python tools"
-python3 -m pytest -q tests/tools 2>&1 | tee /tmp/essence-test-py.log
+echo "== python tools and integration tests"
+ESSENCE_BIN=$PWD/build/essence python3 -m pytest -q tests/tools tests/integration 2>&1 | tee /tmp/essence-test-py.log
 py_pass=$(grep -Eo '[0-9]+ passed' /tmp/essence-test-py.log | tail -1 | awk '{print $1}')
 py_fail=$(grep -Eo '[0-9]+ (failed|error)' /tmp/essence-test-py.log | awk '{s+=$1} END {print s+0}')
 passed=$((passed + ${py_pass:-0}))

@@ -106,14 +106,19 @@ def generation_fixture(name, cls, root):
     gen = torch.Generator().manual_seed(SEED + 7 + sum(map(ord, name)))
     vocab = model.config.vocab_size
     prompts = [torch.randint(0, vocab, (n,), generator=gen) for n in GEN_PROMPT_LENS]
-    cfg = GenerationConfig(do_sample=False, max_new_tokens=GEN_NEW_TOKENS,
-                           min_new_tokens=GEN_NEW_TOKENS, eos_token_id=None, pad_token_id=0)
+    # No end-of-sequence id anywhere: every continuation runs the full length
+    # and no logits processor touches the eos logit.
+    model.generation_config.eos_token_id = None
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=GEN_NEW_TOKENS, pad_token_id=0,
+                           output_scores=True, return_dict_in_generate=True)
     tokens, gap = [], float("inf")
     with torch.no_grad():
         for p in prompts:
-            out = model.generate(p.unsqueeze(0), generation_config=cfg, output_scores=True,
-                                 return_dict_in_generate=True)
+            # An explicit mask: else a prompt token equal to pad_token_id is masked out.
+            ids = p.unsqueeze(0)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
             tokens.append(out.sequences[0, p.numel():].tolist())
+            assert len(tokens[-1]) == GEN_NEW_TOKENS
             for sc in out.scores:
                 top = torch.topk(sc[0].float(), 2).values
                 gap = min(gap, float(top[0] - top[1]))

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Math evaluation: chat-templated prompts -> `essence generate` -> scores.
+
+Renders each problem of a JSONL file (fields "prompt" and "answer", or a
+numeric "value") as a Qwen3 chat prompt ending at the assistant turn,
+tokenizes it with the data's tokenizer.json, runs `essence generate` on the
+token ids (stopping at <|im_end|> and the model's eos), decodes the samples,
+extracts and scores each answer (tools/score_math.py), and writes one JSONL
+line per sample plus a summary (pass@1 averaged over the n samples, and the
+majority vote).
+
+    python3 tools/eval_math.py --model runs/x/step-100 --tokenizer data/synth/model \\
+        --data data/synth/test.jsonl --out eval/samples.jsonl [--n 4 --temperature 0.6]
+"""
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import types
+
+from tokenizers import Tokenizer
+
+from chat_template import render
+from score_math import extract_answer, is_correct, summarize
+
+
+def prompt_text(problem):
+    """The chat prompt up to the assistant's turn: render()'s text before <think>."""
+    trace = types.SimpleNamespace(system=problem.get("system"), prompt=problem["prompt"],
+                                  cot="", answer="")
+    text, think_at, _ = render(trace)
+    return text[:think_at]
+
+
+def gold_answer(problem):
+    if "value" in problem and problem["value"] is not None:
+        return str(problem["value"])
+    return extract_answer(problem.get("answer", "")) or problem.get("answer")
+
+
+def read_problems(path, limit):
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for k, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                p = json.loads(line)
+            except json.JSONDecodeError as e:
+                sys.exit(f"{path}:{k}: not JSON ({e.msg})")
+            if not isinstance(p, dict) or not isinstance(p.get("prompt"), str):
+                sys.exit(f"{path}:{k}: needs a \"prompt\" string")
+            if gold_answer(p) is None:
+                sys.exit(f"{path}:{k}: needs an \"answer\" or a \"value\"")
+            p.setdefault("id", len(problems))
+            problems.append(p)
+            if limit and len(problems) == limit:
+                break
+    if not problems:
+        sys.exit(f"{path}: no problems")
+    return problems
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="checkpoint dir (config.json + safetensors)")
+    ap.add_argument("--tokenizer", required=True, help="dir or file of tokenizer.json")
+    ap.add_argument("--data", required=True, help="JSONL problems (prompt, answer/value)")
+    ap.add_argument("--out", required=True, help="per-sample JSONL; the summary goes to "
+                    "OUT with .summary.json")
+    ap.add_argument("--essence", default="build/essence", help="essence binary")
+    ap.add_argument("--n", type=int, default=1)
+    ap.add_argument("--max-new", type=int, default=32768)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--limit", type=int, default=0, help="first N problems only")
+    args = ap.parse_args(argv)
+
+    tok_path = pathlib.Path(args.tokenizer)
+    if tok_path.is_dir():
+        tok_path = tok_path / "tokenizer.json"
+    if not tok_path.is_file():
+        sys.exit(f"{tok_path}: no tokenizer.json")
+    tok = Tokenizer.from_file(str(tok_path))
+    im_end = tok.token_to_id("<|im_end|>")
+    if im_end is None:
+        sys.exit(f"{tok_path}: the tokenizer has no <|im_end|> token")
+    problems = read_problems(args.data, args.limit)
+
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_in, ids_out = pathlib.Path(tmp) / "prompts.jsonl", pathlib.Path(tmp) / "samples.jsonl"
+        with open(ids_in, "w", encoding="utf-8") as f:
+            for i, p in enumerate(problems):
+                ids = tok.encode(prompt_text(p), add_special_tokens=False).ids
+                f.write(json.dumps({"id": i, "prompt_ids": ids}) + "\n")
+        cmd = [args.essence, "generate", "--model", args.model, "--in", str(ids_in),
+               "--out", str(ids_out), "--n", str(args.n), "--max-new", str(args.max_new),
+               "--temperature", str(args.temperature), "--top-p", str(args.top_p),
+               "--seed", str(args.seed), "--batch", str(args.batch), "--device", args.device,
+               "--stop", str(im_end)]
+        rc = subprocess.run(cmd).returncode
+        if rc:
+            sys.exit(rc)
+        samples = [json.loads(line) for line in open(ids_out, encoding="utf-8") if line.strip()]
+
+    samples.sort(key=lambda s: (s["id"], s["sample"]))
+    rows = []
+    for s in samples:
+        p = problems[s["id"]]
+        text = tok.decode(s["ids"], skip_special_tokens=True)
+        # Score the answer after the reasoning when the model closed it.
+        final = text.rsplit("</think>", 1)[-1]
+        extracted = extract_answer(final)
+        rows.append({"id": p["id"], "sample": s["sample"], "text": text, "extracted": extracted,
+                     "gold": gold_answer(p), "correct": is_correct(extracted, gold_answer(p)),
+                     "tokens": len(s["ids"]), "finished": s["finished"]})
+    with open(out, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    summary = summarize(rows)
+    summary.update(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                   max_new=args.max_new, model=args.model,
+                   mean_tokens=sum(r["tokens"] for r in rows) / len(rows),
+                   unfinished=sum(not r["finished"] for r in rows))
+    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

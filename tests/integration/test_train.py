@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import essence_bin, run_config, run_essence
+from train_env import essence_bin, run_config, run_essence
 
 
 def checkpoints(out):

@@ -22,6 +22,9 @@ int cmd_teacher(int argc, char **argv);
 // `essence generate`: continue token-id prompts with a KV cache (engine/cmd_generate.c).
 int cmd_generate(int argc, char **argv);
 
+// `essence eval`: generate on math problems and score the answers (runs tools/eval_math.py).
+int cmd_eval(int argc, char **argv);
+
 #include <stdio.h>
 
 #include "run_config.h"

@@ -93,6 +93,28 @@ static int write_summary(const es_trainer *t, double val_loss, double rss) {
     return es_write_atomic(path, buf, (size_t)n);
 }
 
+// The trained student as a Hugging Face directory at run.out/final, with the
+// run's tokenizer files, ready for transformers or vLLM.
+static int save_final(const es_trainer *t) {
+    char dir[600], src[700], dst[700];
+    snprintf(dir, sizeof dir, "%s/final", t->rc.out);
+    if (es_model_save_hf(&t->student, dir, 0)) return ES_ERR;
+    const char *tok = t->rc.tokenizer[0] ? t->rc.tokenizer : t->rc.student_path;
+    static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
+    for (int i = 0; tok[0] && i < 3; i++) {
+        char *buf;
+        size_t n;
+        snprintf(src, sizeof src, "%s/%s", tok, files[i]);
+        if (access(src, R_OK) != 0) continue;
+        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
+        if (es_read_file(&buf, &n, src)) return ES_ERR;
+        int r = es_write_atomic(dst, buf, n);
+        free(buf);
+        if (r) return ES_ERR;
+    }
+    return ES_OK;
+}
+
 static int validate_and_log(es_trainer *t, es_metrics *mx, double *val) {
     if (es_trainer_validate(t, val)) return ES_ERR;
     if (t->dist->rank == 0 && isfinite(*val)) {
@@ -164,11 +186,11 @@ static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
     double rss = rss_peak_bytes();
     es_dist_max_f64(dist, &rss, 1);
     if (rank0) {
-        if (write_summary(t, val, rss)) return ES_ERR;
+        if (write_summary(t, val, rss) || save_final(t)) return ES_ERR;
         char dur[32];
         es_format_duration(dur, sizeof dur, t->st.seconds);
         printf("done: %d steps, %.3g tokens, %.3g FLOPs in %s; peak memory %.1f MiB (engine), %.1f MiB (process); "
-               "validation loss %.4f; checkpoint in %s\n",
+               "validation loss %.4f; student in %s/final\n",
                t->st.step, t->st.tokens, t->st.flops, dur, t->be->mem_peak_total / 1048576.0, rss / 1048576.0, val,
                rc->out);
     }

@@ -11,6 +11,7 @@ static const es_command commands[] = {
     {"version", "print the version and the backends built in", cmd_version},
     {"train", "train or distil a student from a run config", cmd_train},
     {"bench", "time training steps: throughput, MFU, memory, time per op", cmd_bench},
+    {"eval", "generate answers to math problems and score them (pass@1, majority)", cmd_eval},
     {"data", "validate data shards and print their statistics", cmd_data},
     {"teacher", "precompute an offline teacher's top-k log-probabilities for shards", cmd_teacher},
     {"generate", "continue token-id prompts (greedy or sampled) with a KV cache", cmd_generate},

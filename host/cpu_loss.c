@@ -2,24 +2,66 @@
 // by their gradient: weighted cross-entropy on the targets plus
 // tau^2 * KL(teacher || student) at temperature tau. Log-probabilities are
 // formed as (x - max) - log(sum exp(x - max)), so large logits lose nothing
-// to rounding; the sums are taken in double.
+// to rounding. Exponentials use the vectorised exp of cpu_fastmath.h; row
+// sums keep LOSS_LANES float partial sums over chunks of LOSS_CHUNK values,
+// so that they vectorise, and add the chunks up in double.
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu_fastmath.h"
 #include "cpu_ops.h"
 
+#define LOSS_LANES 16
+#define LOSS_CHUNK 256
+
 static float row_max(const float *x, int V) {
-    float m = -INFINITY;
-    for (int v = 0; v < V; v++) m = x[v] > m ? x[v] : m;
-    return m;
+    float m[LOSS_LANES];
+    for (int l = 0; l < LOSS_LANES; l++) m[l] = -INFINITY;
+    int v = 0;
+    for (; v + LOSS_LANES <= V; v += LOSS_LANES)
+        for (int l = 0; l < LOSS_LANES; l++) m[l] = x[v + l] > m[l] ? x[v + l] : m[l];
+    float r = -INFINITY;
+    for (; v < V; v++) r = x[v] > r ? x[v] : r;
+    for (int l = 0; l < LOSS_LANES; l++) r = m[l] > r ? m[l] : r;
+    return r;
 }
 
 // log(sum_v exp((x[v] - mx) * k))
 static float log_sum_exp(const float *x, float mx, float k, int V) {
     double z = 0.0;
-    for (int v = 0; v < V; v++) z += exp((double)((x[v] - mx) * k));
+    for (int v0 = 0; v0 < V; v0 += LOSS_CHUNK) {
+        float acc[LOSS_LANES] = {0};
+        int n = V - v0 < LOSS_CHUNK ? V - v0 : LOSS_CHUNK, v = 0;
+        const float *c = x + v0;
+        for (; v + LOSS_LANES <= n; v += LOSS_LANES)
+            for (int l = 0; l < LOSS_LANES; l++) acc[l] += es_expf((c[v + l] - mx) * k);
+        for (; v < n; v++) z += es_expf((c[v] - mx) * k);
+        for (int l = 0; l < LOSS_LANES; l++) z += acc[l];
+    }
     return (float)log(z);
+}
+
+// KL(p || q) with log p = (t - tmax) k - lzt and log q = (s - smax) k - lzs.
+static double kl_div(const float *t, const float *s, float tmax, float smax, float k, float lzt,
+                     float lzs, int V) {
+    double kl = 0.0;
+    for (int v0 = 0; v0 < V; v0 += LOSS_CHUNK) {
+        float acc[LOSS_LANES] = {0};
+        int n = V - v0 < LOSS_CHUNK ? V - v0 : LOSS_CHUNK, v = 0;
+        const float *tc = t + v0, *sc = s + v0;
+        for (; v + LOSS_LANES <= n; v += LOSS_LANES)
+            for (int l = 0; l < LOSS_LANES; l++) {
+                float lpt = (tc[v + l] - tmax) * k - lzt, lqs = (sc[v + l] - smax) * k - lzs;
+                acc[l] += es_expf(lpt) * (lpt - lqs);
+            }
+        for (; v < n; v++) {
+            float lpt = (tc[v] - tmax) * k - lzt, lqs = (sc[v] - smax) * k - lzs;
+            kl += es_expf(lpt) * (lpt - lqs);
+        }
+        for (int l = 0; l < LOSS_LANES; l++) kl += acc[l];
+    }
+    return kl;
 }
 
 void cpu_distill_loss(es_backend *be, float *sums, void *logits_, const void *tlogits_,
@@ -50,16 +92,12 @@ void cpu_distill_loss(es_backend *be, float *sums, void *logits_, const void *tl
             tmax = row_max(t, V);
             lzs = log_sum_exp(s, smax, itau, V);
             lzt = log_sum_exp(t, tmax, itau, V);
-            for (int v = 0; v < V; v++) {
-                double lpt = (double)((t[v] - tmax) * itau) - lzt;
-                double lqs = (double)((s[v] - smax) * itau) - lzs;
-                kl += exp(lpt) * (lpt - lqs);
-            }
+            kl = kl_div(t, s, tmax, smax, itau, lzt, lzs, V);
         }
         float gs = w * grad_scale, gce = gs * a, gkd = gs * (1.0f - a) * tau;
         for (int v = 0; v < V; v++) {
-            float d = s[v] - smax, g = gce * expf(d - lz);
-            if (t) g += gkd * (expf(d * itau - lzs) - expf((t[v] - tmax) * itau - lzt));
+            float d = s[v] - smax, g = gce * es_expf(d - lz);
+            if (t) g += gkd * (es_expf(d * itau - lzs) - es_expf((t[v] - tmax) * itau - lzt));
             s[v] = g;
         }
         s[tgt] -= gce;

@@ -1,10 +1,11 @@
 // Embedding lookups, activations, residual adds and gathered rows. The
 // scattering backward ops split columns across threads, so repeated indices
-// never race and sums come out in a fixed order.
-#include <math.h>
+// never race and sums come out in a fixed order. Activations use the
+// vectorised exp of cpu_fastmath.h (libm's is a call per element).
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu_fastmath.h"
 #include "cpu_ops.h"
 
 #define SCATTER_COLS 64  // columns per task in scattering sums
@@ -55,7 +56,7 @@ void cpu_swiglu_fwd(es_backend *be, void *out_, const void *gate_, const void *u
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + es_expf(-g)) * up[i];
     }
 }
 
@@ -66,7 +67,7 @@ void cpu_swiglu_bwd(es_backend *be, void *dgate_, void *dup_, const void *dout_,
     const float *dout = dout_, *gate = gate_, *up = up_;
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = gate[i], s = 1.0f / (1.0f + expf(-g)), dy = dout[i];
+        float g = gate[i], s = 1.0f / (1.0f + es_expf(-g)), dy = dout[i];
         float u = up[i];  // read before writing: dup may alias up
         dup[i] = dy * g * s;
         dgate[i] = dy * u * s * (1.0f + g * (1.0f - s));
@@ -83,7 +84,7 @@ void cpu_gelu_fwd(es_backend *be, void *out_, const void *inp_, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_C * x * x * x)));
+        out[i] = 0.5f * x * (1.0f + es_tanhf(GELU_K * (x + GELU_C * x * x * x)));
     }
 }
 
@@ -93,7 +94,7 @@ void cpu_gelu_bwd(es_backend *be, void *dinp_, const void *dout_, const void *in
     const float *dout = dout_, *inp = inp_;
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float x = inp[i], u = GELU_K * (x + GELU_C * x * x * x), th = tanhf(u);
+        float x = inp[i], u = GELU_K * (x + GELU_C * x * x * x), th = es_tanhf(u);
         float du = GELU_K * (1.0f + 3.0f * GELU_C * x * x);
         float g = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
         dinp[i] = dout[i] * g;

@@ -20,7 +20,7 @@ count_meson() {  # adds a meson test run's Ok/Fail counts to the totals
 echo "== release build"
 if [ ! -d build ]; then meson setup build >/dev/null || exit 1; fi
 ninja -C build >/dev/null || { ninja -C build; exit 1; }
-meson test -C build --print-errorlogs 2>&1 | tee /tmp/essence-test-release.log
+meson test -C build --no-suite gpu --print-errorlogs 2>&1 | tee /tmp/essence-test-release.log
 count_meson /tmp/essence-test-release.log
 
 echo "== sanitizer build (ASan + UBSan)"
@@ -33,7 +33,7 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export OMP_NUM_THREADS=2
-meson test -C build-asan --print-errorlogs --timeout-multiplier 4 2>&1 | tee /tmp/essence-test-asan.log
+meson test -C build-asan --no-suite gpu --print-errorlogs --timeout-multiplier 4 2>&1 | tee /tmp/essence-test-asan.log
 count_meson /tmp/essence-test-asan.log
 unset ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS
 

@@ -5,12 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "common.h"
 #include "packer.h"
 #include "shard.h"
+#include "train.h"
 
 static const char *usage_text =
     "usage: essence data stats [options] SHARD...\n"
+    "       essence data stats --config RUN.json [--set key=value ...]\n"
     "Packs one epoch as training would and prints kept tokens, supervised labels and fill,\n"
     "next to the same at r = 1 (no truncation).\n"
     "  --lsp R           lead-span proportion in (0, 1] (default 1)\n"
@@ -20,7 +23,10 @@ static const char *usage_text =
     "  --label-mask F    mask this fraction of labels instead of truncating\n"
     "  --supervise S     preset (ans, promptAns, cot, cotAns, promptCot, promptcotAns) or p,c,a\n"
     "  --capacity N      tokens per micro-batch (default: longest kept example, rounded to 64)\n"
-    "  --seed S          shuffle seed (default 0)\n";
+    "  --seed S          shuffle seed (default 0)\n"
+    "With --config, the settings and the training shards are the run config's.\n";
+
+static void usage(FILE *f) { fputs(usage_text, f); }
 
 static int parse_num(double *out, const char *opt, const char *s) {
     char *end;
@@ -49,7 +55,27 @@ static void full_config(es_pack_config *fc, const es_pack_config *pc, const es_d
     }
 }
 
+static int print_stats(const es_pack_config *pc, const char *const *paths, int npaths);
+
+// The run config's packer settings and training shards.
+static int stats_of_run(int argc, char **argv) {
+    es_run_config rc;
+    int fresh;
+    int code = es_parse_run_args(&rc, &fresh, argc, argv, usage);
+    if (code) return code - 1;
+    es_pack_config pc;
+    if (es_run_pack_config(&pc, &rc, 0, 1, 0)) {
+        fprintf(stderr, "essence: %s\n", es_last_error());
+        return 2;
+    }
+    const char *paths[ES_MAX_SHARDS];
+    for (int i = 0; i < rc.ntrain; i++) paths[i] = rc.train[i];
+    return print_stats(&pc, paths, rc.ntrain);
+}
+
 int data_stats(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--config")) return stats_of_run(argc, argv);
     es_pack_config pc;
     es_pack_config_defaults(&pc);
     int first = 1;
@@ -97,8 +123,13 @@ int data_stats(int argc, char **argv) {
         fputs(usage_text, stderr);
         return 2;
     }
+    return print_stats(&pc, (const char *const *)argv + first, argc - first);
+}
+
+static int print_stats(const es_pack_config *pcp, const char *const *paths, int npaths) {
+    es_pack_config pc = *pcp;
     es_dataset ds;
-    if (es_dataset_open(&ds, (const char *const *)argv + first, argc - first, 0, 0) != ES_OK) {
+    if (es_dataset_open(&ds, paths, npaths, 0, 0) != ES_OK) {
         fprintf(stderr, "essence: %s\n", es_last_error());
         return 1;
     }

@@ -305,7 +305,11 @@ void es_run_config_print_help(void) {
     printf("| key | type | default | meaning |\n| --- | --- | --- | --- |\n");
     for (int i = 0; i < nfields; i++) {
         const field *f = &fields[i];
-        printf("| `%s` | %s | `%s` | %s%s%s%s |\n", f->key, tn[f->type], f->def[0] ? f->def : "\"\"", f->doc,
-               f->allowed ? " (" : "", f->allowed ? f->allowed : "", f->allowed ? ")" : "");
+        printf("| `%s` | %s | `%s` | %s", f->key, tn[f->type], f->def[0] ? f->def : "\"\"", f->doc);
+        if (f->allowed) {  // "a|b" would split a markdown table cell
+            fputs(": ", stdout);
+            for (const char *c = f->allowed; *c; c++) fputs(*c == '|' ? ", " : (char[]){*c, 0}, stdout);
+        }
+        puts(" |");
     }
 }

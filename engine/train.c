@@ -17,7 +17,7 @@ static int open_dataset(es_dataset *ds, const char (*paths)[512], int n, uint32_
     return es_dataset_open(ds, p, n, vocab, fp);
 }
 
-static int pack_config(es_pack_config *pc, const es_run_config *rc, const es_dist *dist, int full) {
+int es_run_pack_config(es_pack_config *pc, const es_run_config *rc, int rank, int nranks, int full) {
     es_pack_config_defaults(pc);
     if (es_trunc_mode_parse(&pc->mode, rc->trunc_mode) || es_trunc_window_parse(&pc->window, rc->trunc_window) ||
         es_supervision_parse(pc->weights, rc->supervise))
@@ -28,8 +28,8 @@ static int pack_config(es_pack_config *pc, const es_run_config *rc, const es_dis
     pc->capacity = rc->capacity;
     pc->shuffle_window = rc->shuffle_window;
     pc->seed = rc->seed;
-    pc->rank = dist->rank;
-    pc->nranks = dist->size;
+    pc->rank = rank;
+    pc->nranks = nranks;
     return ES_OK;
 }
 
@@ -122,7 +122,9 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
              t->train.ntokens);
     if (es_dist_check_same(dist, "training data (fingerprint, examples, tokens)", fps)) return ES_ERR;
 
-    if (pack_config(&t->pack, rc, dist, 0) || pack_config(&t->val_pack, rc, dist, 1)) return ES_ERR;
+    if (es_run_pack_config(&t->pack, rc, dist->rank, dist->size, 0) ||
+        es_run_pack_config(&t->val_pack, rc, dist->rank, dist->size, 1))
+        return ES_ERR;
     if (es_packer_from_dataset(&t->packer, &t->train, &t->pack)) return ES_ERR;
     t->capacity = es_packer_capacity(t->packer);
     int max_tokens = t->capacity;

@@ -57,6 +57,10 @@ typedef struct {
     double seconds;
 } es_step_result;
 
+// The packer settings a run config gives (full: r = 1, no answer drop or
+// label mask, as validation uses).
+int es_run_pack_config(es_pack_config *pc, const es_run_config *rc, int rank, int nranks, int full);
+
 // Sets up everything; resumes from the newest checkpoint in rc->out unless
 // `fresh`. Prints the resolved config and the memory plan when `verbose`.
 int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist, int fresh,

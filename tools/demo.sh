@@ -21,7 +21,7 @@ python3 tools/synth_corpus.py --out "$D" --seed 0 --train "${DEMO_TRAIN:-800}" -
 python3 tools/train_tokenizer.py --out "$D/model" "$D/train.jsonl"
 python3 tools/prep_data.py --model "$D/model" --max-len 2048 --out "$D/train.bin" "$D/train.jsonl" | tail -n 1
 python3 tools/prep_data.py --model "$D/model" --max-len 2048 --out "$D/val.bin" "$D/val.jsonl" | tail -n 1
-$ESSENCE data stats --lsp 0.5 --supervise promptcotAns "$D/train.bin"
+$ESSENCE data stats --config configs/runs/demo-student.json
 
 echo "== 3/5 teacher on full traces"
 $ESSENCE train --config configs/runs/demo-teacher.json --fresh

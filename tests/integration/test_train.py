@@ -203,3 +203,13 @@ def test_non_finite_steps_abort(tmp_path, corpus):
     assert p.returncode != 0
     assert p.stderr.count("update skipped") == 3, p.stderr
     assert "max_bad_steps" in p.stderr
+
+
+def test_config_reference_is_complete():
+    """configs/README.md documents every run-config key with its default."""
+    table = run_essence(["train", "--help-config"]).stdout
+    doc = (Path(__file__).resolve().parents[2] / "configs" / "README.md").read_text()
+    rows = [l for l in table.splitlines() if l.startswith("| `")]
+    assert len(rows) > 30
+    missing = [r.split("|")[1].strip() for r in rows if r not in doc]
+    assert not missing, f"configs/README.md is out of date for {missing}: regenerate it from essence train --help-config"

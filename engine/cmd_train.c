@@ -76,7 +76,7 @@ static void progress(const es_trainer *t, const es_step_result *r, double tok_s,
     double epoch = (double)t->st.step / (t->steps_per_epoch ? t->steps_per_epoch : 1);
     fprintf(stderr, "%sstep %d/%d | epoch %.2f | loss %.4f (ce %.4f kd %.4f) | lr %.2e | %.0f tok/s | MFU %.1f%% | ETA %s%s%s",
             tty ? "\r" : "", t->st.step, t->total_steps, epoch, r->loss, r->ce, r->kd, r->lr, tok_s, 100 * mfu, eta,
-            r->skipped ? " | SKIPPED" : "", tty ? "\033[K" : "\n");
+            r->skipped ? " | SKIPPED" : r->empty ? " | no supervised token" : "", tty ? "\033[K" : "\n");
     fflush(stderr);
 }
 

@@ -17,6 +17,8 @@ typedef struct {
 es_flops es_flops_forward(const es_config *cfg, const int32_t *cu_seqlens, int ndocs, int nsup);
 double es_flops_total(es_flops f);
 // Training FLOPs of one micro-batch: student forward + backward (3x) and
-// teacher forward (1x; teacher may be NULL).
+// teacher forward (1x; teacher may be NULL). These are model FLOPs, which MFU
+// uses by convention: the forward work that activation recomputation
+// (run.recompute) repeats in backward is hardware FLOPs and is not counted.
 double es_flops_train(const es_config *student, const es_config *teacher, const int32_t *cu_seqlens,
                       int ndocs, int nsup);

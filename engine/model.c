@@ -37,27 +37,43 @@ static int own_f32(es_model *m, float **out, size_t n, es_mem_kind kind) {
 
 static int is_gpt2(const es_model *m) { return m->cfg.arch == ES_ARCH_GPT2; }
 
-// Activations of one layer for up to N tokens.
-static int alloc_layer_acts(es_model *m, es_layer_acts *a, size_t N) {
+// Groups of one layer's saved tensors, by what recomputation drops.
+enum {
+    ACTS_INPUT = 1,  // ln1_in: the residual stream entering the layer (always kept)
+    ACTS_NORM = 2,   // ln1_out, ln2_out: dropped from level MLP on
+    ACTS_MLP = 4,    // gate, up, act: dropped from level MLP on
+    ACTS_REST = 8,   // attention tensors, res2, norm statistics: dropped at level FULL
+    ACTS_ALL = 15,
+};
+
+// Allocates the `groups` of one layer's activations for up to N tokens; the
+// other fields are taken from `shared` (NULL: left NULL).
+static int alloc_layer_acts(es_model *m, es_layer_acts *a, const es_layer_acts *shared, int groups,
+                            size_t N) {
     const es_config *c = &m->cfg;
     size_t C = (size_t)c->hidden, F = (size_t)c->ffn, QD = (size_t)c->heads * c->head_dim,
            KD = (size_t)c->kv_heads * c->head_dim;
     es_mem_kind A = ES_MEM_ACTS;
-    memset(a, 0, sizeof *a);
-    if (own(m, &a->ln1_in, N * C, ES_DT_COMPUTE, A) ||
-        own(m, &a->ln1_out, N * C, ES_DT_COMPUTE, A) || own_f32(m, &a->ln1_rstd, N, A) ||
-        own(m, &a->q, N * QD, ES_DT_COMPUTE, A) || own(m, &a->k, N * KD, ES_DT_COMPUTE, A) ||
-        own(m, &a->v, N * KD, ES_DT_COMPUTE, A) || own(m, &a->att, N * QD, ES_DT_COMPUTE, A) ||
-        own_f32(m, &a->lse, N * (size_t)c->heads, A) ||
-        own(m, &a->res2, N * C, ES_DT_COMPUTE, A) ||
-        own(m, &a->ln2_out, N * C, ES_DT_COMPUTE, A) || own_f32(m, &a->ln2_rstd, N, A) ||
-        own(m, &a->up, N * F, ES_DT_COMPUTE, A) || own(m, &a->act, N * F, ES_DT_COMPUTE, A))
+    if (shared) *a = *shared;
+    else memset(a, 0, sizeof *a);
+    if ((groups & ACTS_INPUT) && own(m, &a->ln1_in, N * C, ES_DT_COMPUTE, A)) return ES_ERR;
+    if ((groups & ACTS_NORM) && (own(m, &a->ln1_out, N * C, ES_DT_COMPUTE, A) ||
+                                 own(m, &a->ln2_out, N * C, ES_DT_COMPUTE, A)))
         return ES_ERR;
-    if (is_gpt2(m)) {
-        if (own_f32(m, &a->ln1_mean, N, A) || own_f32(m, &a->ln2_mean, N, A)) return ES_ERR;
-    } else if (own(m, &a->gate, N * F, ES_DT_COMPUTE, A)) {
-        return ES_ERR;
+    if (groups & ACTS_MLP) {
+        if (own(m, &a->up, N * F, ES_DT_COMPUTE, A) || own(m, &a->act, N * F, ES_DT_COMPUTE, A))
+            return ES_ERR;
+        if (!is_gpt2(m) && own(m, &a->gate, N * F, ES_DT_COMPUTE, A)) return ES_ERR;
     }
+    if (!(groups & ACTS_REST)) return ES_OK;
+    if (own_f32(m, &a->ln1_rstd, N, A) || own(m, &a->q, N * QD, ES_DT_COMPUTE, A) ||
+        own(m, &a->k, N * KD, ES_DT_COMPUTE, A) || own(m, &a->v, N * KD, ES_DT_COMPUTE, A) ||
+        own(m, &a->att, N * QD, ES_DT_COMPUTE, A) ||
+        own_f32(m, &a->lse, N * (size_t)c->heads, A) ||
+        own(m, &a->res2, N * C, ES_DT_COMPUTE, A) || own_f32(m, &a->ln2_rstd, N, A))
+        return ES_ERR;
+    if (is_gpt2(m) && (own_f32(m, &a->ln1_mean, N, A) || own_f32(m, &a->ln2_mean, N, A)))
+        return ES_ERR;
     if (c->qk_norm) {
         if (own(m, &a->q_raw, N * QD, ES_DT_COMPUTE, A) ||
             own(m, &a->k_raw, N * KD, ES_DT_COMPUTE, A) ||
@@ -68,19 +84,42 @@ static int alloc_layer_acts(es_model *m, es_layer_acts *a, size_t N) {
     return ES_OK;
 }
 
+// The per-layer activations. A forward-only model saves nothing, so every
+// layer reuses one set; its residual stream is updated in place in ln1_in.
+// With recomputation each layer keeps only its own groups and the dropped
+// ones point into one set that backward refills layer by layer.
+static int alloc_layer_sets(es_model *m, int trainable, size_t N) {
+    const es_config *c = &m->cfg;
+    m->acts = es_xcalloc((size_t)c->layers, sizeof *m->acts);
+    if (!trainable) {
+        if (alloc_layer_acts(m, &m->acts[0], NULL, ACTS_ALL, N)) return ES_ERR;
+        for (int l = 1; l < c->layers; l++) m->acts[l] = m->acts[0];
+        return ES_OK;
+    }
+    int dropped = 0;
+    es_layer_acts shared;
+    memset(&shared, 0, sizeof shared);
+    if (m->recompute != ES_RECOMPUTE_NONE) {
+        dropped = ACTS_NORM | ACTS_MLP | (m->recompute == ES_RECOMPUTE_FULL ? ACTS_REST : 0);
+        // The two norm outputs share one buffer: backward recomputes ln1_out
+        // only after the MLP's backward is done with ln2_out.
+        if (alloc_layer_acts(m, &shared, NULL, dropped & ~ACTS_NORM, N) ||
+            own(m, &shared.ln1_out, N * (size_t)c->hidden, ES_DT_COMPUTE, ES_MEM_ACTS))
+            return ES_ERR;
+        shared.ln2_out = shared.ln1_out;
+    }
+    for (int l = 0; l < c->layers; l++)
+        if (alloc_layer_acts(m, &m->acts[l], &shared, ACTS_ALL & ~dropped, N)) return ES_ERR;
+    return ES_OK;
+}
+
 static int alloc_acts(es_model *m, int trainable) {
     const es_config *c = &m->cfg;
     size_t N = (size_t)m->max_tokens, C = (size_t)c->hidden;
     size_t wide = (size_t)c->ffn;
     if ((size_t)c->heads * c->head_dim > wide) wide = (size_t)c->heads * c->head_dim;
     if (C > wide) wide = C;
-    m->acts = es_xcalloc((size_t)c->layers, sizeof *m->acts);
-    // A forward-only model saves nothing, so every layer reuses one set; its
-    // residual stream is updated in place in ln1_in.
-    int sets = trainable ? c->layers : 1;
-    for (int l = 0; l < sets; l++)
-        if (alloc_layer_acts(m, &m->acts[l], N)) return ES_ERR;
-    for (int l = sets; l < c->layers; l++) m->acts[l] = m->acts[0];
+    if (alloc_layer_sets(m, trainable, N)) return ES_ERR;
     if (trainable) {
         if (own(m, &m->final_in, N * C, ES_DT_COMPUTE, ES_MEM_ACTS)) return ES_ERR;
     } else {
@@ -97,12 +136,26 @@ static int alloc_acts(es_model *m, int trainable) {
     return ES_OK;
 }
 
+int es_model_train_mode(int *trainable, const char *recompute) {
+    static const char *const names[] = {"none", "mlp", "full"};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(recompute, names[i])) {
+            *trainable = ES_MODEL_TRAIN + i;
+            return ES_OK;
+        }
+    return es_fail("model: recompute level '%s' is not none, mlp or full", recompute);
+}
+
 int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens,
                     int trainable) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->be = be;
     m->max_tokens = max_tokens;
+    if (trainable < ES_MODEL_FORWARD_ONLY || trainable > ES_MODEL_TRAIN_RECOMPUTE_FULL)
+        return es_fail("model: unknown training mode %d", trainable);
+    m->recompute = trainable > ES_MODEL_TRAIN ? (es_recompute)(trainable - ES_MODEL_TRAIN)
+                                              : ES_RECOMPUTE_NONE;
     if (max_tokens < 1) return es_fail("model: max_tokens must be positive (got %d)", max_tokens);
     if (cfg->layers < 1 || cfg->hidden < 1 || cfg->heads < 1 || cfg->kv_heads < 1 ||
         cfg->head_dim < 1 || cfg->ffn < 1 || cfg->vocab < 1 || cfg->heads % cfg->kv_heads)
@@ -235,8 +288,8 @@ static void attention_block_fwd(es_model *m, es_layer_acts *a, const es_layer_pa
     be->add(be, a->res2, a->ln1_in, m->scratch[0], (size_t)N * C);
 }
 
-static void mlp_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp, void *out,
-                          int N) {
+// The MLP block up to its activation: what its backward reads.
+static void mlp_inner_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp, int N) {
     es_backend *be = m->be;
     int C = m->cfg.hidden, F = m->cfg.ffn;
     size_t NF = (size_t)N * F;
@@ -248,6 +301,13 @@ static void mlp_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *
         be->matmul_fwd(be, a->gate, a->ln2_out, P(m, lp->gate_w), NULL, N, C, F);
         be->swiglu_fwd(be, a->act, a->gate, a->up, NF);
     }
+}
+
+static void mlp_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp, void *out,
+                          int N) {
+    es_backend *be = m->be;
+    int C = m->cfg.hidden, F = m->cfg.ffn;
+    mlp_inner_fwd(m, a, lp, N);
     be->matmul_fwd(be, m->scratch[0], a->act, P(m, lp->down_w), P(m, lp->down_b), N, F, C);
     be->add(be, out, a->res2, m->scratch[0], (size_t)N * C);
 }
@@ -333,8 +393,17 @@ int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden)
     norm_bwd(m, m->dres, dhidden, m->final_in, lo->lnf_w, lo->lnf_b, m->lnf_mean, m->lnf_rstd, N,
              0);
     for (int l = m->cfg.layers - 1; l >= 0; l--) {
-        mlp_block_bwd(m, &m->acts[l], &lo->layer[l], N);
-        attention_block_bwd(m, &m->acts[l], &lo->layer[l], b);
+        es_layer_acts *a = &m->acts[l];
+        const es_layer_params *lp = &lo->layer[l];
+        // The shared set still holds the last layer's tensors from forward.
+        if (m->recompute == ES_RECOMPUTE_FULL && l + 1 < m->cfg.layers)
+            attention_block_fwd(m, a, lp, b);
+        if (m->recompute != ES_RECOMPUTE_NONE && l + 1 < m->cfg.layers) mlp_inner_fwd(m, a, lp, N);
+        mlp_block_bwd(m, a, lp, N);
+        // ln1_out shares its buffer with ln2_out, which the MLP's backward just read.
+        if (m->recompute != ES_RECOMPUTE_NONE)
+            norm_fwd(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
+        attention_block_bwd(m, a, lp, b);
     }
     be->embed_bwd(be, G(m, lo->wte), G(m, lo->wpe), m->dres, b->tokens, b->pos, N,
                   m->cfg.hidden);

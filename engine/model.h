@@ -96,6 +96,31 @@ typedef struct {
     void *act;        // (N, F) swiglu / gelu output
 } es_layer_acts;
 
+// What a trainable model keeps for backward (activation recomputation trades
+// FLOPs for memory). Gradients are the same at every level: backward reruns the
+// same ops on the same inputs.
+//   NONE: every activation of every layer.
+//   MLP:  not the norm outputs nor the MLP intermediates (gate, up, act: 3 x N x F
+//         per layer); backward recomputes them from the saved sub-block inputs
+//         into one set shared by every layer.
+//   FULL: only each layer's input; backward reruns the layer's forward into one
+//         shared set before its backward.
+typedef enum { ES_RECOMPUTE_NONE = 0, ES_RECOMPUTE_MLP, ES_RECOMPUTE_FULL } es_recompute;
+
+// The `trainable` argument of es_model_create / es_model_load_hf: 0 for a
+// forward-only model, 1 to train keeping every activation, or one of these to
+// train with recomputation.
+enum {
+    ES_MODEL_FORWARD_ONLY = 0,
+    ES_MODEL_TRAIN = 1,
+    ES_MODEL_TRAIN_RECOMPUTE_MLP = 1 + ES_RECOMPUTE_MLP,
+    ES_MODEL_TRAIN_RECOMPUTE_FULL = 1 + ES_RECOMPUTE_FULL,
+};
+
+// "none" | "mlp" | "full" -> the `trainable` value that trains at that level.
+// ES_ERR naming the value otherwise.
+int es_model_train_mode(int *trainable, const char *recompute);
+
 typedef struct {
     es_config cfg;
     es_layout layout;
@@ -103,7 +128,8 @@ typedef struct {
     void *params;  // compute dtype, layout.total elements
     float *grads;  // fp32, NULL for a forward-only (teacher) model
     int max_tokens;  // activation capacity
-    es_layer_acts *acts;  // (layers)
+    es_recompute recompute;
+    es_layer_acts *acts;  // (layers); with recompute, dropped fields point into one shared set
     void *final_in;   // (N, C) residual stream before the final norm
     void *hidden;     // (N, C) output of the final norm: the LM head input
     float *lnf_mean, *lnf_rstd;
@@ -113,8 +139,9 @@ typedef struct {
     int nowned, cap_owned;
 } es_model;
 
-// Allocates parameters (uninitialised), grads when `trainable`, and
-// activations for micro-batches of up to max_tokens tokens.
+// Allocates parameters (uninitialised), grads when `trainable` (0, or an
+// ES_MODEL_TRAIN* value choosing the recompute level), and activations for
+// micro-batches of up to max_tokens tokens.
 int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens,
                     int trainable);
 void es_model_free(es_model *m);
@@ -131,7 +158,8 @@ const void *es_model_lm_head(const es_model *m);
 float *es_model_lm_head_grad(es_model *m);
 
 // Hugging Face directories: config.json + model.safetensors or
-// model.safetensors.index.json shards; bf16/fp16/fp32 tensors.
+// model.safetensors.index.json shards; bf16/fp16/fp32 tensors. `trainable` as
+// for es_model_create.
 int es_model_load_hf(es_model *m, const char *dir, es_backend *be, int max_tokens,
                      int trainable);
 // Writes config.json + model.safetensors (fp32, or bf16 when bf16 != 0) atomically.

@@ -67,6 +67,7 @@ static const field fields[] = {
     {"run.out", F_STR, OFF(out), "runs/default", NULL, 0, 0, "run directory: checkpoints, metrics.jsonl"},
     {"run.threads", F_INT, OFF(threads), "0", NULL, 0, 4096, "CPU threads (0: all cores)"},
     {"run.zero1", F_BOOL, OFF(zero1), "false", NULL, 0, 0, "ZeRO-1 under mpirun: each rank keeps and updates 1/N of the optimizer state"},
+    {"run.recompute", F_STR, OFF(recompute), "none", "none|mlp|full", 0, 0, "activations the student recomputes in backward instead of keeping: mlp (norm outputs, MLP intermediates) or full (whole layers); trades FLOPs for memory"},
 };
 static const int nfields = (int)(sizeof fields / sizeof fields[0]);
 

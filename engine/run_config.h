@@ -49,6 +49,7 @@ typedef struct {
     char out[512];           // run directory (checkpoints, metrics.jsonl)
     int threads;             // OpenMP threads (0 = all)
     int zero1;               // shard the optimizer state across ranks (ZeRO-1)
+    char recompute[8];       // none | mlp | full: activations recomputed in backward
 } es_run_config;
 
 void es_run_config_defaults(es_run_config *rc);

@@ -36,11 +36,13 @@ int es_run_pack_config(es_pack_config *pc, const es_run_config *rc, int rank, in
 // The student: from a checkpoint, a Hugging Face directory, or a preset.
 static int load_student(es_trainer *t, const char *dir, int max_tokens) {
     const es_run_config *rc = &t->rc;
-    if (dir) return es_model_load_hf(&t->student, dir, t->be, max_tokens, 1);
-    if (rc->student_path[0]) return es_model_load_hf(&t->student, rc->student_path, t->be, max_tokens, 1);
+    int mode;  // trainable, at the run's recompute level
+    if (es_model_train_mode(&mode, rc->recompute)) return ES_ERR;
+    if (dir) return es_model_load_hf(&t->student, dir, t->be, max_tokens, mode);
+    if (rc->student_path[0]) return es_model_load_hf(&t->student, rc->student_path, t->be, max_tokens, mode);
     es_config cfg;
     if (es_config_load(&cfg, rc->student_preset)) return ES_ERR;
-    if (es_model_create(&t->student, &cfg, t->be, max_tokens, 1)) return ES_ERR;
+    if (es_model_create(&t->student, &cfg, t->be, max_tokens, mode)) return ES_ERR;
     es_model_init_random(&t->student, rc->seed);
     return ES_OK;
 }
@@ -126,6 +128,10 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
         es_run_pack_config(&t->val_pack, rc, dist->rank, dist->size, 1))
         return ES_ERR;
     if (es_packer_from_dataset(&t->packer, &t->train, &t->pack)) return ES_ERR;
+    if (es_packer_supervised_tokens(t->packer) == 0)
+        return es_fail("supervise '%s' with trunc.lsp %g (mode %s) leaves no supervised token in the training data: "
+                       "the kept spans hold none of the supervised sections",
+                       rc->supervise, rc->lsp, rc->trunc_mode);
     t->capacity = es_packer_capacity(t->packer);
     int max_tokens = t->capacity;
     if (t->has_val) {  // validation runs whole sequences: size the activations for them
@@ -293,7 +299,9 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
     r->flops = flops;
     r->grad_norm = es_dp_grad_norm(&t->dp, t->dist, &t->student);
     r->lr = es_schedule_lr(t->sched, rc->lr, rc->min_lr_ratio, rc->warmup, t->st.step, t->total_steps);
-    if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
+    if (nsup_all == 0) {
+        r->empty = 1;  // nothing supervised in this step: nothing to learn, nothing wrong
+    } else if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
         r->skipped = 1;
         t->st.bad_steps++;
     } else {
@@ -328,7 +336,7 @@ int es_trainer_validate(es_trainer *t, double *val_loss) {
         es_packer_next(vp, &mb);
         if (mb.n == 0) continue;
         es_model_batch b;
-        float ls[2];
+        float ls[2] = {0, 0};
         rcode = forward_student(t, &b, &mb);
         if (rcode == ES_OK)
             rcode = es_distill_loss(&t->loss, ls, NULL, NULL, t->student.hidden, es_model_lm_head(&t->student), NULL,

@@ -54,6 +54,7 @@ typedef struct {
     double grad_norm;
     float lr;
     int skipped;           // non-finite loss or gradient: no update
+    int empty;             // no supervised token in the step: no update
     double seconds;
 } es_step_result;
 

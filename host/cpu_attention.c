@@ -27,26 +27,6 @@
 #define ATT_BQ 64     // query rows per block
 #define ATT_LANES 16  // independent accumulators, so row reductions vectorise
 
-// C (M, N) = alpha * op(A) @ op(B) + beta * C on the calling thread alone
-// (beta == 0 never reads C); row-major as cpu_sgemm.
-static void gemm_1t(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                    const float *B, int ldb, float beta, float *C, int ldc) {
-#if ES_HAVE_BLAS
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
-                N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#else
-    for (int i = 0; i < M; i++)
-        for (int n = 0; n < N; n++) {
-            float s = 0.0f;
-            for (int k = 0; k < K; k++)
-                s += (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
-                     (tb ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n]);
-            float *c = C + (size_t)i * ldc + n;
-            *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c;
-        }
-#endif
-}
-
 static float row_max(const float *x, int n) {
     float m[ATT_LANES];
     for (int l = 0; l < ATT_LANES; l++) m[l] = -INFINITY;
@@ -80,6 +60,32 @@ static float dot(const float *a, const float *b, int n) {
     for (; j < n; j++) s += a[j] * b[j];
     for (int l = 0; l < ATT_LANES; l++) s += acc[l];
     return s;
+}
+
+// C (M, N) = alpha * op(A) @ op(B) + beta * C on the calling thread alone
+// (beta == 0 never reads C); row-major as cpu_sgemm. Without BLAS, a plain
+// loop for the three shapes used here (op(B) transposed only with A as is).
+static void gemm_1t(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc) {
+#if ES_HAVE_BLAS
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
+                N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#else
+    for (int i = 0; i < M; i++) {
+        float *c = C + (size_t)i * ldc;
+        for (int n = 0; n < N; n++) c[n] = beta == 0.0f ? 0.0f : beta * c[n];
+        if (tb) {  // rows of A against rows of B
+            for (int n = 0; n < N; n++)
+                c[n] += alpha * dot(A + (size_t)i * lda, B + (size_t)n * ldb, K);
+            continue;
+        }
+        for (int k = 0; k < K; k++) {  // c += op(A)[i][k] * row k of B
+            float a = alpha * (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+            const float *b = B + (size_t)k * ldb;
+            for (int n = 0; n < N; n++) c[n] += a * b[n];
+        }
+    }
+#endif
 }
 
 static int cmp_desc(const void *a, const void *b) {

@@ -119,7 +119,7 @@ void cpu_matmul_bwd(es_backend *be, void *dinp, void *dw, void *dbias_, const vo
 }
 
 double cpu_sgemm_rate(es_backend *be) {
-    enum { S = 384, REPS = 3 };
+    enum { S = 1024, REPS = 5 };  // ~10 ms each: long enough to see the sustained rate
     float *a = es_xmalloc(sizeof(float) * S * S), *b = es_xmalloc(sizeof(float) * S * S);
     float *c = es_xmalloc(sizeof(float) * S * S);
     for (int i = 0; i < S * S; i++) {

@@ -3,6 +3,9 @@
 // L = sum(hidden * R) for a fixed random R, so dL/dhidden = R.
 // For each parameter tensor, the directional derivative along a random
 // direction u restricted to that tensor must match g . u.
+// Activation recomputation (levels mlp and full) must give the same hidden
+// state and the same gradients bit for bit, with activation memory lower by
+// exactly the tensors it drops.
 #include <math.h>
 #include <string.h>
 
@@ -72,6 +75,33 @@ static float *randomise(es_model *m, es_rng *rng) {
     return p;
 }
 
+// A packed batch of NDOCS documents of random tokens, positions restarting at 0.
+static int make_batch(es_model_batch *b, es_backend *be, const es_config *cfg, es_rng *rng) {
+    int32_t tokens[N], pos[N], cu[NDOCS + 1] = {0};
+    for (int d = 0, i = 0; d < NDOCS; d++) {
+        for (int j = 0; j < doc_len[d]; j++, i++) {
+            tokens[i] = (int32_t)(es_rng_u64(rng) % (uint64_t)cfg->vocab);
+            pos[i] = j;
+        }
+        cu[d + 1] = cu[d] + doc_len[d];
+    }
+    *b = (es_model_batch){.N = N, .ndocs = NDOCS};
+    b->tokens = be->alloc(be, N, ES_DT_I32, ES_MEM_INDEX);
+    b->pos = be->alloc(be, N, ES_DT_I32, ES_MEM_INDEX);
+    b->cu_seqlens = be->alloc(be, NDOCS + 1, ES_DT_I32, ES_MEM_INDEX);
+    if (!b->tokens || !b->pos || !b->cu_seqlens) return ES_ERR;
+    be->upload(be, b->tokens, tokens, N, ES_DT_I32);
+    be->upload(be, b->pos, pos, N, ES_DT_I32);
+    be->upload(be, b->cu_seqlens, cu, NDOCS + 1, ES_DT_I32);
+    return ES_OK;
+}
+
+static void free_batch(es_backend *be, es_model_batch *b) {
+    be->free(be, b->tokens);
+    be->free(be, b->pos);
+    be->free(be, b->cu_seqlens);
+}
+
 static double loss_of(es_model *m, const es_model_batch *b, const float *R, float *hidden) {
     t_poison(hidden, (size_t)N * m->cfg.hidden);
     m->be->upload(m->be, m->hidden, hidden, (size_t)N * m->cfg.hidden, ES_DT_COMPUTE);
@@ -99,23 +129,9 @@ static void check_arch(es_backend *be, es_arch arch, es_rng *rng) {
     float *params = randomise(&m, rng);
     be->upload(be, fwd_only.params, params, total, ES_DT_COMPUTE);
 
-    int32_t tokens[N], pos[N], cu[NDOCS + 1] = {0};
-    for (int d = 0, i = 0; d < NDOCS; d++) {
-        for (int j = 0; j < doc_len[d]; j++, i++) {
-            tokens[i] = (int32_t)(es_rng_u64(rng) % (uint64_t)cfg.vocab);
-            pos[i] = j;
-        }
-        cu[d + 1] = cu[d] + doc_len[d];
-    }
-    es_model_batch b = {.N = N, .ndocs = NDOCS};
-    b.tokens = be->alloc(be, N, ES_DT_I32, ES_MEM_INDEX);
-    b.pos = be->alloc(be, N, ES_DT_I32, ES_MEM_INDEX);
-    b.cu_seqlens = be->alloc(be, NDOCS + 1, ES_DT_I32, ES_MEM_INDEX);
+    es_model_batch b;
     void *dh = be->alloc(be, (size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
-    CHECK(b.tokens && b.pos && b.cu_seqlens && dh, "alloc: %s", es_last_error());
-    be->upload(be, b.tokens, tokens, N, ES_DT_I32);
-    be->upload(be, b.pos, pos, N, ES_DT_I32);
-    be->upload(be, b.cu_seqlens, cu, NDOCS + 1, ES_DT_I32);
+    CHECK(make_batch(&b, be, &cfg, rng) == ES_OK && dh, "alloc: %s", es_last_error());
 
     float *R = es_xmalloc((size_t)N * C * sizeof *R), *hidden = es_xmalloc((size_t)N * C * 4),
           *hidden2 = es_xmalloc((size_t)N * C * 4);
@@ -193,12 +209,122 @@ static void check_arch(es_backend *be, es_arch arch, es_rng *rng) {
     free(hidden);
     free(hidden2);
     free(params);
-    be->free(be, b.tokens);
-    be->free(be, b.pos);
-    be->free(be, b.cu_seqlens);
+    free_batch(be, &b);
     be->free(be, dh);
     es_model_free(&fwd_only);
     es_model_free(&m);
+}
+
+// Peak activation bytes of a model alone on a fresh backend; 0 on failure.
+static size_t acts_peak(const es_config *cfg, int trainable) {
+    es_backend *be = es_backend_cpu_create();
+    es_model m;
+    size_t peak = 0;
+    if (be && es_model_create(&m, cfg, be, MAXT, trainable) == ES_OK) {
+        peak = be->mem_peak[ES_MEM_ACTS];
+        es_model_free(&m);
+    }
+    if (be) be->destroy(be);
+    return peak;
+}
+
+// Activation memory per level, from the tensors each level keeps (CPU: 4-byte
+// elements everywhere).
+static void check_recompute_memory(const es_config *cfg) {
+    size_t n = MAXT, L = (size_t)cfg->layers, C = (size_t)cfg->hidden, F = (size_t)cfg->ffn,
+           H = (size_t)cfg->heads, KVH = (size_t)cfg->kv_heads, QD = H * cfg->head_dim,
+           KD = KVH * cfg->head_dim;
+    int gpt2 = cfg->arch == ES_ARCH_GPT2;
+    size_t norm_out = 2 * n * C, mlp = (gpt2 ? 2 : 3) * n * F;
+    // res2, q, att, k, v, lse, rstd x2 (+ mean x2), qk-norm inputs and their rstd
+    size_t rest = n * (C + 2 * QD + 2 * KD + H + 2 + (gpt2 ? 2 : 0)) +
+                  (cfg->qk_norm ? n * (QD + KD + H + KVH) : 0);
+    size_t layer = n * C + norm_out + mlp + rest;
+    size_t none = acts_peak(cfg, ES_MODEL_TRAIN), fwd = acts_peak(cfg, ES_MODEL_FORWARD_ONLY);
+    size_t lmlp = acts_peak(cfg, ES_MODEL_TRAIN_RECOMPUTE_MLP),
+           full = acts_peak(cfg, ES_MODEL_TRAIN_RECOMPUTE_FULL);
+    CHECK(none > 0 && fwd > 0 && lmlp > 0 && full > 0, "%s: create: %s", cfg->model_type,
+          es_last_error());
+    // Dropped from every layer, plus one shared set (the norm outputs share a buffer).
+    size_t mlp_saved = 4 * (L * (norm_out + mlp) - (n * C + mlp));
+    size_t full_saved = 4 * (L * (layer - n * C) - (layer - n * C - n * C));
+    CHECK(none - lmlp == mlp_saved, "%s: mlp saves %zu bytes, expected %zu", cfg->model_type,
+          none - lmlp, mlp_saved);
+    CHECK(none - full == full_saved, "%s: full saves %zu bytes, expected %zu", cfg->model_type,
+          none - full, full_saved);
+    // A forward-only model keeps one set and no separate final_in, whatever the levels do.
+    CHECK(none - fwd == 4 * ((L - 1) * layer + n * C), "%s: forward-only holds %zu bytes of %zu",
+          cfg->model_type, fwd, none);
+    printf("%s: activation bytes none %zu, mlp %zu, full %zu, forward-only %zu\n",
+           cfg->model_type, none, lmlp, full, fwd);
+}
+
+// Hidden state and gradients (after two accumulated backward passes) at each
+// recompute level equal those without recomputation, bit for bit: backward
+// reruns the same ops on the same inputs.
+static void check_recompute(es_backend *be, es_arch arch, es_rng *rng) {
+    es_config cfg = tiny_config(arch);
+    cfg.layers = 3;  // a middle layer: recomputed between two others
+    check_recompute_memory(&cfg);
+    const int modes[3] = {ES_MODEL_TRAIN, ES_MODEL_TRAIN_RECOMPUTE_MLP,
+                          ES_MODEL_TRAIN_RECOMPUTE_FULL};
+    es_model m[3];
+    int made = 0;
+    for (; made < 3; made++)
+        if (es_model_create(&m[made], &cfg, be, MAXT, modes[made])) break;
+    CHECK(made == 3, "%s: create mode %d: %s", cfg.model_type, made, es_last_error());
+    es_model_batch b[2];
+    int nb = 0;
+    size_t NC = (size_t)N * cfg.hidden;
+    void *dh = be->alloc(be, NC, ES_DT_COMPUTE, ES_MEM_ACTS);
+    float *R = es_xmalloc(2 * NC * sizeof *R), *hidden = es_xmalloc(NC * sizeof *hidden),
+          *hidden0 = es_xmalloc(NC * sizeof *hidden0);
+    float *params = NULL, *g0 = NULL, *g = NULL;
+    if (made < 3 || !dh) goto done;
+    for (; nb < 2; nb++)
+        if (make_batch(&b[nb], be, &cfg, rng)) break;
+    CHECK(nb == 2, "alloc: %s", es_last_error());
+    if (nb < 2) goto done;
+    params = randomise(&m[0], rng);
+    size_t total = m[0].layout.total;
+    g0 = es_xmalloc(total * sizeof *g0);
+    g = es_xmalloc(total * sizeof *g);
+    for (size_t j = 0; j < 2 * NC; j++) R[j] = es_rng_normal(rng);
+    for (int i = 0; i < 3; i++) {
+        be->upload(be, m[i].params, params, total, ES_DT_COMPUTE);
+        // Two different batches accumulate, so stale tensors of the other batch would show.
+        for (int k = 0; k < 2; k++) {
+            be->upload(be, dh, R + k * NC, NC, ES_DT_COMPUTE);
+            double L = loss_of(&m[i], &b[k], R + k * NC, hidden);
+            CHECK(isfinite(L), "%s: mode %d forward", cfg.model_type, modes[i]);
+            CHECK(es_model_backward(&m[i], &b[k], dh) == ES_OK, "%s: mode %d backward: %s",
+                  cfg.model_type, modes[i], es_last_error());
+        }
+        if (i == 0) {
+            memcpy(hidden0, hidden, NC * sizeof *hidden);
+            be->download(be, g0, m[0].grads, total, ES_DT_F32);
+            double gn = 0;
+            for (size_t j = 0; j < total; j++) gn += (double)g0[j] * g0[j];
+            CHECK(isfinite(gn) && gn > 0, "%s: gradient norm %g", cfg.model_type, sqrt(gn));
+            continue;
+        }
+        be->download(be, g, m[i].grads, total, ES_DT_F32);
+        CHECK(t_rel_err(hidden, hidden0, NC, 1e-6) == 0, "%s: mode %d hidden differs (%g)",
+              cfg.model_type, modes[i], t_rel_err(hidden, hidden0, NC, 1e-6));
+        CHECK(t_rel_err(g, g0, total, 1e-6) == 0, "%s: mode %d gradients differ (%g)",
+              cfg.model_type, modes[i], t_rel_err(g, g0, total, 1e-6));
+    }
+    printf("%s: recompute mlp and full compared with none\n", cfg.model_type);
+done:
+    free(params);
+    free(g0);
+    free(g);
+    free(R);
+    free(hidden);
+    free(hidden0);
+    for (int k = 0; k < nb; k++) free_batch(be, &b[k]);
+    if (dh) be->free(be, dh);
+    for (int i = 0; i < made; i++) es_model_free(&m[i]);
 }
 
 int main(void) {
@@ -211,12 +337,23 @@ int main(void) {
     es_rng_seed(&rng, 20240607);
     const es_arch arches[] = {ES_ARCH_QWEN3, ES_ARCH_QWEN2, ES_ARCH_LLAMA, ES_ARCH_GPT2};
     for (int i = 0; i < 4; i++) check_arch(be, arches[i], &rng);
+    for (int i = 0; i < 4; i++) check_recompute(be, arches[i], &rng);
+
+    int mode = -1;
+    CHECK(es_model_train_mode(&mode, "full") == ES_OK && mode == ES_MODEL_TRAIN_RECOMPUTE_FULL,
+          "recompute 'full' gives mode %d", mode);
+    CHECK(es_model_train_mode(&mode, "some") == ES_ERR && strstr(es_last_error(), "'some'"),
+          "recompute 'some' accepted");
 
     // Bad sizes are refused with a message, and the half-made model frees cleanly.
     es_config cfg = tiny_config(ES_ARCH_QWEN3);
     es_model m;
     CHECK(es_model_create(&m, &cfg, be, 0, 1) == ES_ERR && strstr(es_last_error(), "max_tokens"),
           "zero capacity accepted");
+    es_model_free(&m);
+    CHECK(es_model_create(&m, &cfg, be, MAXT, ES_MODEL_TRAIN_RECOMPUTE_FULL + 1) == ES_ERR &&
+              strstr(es_last_error(), "training mode"),
+          "unknown training mode accepted");
     es_model_free(&m);
     cfg.kv_heads = 4;  // does not divide 2 heads
     CHECK(es_model_create(&m, &cfg, be, MAXT, 1) == ES_ERR && strstr(es_last_error(), "config"),

@@ -234,7 +234,8 @@ int es_packer_create(es_packer **out, const es_doc_info *docs, const uint32_t *c
     free(scratch);
     p->capacity = pc->capacity;
     if (p->capacity == 0) {
-        p->capacity = (int)((maxkept + CAPACITY_ROUND - 1) / CAPACITY_ROUND * CAPACITY_ROUND);
+        double want = (double)maxkept * (pc->capacity_factor > 0 ? pc->capacity_factor : 1.0);
+        p->capacity = (int)(((size_t)ceil(want) + CAPACITY_ROUND - 1) / CAPACITY_ROUND * CAPACITY_ROUND);
     } else if ((uint32_t)p->capacity < maxkept) {
         int cap = p->capacity;
         es_packer_free(p);

@@ -34,7 +34,9 @@ typedef struct {
     double label_mask;     // control in [0, 1): 0 = off; otherwise no truncation, and this
                            // fraction of each document's supervised labels is masked at random
     float weights[ES_NSECTIONS];  // section loss weights
-    int capacity;          // tokens per micro-batch; 0 = longest kept document rounded up to 64
+    int capacity;          // tokens per micro-batch; 0 = capacity_factor x the longest kept
+                           // document, rounded up to 64 (memory then follows r)
+    double capacity_factor;  // used when capacity == 0; 0 means 1
     int shuffle_window;    // documents packed together (0 = 1024)
     uint64_t seed;
     int rank, nranks;

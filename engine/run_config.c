@@ -52,6 +52,7 @@ static const field fields[] = {
     {"optim.schedule", F_STR, OFF(schedule), "onecycle", "constant|cosine|linear|onecycle", 0, 0, "learning-rate schedule"},
     {"optim.warmup", F_FLOAT, OFF(warmup), "0.1", NULL, 0, 1, "warm-up as a fraction of the steps"},
     {"batch.capacity", F_INT, OFF(capacity), "0", NULL, 0, 1 << 24, "tokens per micro-batch (0: the longest kept document, rounded up to 64)"},
+    {"batch.capacity_factor", F_FLOAT, OFF(capacity_factor), "1", NULL, 1, 1024, "with capacity 0: micro-batches of this many times the longest kept document (memory still follows r)"},
     {"batch.step_examples", F_INT, OFF(step_examples), "32", NULL, 0, 1 << 24, "examples per optimizer step (micro-batches are accumulated)"},
     {"batch.step_tokens", F_INT, OFF(step_tokens), "0", NULL, 0, 1 << 30, "or kept tokens per optimizer step (0: use step_examples)"},
     {"batch.shuffle_window", F_INT, OFF(shuffle_window), "1024", NULL, 1, 1 << 30, "documents per best-fit packing window"},

@@ -33,6 +33,7 @@ typedef struct {
     float warmup;            // fraction of steps
     // batching
     int capacity;            // tokens per micro-batch (0 = longest kept document, rounded)
+    float capacity_factor;   // with capacity 0: this many times the longest kept document
     int step_examples;       // accumulate micro-batches up to this many examples per step
     int step_tokens;         // or up to this many kept tokens per step (0 = off)
     int shuffle_window;      // documents per packing window

@@ -146,8 +146,10 @@ int es_model_train_mode(int *trainable, const char *recompute) {
     return es_fail("model: recompute level '%s' is not none, mlp or full", recompute);
 }
 
-int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens,
-                    int trainable) {
+// A model with its own parameters, or (shared != NULL, forward only) one that
+// reads another model's parameters.
+static int create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens, int trainable,
+                  void *shared) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->be = be;
@@ -163,7 +165,8 @@ int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_t
     if (cfg->arch != ES_ARCH_GPT2 && cfg->head_dim % 2)
         return es_fail("model: rotary embedding needs an even head_dim (got %d)", cfg->head_dim);
     if (es_layout_build(&m->layout, cfg)) return ES_ERR;
-    if (own(m, &m->params, m->layout.total, ES_DT_COMPUTE, ES_MEM_WEIGHTS)) goto fail;
+    if (shared) m->params = shared;
+    else if (own(m, &m->params, m->layout.total, ES_DT_COMPUTE, ES_MEM_WEIGHTS)) goto fail;
     if (trainable) {
         void *g = NULL;
         if (own(m, &g, m->layout.total, ES_DT_F32, ES_MEM_GRADS)) goto fail;
@@ -175,6 +178,15 @@ int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_t
 fail:
     es_model_free(m);
     return ES_ERR;
+}
+
+int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens,
+                    int trainable) {
+    return create(m, cfg, be, max_tokens, trainable, NULL);
+}
+
+int es_model_create_view(es_model *view, const es_model *src, int max_tokens) {
+    return create(view, &src->cfg, src->be, max_tokens, ES_MODEL_FORWARD_ONLY, src->params);
 }
 
 void es_model_free(es_model *m) {

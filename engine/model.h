@@ -144,6 +144,10 @@ typedef struct {
 // micro-batches of up to max_tokens tokens.
 int es_model_create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens,
                     int trainable);
+// A forward-only model over src's parameters (not copied, not freed with the
+// view), with its own activations for up to max_tokens tokens: evaluation at
+// full length costs one layer's activations, not a training step's.
+int es_model_create_view(es_model *view, const es_model *src, int max_tokens);
 void es_model_free(es_model *m);
 // Random initialisation (normal 0.02, norms 1, biases 0) from a seed.
 void es_model_init_random(es_model *m, unsigned long long seed);

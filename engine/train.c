@@ -151,7 +151,9 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
         t->resumed = 1;
         snprintf(t->resumed_from, sizeof t->resumed_from, "%s", ckpt);
     }
-    if (load_student(t, t->resumed ? ckpt : NULL, max_tokens)) return ES_ERR;
+    // training activations follow the (truncated) capacity; validation runs
+    // whole sequences through a forward-only view (one layer's activations)
+    if (load_student(t, t->resumed ? ckpt : NULL, t->capacity)) return ES_ERR;
     const es_config *sc = &t->student.cfg;
     if (t->train.vocab > (uint32_t)sc->vocab)
         return es_fail("%s: token ids reach %u but the student's vocabulary has %d entries", rc->train[0],
@@ -160,7 +162,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
         return es_fail("batch.capacity: micro-batches of %d tokens exceed the student's %d learned positions",
                        max_tokens, sc->max_pos);
     if (rc->teacher_path[0]) {
-        if (es_model_load_hf(&t->teacher, rc->teacher_path, t->be, max_tokens, 0)) return ES_ERR;
+        if (es_model_load_hf(&t->teacher, rc->teacher_path, t->be, t->capacity, 0)) return ES_ERR;
         t->has_teacher = 1;
         if (t->teacher.cfg.vocab != sc->vocab)
             return es_fail("%s: the teacher's vocabulary (%d) differs from the student's (%d)", rc->teacher_path,
@@ -193,7 +195,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     t->d_tokens = be->alloc(be, (size_t)max_tokens, ES_DT_I32, ES_MEM_INDEX);
     t->d_pos = be->alloc(be, (size_t)max_tokens, ES_DT_I32, ES_MEM_INDEX);
     t->d_cu = be->alloc(be, (size_t)max_tokens + 1, ES_DT_I32, ES_MEM_INDEX);
-    t->dhidden = be->alloc(be, (size_t)max_tokens * (size_t)sc->hidden, ES_DT_COMPUTE, ES_MEM_ACTS);
+    t->dhidden = be->alloc(be, (size_t)t->capacity * (size_t)sc->hidden, ES_DT_COMPUTE, ES_MEM_ACTS);
     if (!t->d_tokens || !t->d_pos || !t->d_cu || !t->dhidden) return ES_ERR;
 
     // micro-batches per step: the step target over the average micro-batch
@@ -207,7 +209,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     t->steps_per_epoch = (int)(mb_epoch / (size_t)t->accum);
     t->total_steps = rc->steps ? rc->steps : rc->epochs * t->steps_per_epoch;
     t->mbs = es_xcalloc((size_t)t->accum, sizeof *t->mbs);
-    for (int a = 0; a < t->accum; a++) es_microbatch_alloc(&t->mbs[a], max_tokens);
+    for (int a = 0; a < t->accum; a++) es_microbatch_alloc(&t->mbs[a], t->capacity);
     if (verbose && dist->rank == 0) print_plan(t);
     return ES_OK;
 }
@@ -238,13 +240,13 @@ void es_trainer_free(es_trainer *t) {
 
 // Uploads the indices of a micro-batch and runs the student forward on
 // exactly its kept tokens.
-static int forward_student(es_trainer *t, es_model_batch *b, const es_microbatch *mb) {
+static int forward_student(es_trainer *t, es_model *m, es_model_batch *b, const es_microbatch *mb) {
     es_backend *be = t->be;
     be->upload(be, t->d_tokens, mb->tokens, (size_t)mb->n, ES_DT_I32);
     be->upload(be, t->d_pos, mb->pos, (size_t)mb->n, ES_DT_I32);
     be->upload(be, t->d_cu, mb->cu_seqlens, (size_t)mb->ndocs + 1, ES_DT_I32);
     *b = (es_model_batch){.N = mb->n, .ndocs = mb->ndocs, .tokens = t->d_tokens, .pos = t->d_pos, .cu_seqlens = t->d_cu};
-    return es_model_forward(&t->student, b);
+    return es_model_forward(m, b);
 }
 
 int es_trainer_step(es_trainer *t, es_step_result *r) {
@@ -271,7 +273,7 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
         const es_microbatch *mb = &t->mbs[a];
         if (mb->n == 0) continue;  // this rank's share ran out in the last round
         es_model_batch b;
-        if (forward_student(t, &b, mb)) return ES_ERR;
+        if (forward_student(t, &t->student, &b, mb)) return ES_ERR;
         if (t->has_teacher && es_model_forward(&t->teacher, &b)) return ES_ERR;
         if (t->topk_ids && es_microbatch_topk(t->topk_ids, t->topk_logp, mb, &t->train)) return ES_ERR;
         float ls[2];
@@ -327,6 +329,11 @@ int es_trainer_validate(es_trainer *t, double *val_loss) {
     if (!t->has_val) return ES_OK;
     es_packer *vp;
     if (es_packer_from_dataset(&vp, &t->val, &t->val_pack)) return ES_ERR;
+    es_model view;
+    if (es_model_create_view(&view, &t->student, es_packer_capacity(vp))) {
+        es_packer_free(vp);
+        return ES_ERR;
+    }
     es_microbatch mb;
     es_microbatch_alloc(&mb, es_packer_capacity(vp));
     es_distill_params dp = {.alpha = 1, .tau = 1, .grad_scale = 1};
@@ -338,14 +345,14 @@ int es_trainer_validate(es_trainer *t, double *val_loss) {
         if (mb.n == 0) continue;
         es_model_batch b;
         float ls[2] = {0, 0};
-        rcode = forward_student(t, &b, &mb);
+        rcode = forward_student(t, &view, &b, &mb);
         if (rcode == ES_OK)
-            rcode = es_distill_loss(&t->loss, ls, NULL, NULL, t->student.hidden, es_model_lm_head(&t->student), NULL,
-                                    &mb, &dp);
+            rcode = es_distill_loss(&t->loss, ls, NULL, NULL, view.hidden, es_model_lm_head(&view), NULL, &mb, &dp);
         sums[0] += ls[0];
         sums[1] += mb.nsup;
     }
     es_microbatch_free(&mb);
+    es_model_free(&view);
     es_packer_free(vp);
     es_dist_sum_f64(t->dist, sums, 2);
     if (sums[1] > 0) *val_loss = sums[0] / sums[1];

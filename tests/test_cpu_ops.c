@@ -370,6 +370,9 @@ static double attn_loss(void) {
     return proj(at.out, at.R, (size_t)at.N * at.H * at.D);
 }
 
+// The references hold one document's scores on the stack.
+enum { REF_MAX_DOC = 512 };
+
 static void attention_ref(double *out, double *lse, const float *q, const float *k,
                           const float *v, const int32_t *cu, int ndocs, int H, int KVH, int D) {
     double scale = 1.0 / sqrt((double)D);
@@ -378,7 +381,7 @@ static void attention_ref(double *out, double *lse, const float *q, const float 
             for (int h = 0; h < H; h++) {
                 int g = h / (H / KVH);
                 const float *qi = q + ((size_t)i * H + h) * D;
-                double mx = -INFINITY, sum = 0, s[64];
+                double mx = -INFINITY, sum = 0, s[REF_MAX_DOC];
                 for (int j = cu[d]; j <= i; j++) {
                     double dot = 0;
                     for (int e = 0; e < D; e++) dot += (double)qi[e] * k[((size_t)j * KVH + g) * D + e];
@@ -410,7 +413,7 @@ static void attention_bwd_ref(double *dq, double *dk, double *dv, const float *d
             for (int h = 0; h < H; h++) {
                 int g = h / (H / KVH), a = cu[d];
                 const float *qi = q + ((size_t)i * H + h) * D, *doi = dout + ((size_t)i * H + h) * D;
-                double p[64], dp[64], mx = -INFINITY, z = 0, rd = 0;
+                double p[REF_MAX_DOC], dp[REF_MAX_DOC], mx = -INFINITY, z = 0, rd = 0;
                 for (int j = a; j <= i; j++) {
                     double s = 0, t = 0;
                     for (int e = 0; e < D; e++) {
@@ -509,6 +512,8 @@ static void test_attention(void) {
     test_attention_case(mha, 3, 2, 2, 20, 1);  // D not a multiple of the vector width
     const int longer[2] = {60, 33};
     test_attention_case(longer, 2, 4, 1, 32, 0);
+    const int blocks[3] = {200, 130, 1};  // several query blocks per document, and a diagonal block cut short
+    test_attention_case(blocks, 3, 4, 2, 16, 0);
 }
 
 // ---- pointwise ------------------------------------------------------------------

@@ -38,9 +38,10 @@ grep -q 'Run-time dependency libcjson found: YES' setup.log || fail "meson did n
 grep -q 'Run-time dependency openblas found: YES' setup.log || grep -q 'Library openblas found: YES' setup.log ||
     fail "meson did not find OpenBLAS"
 ninja -C build-bundle essence > build.log 2>&1 || { tail -n 30 build.log; fail "ninja failed"; }
-ldd build-bundle/essence | grep -E 'cjson|openblas|gfortran'
+deps=$(ldd build-bundle/essence)  # whole, not piped into grep -q (SIGPIPE under pipefail)
+grep -E 'cjson|openblas|gfortran' <<< "$deps"
 for lib in libcjson.so.1 libopenblas.so.0; do
-    ldd build-bundle/essence | grep -q "$lib => $PWD/gpu-bundle/lib/" || fail "$lib does not load from the bundle"
+    grep -q "$lib => $PWD/gpu-bundle/lib/" <<< "$deps" || fail "$lib does not load from the bundle"
 done
 build-bundle/essence --help > /dev/null 2>&1 || fail "the bundle-built essence does not run"
 
@@ -69,7 +70,7 @@ C
 (meson setup blasprobe/build blasprobe && ninja -C blasprobe/build) > probe.log 2>&1 ||
     { tail -n 20 probe.log; fail "a project using only the bundle's .pc files does not build"; }
 blasprobe/build/probe > /dev/null || fail "cblas_sgemm from the bundle gave a wrong result"
-ldd blasprobe/build/probe | grep -q "libopenblas.so.0 => $PWD/gpu-bundle/lib/" ||
+grep -q "libopenblas.so.0 => $PWD/gpu-bundle/lib/" <<< "$(ldd blasprobe/build/probe)" ||
     fail "the probe did not load the bundle's OpenBLAS"
 echo "pkg-config path: openblas and libcjson from the bundle's .pc files link and run"
 [ -n "${1:-}" ] || rm -rf "$scratch"

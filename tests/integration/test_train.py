@@ -213,3 +213,21 @@ def test_config_reference_is_complete():
     assert len(rows) > 30
     missing = [r.split("|")[1].strip() for r in rows if r not in doc]
     assert not missing, f"configs/README.md is out of date for {missing}: regenerate it from essence train --help-config"
+
+
+def test_truncation_halves_activation_memory_and_validates_whole_sequences(tmp_path, corpus):
+    """At r = 0.5 the training micro-batches (and so the activations) are about
+    half as long, while validation still runs the whole sequences: the
+    starting validation loss is the same as at r = 1."""
+    res = {}
+    for r in (1.0, 0.5):
+        out = tmp_path / f"r{r}"
+        (tmp_path / f"c{r}").mkdir()
+        cfg = run_config(tmp_path / f"c{r}", corpus, out, run={"steps": 2}, trunc={"lsp": r})
+        run_essence(["train", "--config", cfg, "--fresh"])
+        res[r] = (json.loads((out / "summary.json").read_text()), metrics(out, "val"))
+    full, half = res[1.0][0], res[0.5][0]
+    assert half["capacity"] <= 0.55 * full["capacity"] + 64
+    assert half["peak_activation_bytes"] < 0.6 * full["peak_activation_bytes"]
+    assert half["tokens"] < 0.55 * full["tokens"] and half["flops"] < 0.55 * full["flops"]
+    assert res[0.5][1][0]["step"] == 0 and res[0.5][1][0]["val_loss"] == res[1.0][1][0]["val_loss"]

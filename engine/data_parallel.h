@@ -10,20 +10,42 @@
 #include "optim.h"
 #include "packer.h"
 
+// Without ZeRO-1 the gradients are all-reduced in buckets: contiguous runs of
+// the flat layout, from its end (final norm and LM head, then the last layer)
+// down, each at least `bucket` elements. During the last backward of a step
+// the model's hook issues each bucket as soon as its lowest layer is done, so
+// the reduction overlaps the rest of backward; the last bucket, which holds
+// the embeddings, follows backward. Every rank issues the same buckets in the
+// same order, also one whose share of the step ran no backward at all.
 typedef struct {
     int nranks, rank;
     int sharded;     // ZeRO-1 with more than one rank
     size_t lo, hi;   // this rank's part of the flat parameter layout (all of it unless sharded)
+    int overlap;     // bucketed all-reduce during backward (several ranks, not sharded)
+    size_t bucket;   // elements a bucket collects at least
+    // the step in progress
+    es_model *m;              // the model whose backward is hooked
+    int next_layer;           // the layer the hook expects next (counting down from cfg.layers)
+    size_t pend_lo, pend_hi;  // finished gradients not yet issued
+    int issued, overlapped;   // collectives of the last step: all, and those issued during backward
 } es_dp;
 
 // Sets up the backend's communicator (NCCL's id goes out over MPI) when
-// there are several ranks.
-int es_dp_init(es_dp *dp, es_backend *be, const es_dist *d, int zero1);
+// there are several ranks. overlap: reduce in buckets of at least `bucket`
+// elements during backward when not sharded.
+int es_dp_init(es_dp *dp, es_backend *be, const es_dist *d, int zero1, int overlap, size_t bucket);
 // The optimizer state of this rank's part of m's parameters; fixes dp->lo, hi.
 int es_dp_optim_create(es_optim *o, es_dp *dp, es_model *m);
-// Sums the micro-batch gradients of every rank: all of them, or under
-// ZeRO-1 only this rank's part (the rest of m->grads is then undefined).
-int es_dp_reduce_grads(const es_dp *dp, es_model *m);
+// Before the last backward of a step: hooks m so that finished buckets are
+// all-reduced while backward goes on (nothing when not overlapping).
+void es_dp_overlap_begin(es_dp *dp, es_model *m);
+// Buckets of an overlapping step: all, and how many are issued during backward.
+void es_dp_buckets(int *all, int *during, const es_dp *dp, const es_model *m);
+// After the step's backward passes: sums the micro-batch gradients of every
+// rank: all of them, or under ZeRO-1 only this rank's part (the rest of
+// m->grads is then undefined). Issues the buckets the hook did not, unhooks
+// m and waits for every collective.
+int es_dp_reduce_grads(es_dp *dp, es_model *m);
 // Global L2 norm of the reduced gradients.
 double es_dp_grad_norm(const es_dp *dp, const es_dist *d, es_model *m);
 // A checkpoint's data position counts micro-batches per rank of the

@@ -396,6 +396,23 @@ static void attention_block_bwd(es_model *m, const es_layer_acts *a, const es_la
     norm_bwd(m, m->dres, dln, a->ln1_in, lp->ln1_w, lp->ln1_b, a->ln1_mean, a->ln1_rstd, N, 1);
 }
 
+void es_model_layer_range(size_t *lo, size_t *hi, const es_model *m, int layer) {
+    const es_layout *L = &m->layout;
+    int n = m->cfg.layers;
+    // the layout runs embeddings, layers 0..n-1, final norm, untied head
+    *lo = layer < 0 ? 0 : layer < n ? L->params[L->layer[layer].ln1_w].offset : L->params[L->lnf_w].offset;
+    *hi = layer >= n ? L->total : layer + 1 < n ? L->params[L->layer[layer + 1].ln1_w].offset
+                                                : L->params[L->lnf_w].offset;
+}
+
+// Tells the hook that backward is done with `layer`'s gradients.
+static int grads_done(es_model *m, int layer) {
+    if (!m->on_layer_grads) return ES_OK;
+    size_t lo, hi;
+    es_model_layer_range(&lo, &hi, m, layer);
+    return m->on_layer_grads(m->hook_ctx, layer, lo, hi);
+}
+
 int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden) {
     if (!m->grads) return es_fail("model: backward on a forward-only model");
     if (check_batch(m, b)) return ES_ERR;
@@ -404,6 +421,7 @@ int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden)
     int N = b->N;
     norm_bwd(m, m->dres, dhidden, m->final_in, lo->lnf_w, lo->lnf_b, m->lnf_mean, m->lnf_rstd, N,
              0);
+    if (grads_done(m, m->cfg.layers)) return ES_ERR;
     for (int l = m->cfg.layers - 1; l >= 0; l--) {
         es_layer_acts *a = &m->acts[l];
         const es_layer_params *lp = &lo->layer[l];
@@ -416,6 +434,7 @@ int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden)
         if (m->recompute != ES_RECOMPUTE_NONE)
             norm_fwd(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
         attention_block_bwd(m, a, lp, b);
+        if (grads_done(m, l)) return ES_ERR;
     }
     be->embed_bwd(be, G(m, lo->wte), G(m, lo->wpe), m->dres, b->tokens, b->pos, N,
                   m->cfg.hidden);

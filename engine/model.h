@@ -121,6 +121,14 @@ enum {
 // ES_ERR naming the value otherwise.
 int es_model_train_mode(int *trainable, const char *recompute);
 
+// Called by es_model_backward as soon as backward writes no more into a part
+// of m->grads, so that the part can be reduced across ranks while backward
+// goes on: first `layer` == cfg.layers with the final norm and LM head part
+// (its gradient comes from the loss, before backward), then each layer from
+// the last to the first. [lo, hi) is the part's range of the flat layout. A
+// non-zero return stops backward with that error.
+typedef int (*es_layer_grads_fn)(void *ctx, int layer, size_t lo, size_t hi);
+
 typedef struct {
     es_config cfg;
     es_layout layout;
@@ -137,6 +145,8 @@ typedef struct {
     void *dres;       // (N, C) gradient of the residual stream (NULL when forward-only)
     void **owned;     // every device buffer the model allocated, freed together
     int nowned, cap_owned;
+    es_layer_grads_fn on_layer_grads;  // NULL: not called
+    void *hook_ctx;
 } es_model;
 
 // Allocates parameters (uninitialised), grads when `trainable` (0, or an
@@ -157,6 +167,10 @@ int es_model_forward(es_model *m, const es_model_batch *b);
 // Backward from dhidden (N, C) (gradient w.r.t. m->hidden) of the batch just run
 // forward; accumulates into m->grads. ES_ERR for a forward-only model or a bad batch.
 int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden);
+// The range [*lo, *hi) of the flat layout that holds layer `layer`'s
+// parameters; layer -1 is the embeddings (and learned positions), layer
+// cfg.layers the final norm and the untied LM head.
+void es_model_layer_range(size_t *lo, size_t *hi, const es_model *m, int layer);
 // LM head weight (V, C) in the compute dtype, and its fp32 gradient (NULL if frozen).
 const void *es_model_lm_head(const es_model *m);
 float *es_model_lm_head_grad(es_model *m);

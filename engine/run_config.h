@@ -50,6 +50,8 @@ typedef struct {
     char out[512];           // run directory (checkpoints, metrics.jsonl)
     int threads;             // OpenMP threads (0 = all)
     int zero1;               // shard the optimizer state across ranks (ZeRO-1)
+    int overlap_comm;        // all-reduce gradient buckets during backward
+    int comm_bucket;         // elements per all-reduce bucket at least
     char recompute[8];       // none | mlp | full: activations recomputed in backward
 } es_run_config;
 

@@ -92,6 +92,9 @@ static void print_plan(const es_trainer *t) {
     printf("batching: micro-batch capacity %d tokens, %d micro-batches per step per rank, %d rank(s); "
            "%d steps per epoch, %d steps\n",
            t->capacity, t->accum, t->dist->size, t->steps_per_epoch, t->total_steps);
+    int buckets, during;
+    es_dp_buckets(&buckets, &during, &t->dp, &t->student);
+    if (buckets) printf("gradient all-reduce: %d buckets, %d of them during backward\n", buckets, during);
     printf("memory plan (%s):", be->name);
     for (int k = 0; k < ES_MEM_KINDS; k++) printf(" %s %.1f MiB%s", es_mem_kind_names[k], be->mem_now[k] / 1048576.0,
                                                   k + 1 < ES_MEM_KINDS ? "," : "\n");
@@ -110,7 +113,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     if (rc->threads > 0) omp_set_num_threads(rc->threads);
     t->be = es_backend_create(rc->device);
     if (!t->be) return ES_ERR;
-    if (es_dp_init(&t->dp, t->be, dist, rc->zero1)) return ES_ERR;
+    if (es_dp_init(&t->dp, t->be, dist, rc->zero1, rc->overlap_comm, (size_t)rc->comm_bucket)) return ES_ERR;
 
     uint64_t fp;
     uint32_t tok_vocab;
@@ -257,8 +260,10 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
 
     // fetch the whole step first: the loss is normalised by its supervised tokens
     double sums[5] = {0, 0, 0, 0, 0};  // nsup, tokens, docs, ce, kd
+    int last = -1;  // the last micro-batch with tokens: its backward reduces gradients as it goes
     for (int a = 0; a < t->accum; a++) {
         es_packer_next(t->packer, &t->mbs[a]);
+        if (t->mbs[a].n) last = a;
         sums[0] += t->mbs[a].nsup;
         sums[1] += t->mbs[a].n;
         sums[2] += t->mbs[a].ndocs;
@@ -280,6 +285,7 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
         if (es_distill_model(&t->loss, ls, t->dhidden, &t->student, t->has_teacher ? &t->teacher : NULL, t->topk_ids,
                              t->topk_logp, mb, &dp))
             return ES_ERR;
+        if (a == last) es_dp_overlap_begin(&t->dp, &t->student);
         if (es_model_backward(&t->student, &b, t->dhidden)) return ES_ERR;
         sums[3] += ls[0];
         sums[4] += ls[1];

@@ -37,13 +37,31 @@ static int cpu_comm_init(es_backend *be, const void *id, int rank, int nranks) {
 // MPI counts are int: larger buffers go in pieces.
 #define PIECE ((size_t)1 << 30)
 
+// All-reduces in flight until comm_wait. One list per process, as
+// MPI_COMM_WORLD is.
+static MPI_Request *pending;
+static int npending, cap_pending;
+
+// Started, not finished: backward goes on while MPI reduces the bucket. MPI
+// moves a non-blocking collective along only inside MPI calls, so each new
+// bucket also tests the earlier ones.
 static int cpu_grad_allreduce(es_backend *be, float *g, size_t n) {
     for (size_t at = 0; at < n; at += PIECE) {
         int cnt = (int)(n - at < PIECE ? n - at : PIECE);
-        int rc = MPI_Allreduce(MPI_IN_PLACE, g + at, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Allreduce of the gradients");
+        if (npending == cap_pending) {
+            cap_pending = cap_pending ? 2 * cap_pending : 64;
+            MPI_Request *p = es_xmalloc((size_t)cap_pending * sizeof *p);
+            if (npending) memcpy(p, pending, (size_t)npending * sizeof *p);
+            free(pending);
+            pending = p;
+        }
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, g + at, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &pending[npending]);
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Iallreduce of the gradients");
+        npending++;
     }
-    return ES_OK;
+    int done;
+    int rc = MPI_Testall(npending, pending, &done, MPI_STATUSES_IGNORE);
+    return rc == MPI_SUCCESS ? ES_OK : mpi_fail(rc, "MPI_Testall of the gradient all-reduces");
 }
 
 // Per-rank element counts and offsets of es_shard_range (one allocation:
@@ -84,8 +102,12 @@ static int cpu_param_allgather(es_backend *be, void *x, size_t n, es_dtype dt) {
     return rc == MPI_SUCCESS ? ES_OK : mpi_fail(rc, "MPI_Allgatherv of the parameters");
 }
 
-// MPI calls here are blocking: nothing is left in flight.
-static int cpu_comm_wait(es_backend *be) { return ES_OK; }
+// The gradient all-reduces finish here; the other collectives block.
+static int cpu_comm_wait(es_backend *be) {
+    int rc = MPI_Waitall(npending, pending, MPI_STATUSES_IGNORE);
+    npending = 0;
+    return rc == MPI_SUCCESS ? ES_OK : mpi_fail(rc, "MPI_Waitall of the gradient all-reduces");
+}
 
 void cpu_fill_comm(es_backend *be) {
     be->comm_id = cpu_comm_id;

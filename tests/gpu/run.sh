@@ -60,7 +60,8 @@ CARD_TAG=$(echo "$CARD" | tr -c 'A-Za-z0-9._\n-' '_' | sed 's/_*$//')
 mkdir -p perf/gpu/results
 LOG=perf/gpu/results/run-$STAMP-$CARD_TAG.log
 WORK=$(mktemp -d /tmp/essence-gpu.XXXXXX)
-exec > >(tee "$LOG") 2>&1
+exec 3>&1 4>&2 > >(tee "$LOG") 2>&1
+TEE_PID=$!
 
 echo "== essence GPU check $(date -u '+%Y-%m-%d %H:%M:%S UTC'), card: $CARD, build: $BUILD, bundle: $BUNDLE"
 [ $CPU_ONLY = 1 ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -209,8 +210,8 @@ export -f build ops model corpus curve memcheck fixtures torch bench_one bench
 
 # ---- run ---------------------------------------------------------------------
 if [ $CPU_ONLY = 1 ]; then
-    run_step bundle 120 'if [ -f gpu-bundle/env.sh ]; then bash tests/gpu/check_bundle.sh; else echo "no gpu-bundle/ (tests/gpu/make_bundle.sh makes it)"; exit 77; fi'
     note_bundle() { grep -Eo 'check_bundle: .*|no gpu-bundle.*' "$WORK/bundle.out" | tail -n 1; }
+    run_step bundle 120 'if [ -f gpu-bundle/env.sh ]; then bash tests/gpu/check_bundle.sh; else echo "no gpu-bundle/ (tests/gpu/make_bundle.sh makes it)"; exit 77; fi'
 fi
 run_step build 330 build
 BUILT=1
@@ -251,11 +252,12 @@ FAILED=0
     done
     echo "$FAILED step(s) failed; log: $LOG"
 } | tee "$WORK/summary.txt"
+# The log is whole once tee has seen the end of its input.
+exec 1>&3 2>&4 3>&- 4>&-
+wait "$TEE_PID" 2>/dev/null
 if [ -n "$OUTDIR" ]; then
-    mkdir -p "$OUTDIR" && cp "$WORK/summary.txt" "$OUTDIR/summary-$STAMP-$CARD_TAG.txt" &&
+    mkdir -p "$OUTDIR" && cp "$WORK/summary.txt" "$OUTDIR/summary-$STAMP-$CARD_TAG.txt" && cp "$LOG" "$OUTDIR/" &&
         cp "$WORK"/*.json "$OUTDIR/" 2>/dev/null
-    sync
-    cp "$LOG" "$OUTDIR/" 2>/dev/null
 fi
 rm -rf "$WORK"
 [ $FAILED = 0 ]

@@ -213,6 +213,7 @@ int main(int argc, char **argv) {
     es_backend *cpu = es_backend_cpu_create(), *dev = es_backend_create(device);
     if (!cpu || !dev) {
         fprintf(stderr, "test_cuda_model: %s backend: %s\n", cpu ? device : "cpu", es_last_error());
+        if (cpu) cpu->destroy(cpu);
         return 1;
     }
     printf("model forward/backward, %s vs cpu (rel err, tolerances hidden %.0e, loss %.0e, grads %.0e)\n",

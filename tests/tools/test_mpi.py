@@ -3,6 +3,8 @@
 N ranks with one micro-batch each must give the update of one rank
 accumulating N micro-batches: losses and weights agree to 1e-6 relative (the
 gradient sum order differs, so not bit for bit), with and without ZeRO-1.
+Gradients all-reduced in per-layer buckets during backward give the weights
+of one all-reduce after it, bit for bit, also when a rank has no micro-batch.
 ZeRO-1 checkpoints resume on the same or another number of ranks; ranks with
 different configs are refused; a killed rank ends the job, non-zero, quickly.
 """
@@ -141,6 +143,59 @@ def test_updates_are_not_trivial(setup, one_rank):
     train(setup, 1, out, "run.steps=3")
     w3, w10 = weights(out), weights(one_rank)
     assert max(rel(w10[k], w3[k]) for k in w10) > 1e-3
+
+
+def buckets_of(stdout):
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("gradient all-reduce:"))
+    return int(line.split(": ")[1].split()[0]), int(line.split(", ")[1].split()[0])
+
+
+def weights_equal(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert np.all(np.isfinite(wa[k])), k
+        assert np.array_equal(wa[k], wb[k]), (k, rel(wa[k], wb[k]))
+
+
+def test_bucketed_allreduce_matches_one_allreduce(setup, one_rank):
+    # one bucket per layer (and one for the final norm), issued during backward;
+    # each element is still summed once over the same two ranks: bit for bit
+    out = setup / "np2-buckets"
+    p = train(setup, 2, out, "run.comm_bucket=1")
+    assert buckets_of(p.stdout) == (STUDENT["num_hidden_layers"] + 2, STUDENT["num_hidden_layers"] + 1)
+    off = setup / "np2-overlap-off"
+    p = train(setup, 2, off, "run.overlap_comm=false")
+    assert not any(ln.startswith("gradient all-reduce:") for ln in p.stdout.splitlines())
+    weights_equal(off, out)
+    np.testing.assert_array_equal(losses(off), losses(out))
+    assert_same_run(one_rank, out)
+
+
+def test_buckets_merge_below_the_bucket_size(setup):
+    p = train(setup, 2, setup / "np2-merged", "run.steps=1", "run.comm_bucket=1000000")
+    assert buckets_of(p.stdout) == (1, 0)  # the whole tiny model is below one bucket
+
+
+def test_rank_without_backward_issues_the_same_buckets(setup):
+    # 40 micro-batches over 3 ranks: in the epoch's last step only rank 0 has
+    # one, so the others issue every bucket after an empty step; a mismatch
+    # would hang the collectives (timeout) or change the weights
+    common = ["run.comm_bucket=1", "batch.step_examples=3", "run.steps=14"]
+    out = setup / "np3-buckets"
+    p = train(setup, 3, out, *common)
+    assert accum_of(p.stdout) == 1 and "14 steps per epoch" in p.stdout, p.stdout
+    off = setup / "np3-overlap-off"
+    train(setup, 3, off, *common, "run.overlap_comm=false")
+    la, lb = losses(off), losses(out)
+    assert len(la) == len(lb) == 14 and np.all(np.isfinite(lb))
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 14 and last["docs"] == 1, last
+    assert np.max(np.abs(la - lb) / np.abs(la)) < 1e-6, (la, lb)
+    wa, wb = weights(off), weights(out)
+    for k in wa:
+        assert np.all(np.isfinite(wb[k])), k
+        assert rel(wa[k], wb[k]) < 1e-6, (k, rel(wa[k], wb[k]))  # three ranks: MPI may pick another sum order by size
 
 
 @pytest.mark.parametrize("resume_ranks", [2, 1])

@@ -3,10 +3,9 @@
 
 Sweeps one run config over the lead-span proportion r in {0.25, 0.5, 0.75, 1.0}
 for both truncation modes (seq, cot), and over the six supervision presets at
-r = 0.5 and 1.0, on the same data and epochs. Each row is one `essence train`
-process (fresh, no validation data, so that its activations are sized for
-training alone), followed by a second process that resumes the finished run
-and only validates it at full length. Writes perf/results/NAME.md, .csv and .png.
+r = 0.5 and 1.0, on the same data and epochs. Each row is one fresh `essence
+train` process, which validates the finished student on the whole validation
+sequences. Writes perf/results/NAME.md, .csv and .png.
 
   python3 perf/cost_table.py                       # small CPU table, a few minutes
   python3 perf/cost_table.py --config RUN.json --set run.device=cuda --name h100
@@ -70,26 +69,21 @@ def run_row(args, row, val_paths):
     shutil.rmtree(out, ignore_errors=True)
     sets = args.set + [f"trunc.mode={row['mode']}", f"trunc.lsp={row['r']}", f"supervise={row['supervise']}",
                        f"run.out={out}"]
-    base = [args.essence, "train", "--config", args.config]
+    cmd = [args.essence, "train", "--config", args.config, "--fresh"]
     for s in sets:
-        base += ["--set", s]
+        cmd += ["--set", s]
     load0 = os.getloadavg()[0]
     t0 = time.monotonic()
-    p = subprocess.run(base + ["--set", "data.val=[]", "--fresh"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+    # validation runs whole sequences through a forward-only view of the
+    # student, so it does not size the training activations
+    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.monotonic() - t0
     if p.returncode != 0:  # e.g. a preset that supervises nothing once truncated (ans at r < 1)
         err = (p.stderr.strip().splitlines() or ["exit code %d" % p.returncode])[-1]
         return {**row, "failed": err, "load": load0}
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
-    val = None
-    if val_paths:  # resume the finished run: it only validates, at full length
-        subprocess.run(base + ["--set", "data.val=" + ",".join(val_paths)], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with open(os.path.join(out, "summary.json")) as f:
-            v = json.load(f)["val_loss"]
-        val = v if v >= 0 else None
+    val = s["val_loss"] if val_paths and s["val_loss"] >= 0 else None
     return {**row, "tokens": s["tokens"], "flops": s["flops"], "seconds": s["seconds"], "process_s": wall,
             "peak_engine": s["peak_device_bytes"], "peak_acts": s["peak_activation_bytes"],
             "peak_rss": s["peak_rss_bytes"], "capacity": s["capacity"], "steps": s["steps"], "val_loss": val,

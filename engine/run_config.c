@@ -66,7 +66,7 @@ static const field fields[] = {
     {"run.seed", F_U64, OFF(seed), "1234", NULL, 0, 0, "seed for initialisation, shuffling and label masking"},
     {"run.device", F_STR, OFF(device), "auto", "cpu|cuda|auto", 0, 0, "backend"},
     {"run.out", F_STR, OFF(out), "runs/default", NULL, 0, 0, "run directory: checkpoints, metrics.jsonl"},
-    {"run.threads", F_INT, OFF(threads), "0", NULL, 0, 4096, "CPU threads (0: all cores)"},
+    {"run.threads", F_INT, OFF(threads), "0", NULL, 0, 4096, "CPU threads per rank (0: the cores divided among the ranks on this machine)"},
     {"run.zero1", F_BOOL, OFF(zero1), "false", NULL, 0, 0, "ZeRO-1 under mpirun: each rank keeps and updates 1/N of the optimizer state"},
     {"run.overlap_comm", F_BOOL, OFF(overlap_comm), "true", NULL, 0, 0, "under mpirun without ZeRO-1: all-reduce the gradients in buckets during backward, overlapping it"},
     {"run.comm_bucket", F_INT, OFF(comm_bucket), "1048576", NULL, 1, 1 << 30, "gradient elements an all-reduce bucket collects at least (smaller layers are merged)"},

@@ -110,7 +110,13 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     t->config_json = es_run_config_to_json(rc);
     if (es_dist_check_same(dist, "run config", t->config_json)) return ES_ERR;
 
-    if (rc->threads > 0) omp_set_num_threads(rc->threads);
+    if (rc->threads > 0) {
+        omp_set_num_threads(rc->threads);
+    } else if (dist->size > 1) {  // ranks sharing a machine share its cores
+        const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+        int nlocal = local ? atoi(local) : 1, ncores = omp_get_num_procs();
+        if (nlocal > 1) omp_set_num_threads(ncores / nlocal > 1 ? ncores / nlocal : 1);
+    }
     t->be = es_backend_create(rc->device);
     if (!t->be) return ES_ERR;
     if (es_dp_init(&t->dp, t->be, dist, rc->zero1, rc->overlap_comm, (size_t)rc->comm_bucket)) return ES_ERR;

@@ -35,11 +35,11 @@ TARGETS = {"flops": 0.5, "seconds": 0.55, "peak_engine": 0.6}
 def prepare_table_data(root):
     """The synthetic corpus of the default CPU table: short traces only."""
     d = os.path.join(root, "data", "table")
-    if os.path.exists(os.path.join(d, "train.bin")) and os.path.exists(os.path.join(d, "val.bin")):
+    if all(os.path.exists(os.path.join(d, f)) for f in ("train.bin", "val.bin", "test.jsonl")):
         return
     py = sys.executable
     steps = [
-        [py, "tools/synth_corpus.py", "--out", d, "--seed", "1", "--train", "320", "--val", "40", "--test", "0"],
+        [py, "tools/synth_corpus.py", "--out", d, "--seed", "1", "--train", "320", "--val", "40", "--test", "40"],
         [py, "tools/train_tokenizer.py", "--out", os.path.join(d, "model"), "--vocab", "4096",
          os.path.join(d, "train.jsonl")],
         [py, "tools/prep_data.py", "--model", os.path.join(d, "model"), "--max-len", "512", "--out",
@@ -84,10 +84,23 @@ def run_row(args, row, val_paths):
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
     val = s["val_loss"] if val_paths and s["val_loss"] >= 0 else None
-    return {**row, "tokens": s["tokens"], "flops": s["flops"], "seconds": s["seconds"], "process_s": wall,
+    acc = evaluate(args, out) if args.eval else None
+    return {**row, "pass1": acc, "tokens": s["tokens"], "flops": s["flops"], "seconds": s["seconds"], "process_s": wall,
             "peak_engine": s["peak_device_bytes"], "peak_acts": s["peak_activation_bytes"],
             "peak_rss": s["peak_rss_bytes"], "capacity": s["capacity"], "steps": s["steps"], "val_loss": val,
             "load": load0}
+
+
+def evaluate(args, out):
+    """pass@1 (greedy) of the finished student on the first --eval test problems."""
+    cmd = [args.essence, "eval", "--model", os.path.join(out, "final"), "--tokenizer", os.path.join(out, "final"),
+           "--data", args.test, "--out", os.path.join(out, "eval.jsonl"), "--limit", str(args.eval),
+           "--max-new", str(args.max_new)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"cost_table: eval of {out} failed: {p.stderr.strip()[-500:]}")
+    with open(os.path.join(out, "eval.summary.json")) as f:
+        return json.load(f)["pass@1"]
 
 
 COLS = ["tokens", "flops", "seconds", "peak_engine", "peak_acts", "peak_rss"]
@@ -102,6 +115,8 @@ def add_ratios(rows):
         base = ref.get(r["supervise"])
         for c in COLS:
             r[c + "_rel"] = r[c] / base[c] if base and base[c] else None
+        # accuracy retention: accuracy at r over accuracy at r = 1
+        r["retention"] = r["pass1"] / base["pass1"] if base and r.get("pass1") is not None and base["pass1"] else None
 
 
 def fmt_bytes(b):
@@ -110,7 +125,7 @@ def fmt_bytes(b):
 
 def write_csv(path, rows):
     keys = ["group", "mode", "r", "supervise", "tokens", "flops", "seconds", "process_s", "peak_engine",
-            "peak_acts", "peak_rss", "capacity", "steps", "val_loss", "load", "failed"] + [c + "_rel" for c in COLS]
+            "peak_acts", "peak_rss", "capacity", "steps", "val_loss", "pass1", "retention", "load", "failed"] + [c + "_rel" for c in COLS]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
@@ -127,21 +142,24 @@ def write_md(path, rows, args, header):
              "Costs of one epoch over the same data, each also relative to r = 1.0 (seq mode, same supervision). "
              "Time is the sum of the optimizer steps' wall time; peak memory is the engine's tally of its "
              "allocations (all kinds, and activations alone) and the process's resident-set high-water mark. "
-             "Validation loss is cross-entropy per supervised token on the whole validation sequences (r = 1).",
+             "Validation loss is cross-entropy per supervised token on the whole validation sequences (r = 1). "
+             "With --eval, pass@1 is greedy full-length generation on the test split and retention is pass@1 at r "
+             "over pass@1 at r = 1 (- where r = 1 solves nothing).",
              "",
              "| mode | r | supervise | tokens | FLOPs | time s | engine MiB | acts MiB | RSS MiB | tokens x | FLOPs x "
-             "| time x | engine x | acts x | RSS x | val loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| time x | engine x | acts x | RSS x | val loss | pass@1 | retention |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "failed" in r:
-            lines.append(f"| {r['mode']} | {r['r']} | {r['supervise']} | failed: {r['failed']} |" + " |" * 12)
+            lines.append(f"| {r['mode']} | {r['r']} | {r['supervise']} | failed: {r['failed']} |" + " |" * 14)
             continue
         lines.append(
             f"| {r['mode']} | {r['r']} | {r['supervise']} | {r['tokens']:.0f} | {r['flops']:.3g} | {r['seconds']:.2f} "
             f"| {fmt_bytes(r['peak_engine'])} | {fmt_bytes(r['peak_acts'])} | {fmt_bytes(r['peak_rss'])} "
             f"| {rel(r['tokens_rel'])} | {rel(r['flops_rel'])} | {rel(r['seconds_rel'])} | {rel(r['peak_engine_rel'])} "
             f"| {rel(r['peak_acts_rel'])} | {rel(r['peak_rss_rel'])} "
-            f"| {'-' if r['val_loss'] is None else format(r['val_loss'], '.4f')} |")
+            f"| {'-' if r['val_loss'] is None else format(r['val_loss'], '.4f')} "
+            f"| {'-' if r['pass1'] is None else format(r['pass1'], '.3f')} | {rel(r['retention'])} |")
     if 0.5 in seq:
         h = seq[0.5]
         lines += ["", "Checks at r = 0.5 vs 1.0, seq mode:", ""]
@@ -188,6 +206,9 @@ def main():
     ap.add_argument("--essence", default=os.path.join("build", "essence"), help="the essence binary")
     ap.add_argument("--runs", default=os.path.join("runs", "cost_table"), help="run directories (scratch)")
     ap.add_argument("--results", default=os.path.join("perf", "results"))
+    ap.add_argument("--eval", type=int, default=0, help="score each student on the first N test problems")
+    ap.add_argument("--test", default=os.path.join("data", "table", "test.jsonl"), help="test problems (JSONL)")
+    ap.add_argument("--max-new", type=int, default=2048, help="generation limit per answer")
     args = ap.parse_args()
     os.chdir(ROOT)
     args.runs = os.path.join(args.runs, args.name)
@@ -201,7 +222,6 @@ def main():
     for s in args.set:
         if s.startswith("data.val="):
             val_paths = [p for p in s.split("=", 1)[1].strip("[]").split(",") if p]
-    args.set = [s for s in args.set if not s.startswith("data.val=")]
 
     plan = [{"group": "mode", "mode": m, "r": r, "supervise": DEFAULT_PRESET} for m in ("seq", "cot") for r in RATIOS]
     plan += [{"group": "preset", "mode": "seq", "r": r, "supervise": p} for p in PRESETS if p != DEFAULT_PRESET
@@ -213,7 +233,7 @@ def main():
         rows.append(run_row(args, row, val_paths))
         r = rows[-1]
         print(f"[{i + 1}/{len(plan)}] {row['name']}: " + (f"failed: {r['failed']}" if "failed" in r else
-              f"{r['flops']:.3g} FLOPs, {r['seconds']:.1f} s ({time.monotonic() - t0:.0f} s with validation)"),
+              f"{r['flops']:.3g} FLOPs, {r['seconds']:.1f} s ({time.monotonic() - t0:.0f} s in all)"),
               flush=True)
     add_ratios(rows)
     header = [f"- machine: {machine()}; load average at the start of each run is in the csv",

@@ -27,7 +27,6 @@ typedef struct {
     es_model *m;              // the model whose backward is hooked
     int next_layer;           // the layer the hook expects next (counting down from cfg.layers)
     size_t pend_lo, pend_hi;  // finished gradients not yet issued
-    int issued, overlapped;   // collectives of the last step: all, and those issued during backward
 } es_dp;
 
 // Sets up the backend's communicator (NCCL's id goes out over MPI) when

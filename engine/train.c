@@ -25,8 +25,8 @@ int es_run_pack_config(es_pack_config *pc, const es_run_config *rc, int rank, in
     pc->ratio = full ? 1.0 : rc->lsp;
     pc->drop_answer = full ? 0 : rc->drop_answer;
     pc->label_mask = full ? 0.0 : rc->label_mask;
-    pc->capacity = rc->capacity;
-    pc->capacity_factor = rc->capacity_factor;
+    pc->capacity = full ? 0 : rc->capacity;
+    pc->capacity_factor = full ? 1 : rc->capacity_factor;  // validation: one longest document at a time
     pc->shuffle_window = rc->shuffle_window;
     pc->seed = rc->seed;
     pc->rank = rank;

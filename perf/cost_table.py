@@ -39,12 +39,12 @@ def prepare_table_data(root):
         return
     py = sys.executable
     steps = [
-        [py, "tools/synth_corpus.py", "--out", d, "--seed", "1", "--train", "320", "--val", "40", "--test", "40"],
+        [py, "tools/synth_corpus.py", "--out", d, "--seed", "1", "--train", "640", "--val", "40", "--test", "40"],
         [py, "tools/train_tokenizer.py", "--out", os.path.join(d, "model"), "--vocab", "4096",
          os.path.join(d, "train.jsonl")],
-        [py, "tools/prep_data.py", "--model", os.path.join(d, "model"), "--max-len", "512", "--out",
+        [py, "tools/prep_data.py", "--model", os.path.join(d, "model"), "--max-len", "1024", "--out",
          os.path.join(d, "train.bin"), os.path.join(d, "train.jsonl")],
-        [py, "tools/prep_data.py", "--model", os.path.join(d, "model"), "--max-len", "512", "--out",
+        [py, "tools/prep_data.py", "--model", os.path.join(d, "model"), "--max-len", "1024", "--out",
          os.path.join(d, "val.bin"), os.path.join(d, "val.jsonl")],
     ]
     for cmd in steps:

@@ -1,27 +1,10 @@
-// The decoder's forward pass with a key/value cache. It runs the same backend
-// ops in the same order as es_model_forward (engine/model.c), adding one
-// kv_append per layer, and in decode steps attention_decode against the cache
-// in place of attention over the packed batch.
+// The decoder's forward pass with a key/value cache: es_model_forward's layers
+// (engine/model.c) with an attention step that adds one kv_append per layer
+// and, in decode steps, attends against the cache in place of the packed batch.
 #include "generate.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-// Device pointer to parameter idx (NULL when the architecture lacks it).
-static void *param(const es_model *m, int idx) {
-    if (idx < 0) return NULL;
-    return m->be->offset(m->be, m->params, m->layout.params[idx].offset, ES_DT_COMPUTE);
-}
-
-static void norm(es_model *m, void *out, float *mean, float *rstd, const void *inp, int w, int b,
-                 int N) {
-    es_backend *be = m->be;
-    if (m->cfg.arch == ES_ARCH_GPT2)
-        be->layernorm_fwd(be, out, mean, rstd, inp, param(m, w), param(m, b), N, m->cfg.hidden,
-                          m->cfg.norm_eps);
-    else
-        be->rmsnorm_fwd(be, out, rstd, inp, param(m, w), N, m->cfg.hidden, m->cfg.norm_eps);
-}
 
 static int alloc_idx(es_backend *be, void **out, size_t n) {
     *out = be->alloc(be, n, ES_DT_I32, ES_MEM_INDEX);
@@ -87,60 +70,33 @@ static void upload_idx(es_gen *g, void *dst, size_t n) {
     g->model->be->upload(g->model->be, dst, g->h_idx, n, ES_DT_I32);
 }
 
-// Runs N tokens (g->d_tokens at g->d_pos) through every layer, writing each
-// layer's keys and values to cache rows g->d_rows; fills model->hidden (N, C).
-// With ndocs > 0 the tokens are packed prompts (g->d_cu) attending among
-// themselves; otherwise token i attends to its cache (g->d_start, g->d_len).
-static void forward(es_gen *g, int N, int ndocs, int max_len) {
-    es_model *m = g->model;
+// Generation's attention step: write the layer's keys and values to cache rows
+// g->d_rows, then either attend among packed prompts (ndocs > 0, g->d_cu) or
+// let token i attend to its cache (g->d_start, g->d_len).
+typedef struct {
+    const es_gen *g;
+    int ndocs, max_len;
+} cached_attention_ctx;
+
+static void cached_attention(const void *ctx, es_model *m, es_layer_acts *a, int l, int N) {
+    const cached_attention_ctx *x = ctx;
+    const es_gen *g = x->g;
     es_backend *be = m->be;
     const es_config *c = &m->cfg;
-    const es_layout *lo = &m->layout;
-    int C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim, F = c->ffn;
-    es_layer_acts *a = &m->acts[0];  // forward-only: one set, residual in ln1_in
-    be->embed_fwd(be, a->ln1_in, g->d_tokens, g->d_pos, param(m, lo->wte), param(m, lo->wpe), N,
-                  C);
-    for (int l = 0; l < c->layers; l++) {
-        const es_layer_params *lp = &lo->layer[l];
-        norm(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
-        void *q = c->qk_norm ? a->q_raw : a->q, *k = c->qk_norm ? a->k_raw : a->k;
-        be->matmul_fwd(be, q, a->ln1_out, param(m, lp->q_w), param(m, lp->q_b), N, C, H * D);
-        be->matmul_fwd(be, k, a->ln1_out, param(m, lp->k_w), param(m, lp->k_b), N, C, KVH * D);
-        be->matmul_fwd(be, a->v, a->ln1_out, param(m, lp->v_w), param(m, lp->v_b), N, C,
-                       KVH * D);
-        if (c->qk_norm) {
-            be->rmsnorm_fwd(be, a->q, a->q_rstd, a->q_raw, param(m, lp->q_norm), N * H, D,
-                            c->norm_eps);
-            be->rmsnorm_fwd(be, a->k, a->k_rstd, a->k_raw, param(m, lp->k_norm), N * KVH, D,
-                            c->norm_eps);
-        }
-        if (c->arch != ES_ARCH_GPT2) {
-            be->rope_fwd(be, a->q, a->q, g->d_pos, N, H, D, c->rope_theta);
-            be->rope_fwd(be, a->k, a->k, g->d_pos, N, KVH, D, c->rope_theta);
-        }
-        be->kv_append(be, g->kcache[l], g->vcache[l], a->k, a->v, g->d_rows, N, KVH * D);
-        if (ndocs)
-            be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, g->d_cu, ndocs, N, H, KVH,
-                              D);
-        else
-            be->attention_decode(be, a->att, a->q, g->kcache[l], g->vcache[l], g->d_start,
-                                 g->d_len, N, H, KVH, D, max_len);
-        be->matmul_fwd(be, m->scratch[0], a->att, param(m, lp->o_w), param(m, lp->o_b), N, H * D,
-                       C);
-        be->add(be, a->res2, a->ln1_in, m->scratch[0], (size_t)N * C);
-        norm(m, a->ln2_out, a->ln2_mean, a->ln2_rstd, a->res2, lp->ln2_w, lp->ln2_b, N);
-        be->matmul_fwd(be, a->up, a->ln2_out, param(m, lp->up_w), param(m, lp->up_b), N, C, F);
-        if (c->arch == ES_ARCH_GPT2) {
-            be->gelu_fwd(be, a->act, a->up, (size_t)N * F);
-        } else {
-            be->matmul_fwd(be, a->gate, a->ln2_out, param(m, lp->gate_w), NULL, N, C, F);
-            be->swiglu_fwd(be, a->act, a->gate, a->up, (size_t)N * F);
-        }
-        be->matmul_fwd(be, m->scratch[0], a->act, param(m, lp->down_w), param(m, lp->down_b), N,
-                       F, C);
-        be->add(be, a->ln1_in, a->res2, m->scratch[0], (size_t)N * C);
-    }
-    norm(m, m->hidden, m->lnf_mean, m->lnf_rstd, a->ln1_in, lo->lnf_w, lo->lnf_b, N);
+    int H = c->heads, KVH = c->kv_heads, D = c->head_dim;
+    be->kv_append(be, g->kcache[l], g->vcache[l], a->k, a->v, g->d_rows, N, KVH * D);
+    if (x->ndocs)
+        be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, g->d_cu, x->ndocs, N, H, KVH, D);
+    else
+        be->attention_decode(be, a->att, a->q, g->kcache[l], g->vcache[l], g->d_start, g->d_len,
+                             N, H, KVH, D, x->max_len);
+}
+
+// Runs N tokens (g->d_tokens at g->d_pos) through the model, filling
+// model->hidden (N, C) and the cache.
+static void forward(es_gen *g, int N, int ndocs, int max_len) {
+    cached_attention_ctx x = {g, ndocs, max_len};
+    es_model_forward_with(g->model, g->d_tokens, g->d_pos, N, cached_attention, &x);
 }
 
 // logits (n, V) on the host from n rows (C) of hidden states.

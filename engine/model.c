@@ -273,11 +273,14 @@ static int check_batch(const es_model *m, const es_model_batch *b) {
     return ES_OK;
 }
 
-static void attention_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp,
-                                const es_model_batch *b) {
+// The attention block: projections, qk-norm, rope, then the caller's
+// attention step, output projection and residual add.
+static void attention_block_fwd(es_model *m, es_layer_acts *a, int layer, const void *pos, int N,
+                                es_attention_step attend, const void *ctx) {
     es_backend *be = m->be;
     const es_config *c = &m->cfg;
-    int N = b->N, C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim;
+    const es_layer_params *lp = &m->layout.layer[layer];
+    int C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim;
     norm_fwd(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
     // With qk-norm the projections are kept for its backward; without, rope
     // (linear) runs in place on them.
@@ -291,13 +294,21 @@ static void attention_block_fwd(es_model *m, es_layer_acts *a, const es_layer_pa
                         c->norm_eps);
     }
     if (!is_gpt2(m)) {
-        be->rope_fwd(be, a->q, a->q, b->pos, N, H, D, c->rope_theta);
-        be->rope_fwd(be, a->k, a->k, b->pos, N, KVH, D, c->rope_theta);
+        be->rope_fwd(be, a->q, a->q, pos, N, H, D, c->rope_theta);
+        be->rope_fwd(be, a->k, a->k, pos, N, KVH, D, c->rope_theta);
     }
-    be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->cu_seqlens, b->ndocs, N, H, KVH,
-                      D);
+    attend(ctx, m, a, layer, N);
     be->matmul_fwd(be, m->scratch[0], a->att, P(m, lp->o_w), P(m, lp->o_b), N, H * D, C);
     be->add(be, a->res2, a->ln1_in, m->scratch[0], (size_t)N * C);
+}
+
+// Training's attention step: causal within each document of the packed batch.
+static void packed_attention(const void *ctx, es_model *m, es_layer_acts *a, int layer, int N) {
+    (void)layer;
+    const es_model_batch *b = ctx;
+    const es_config *c = &m->cfg;
+    m->be->attention_fwd(m->be, a->att, a->lse, a->q, a->k, a->v, b->cu_seqlens, b->ndocs, N,
+                         c->heads, c->kv_heads, c->head_dim);
 }
 
 // The MLP block up to its activation: what its backward reads.
@@ -324,18 +335,22 @@ static void mlp_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *
     be->add(be, out, a->res2, m->scratch[0], (size_t)N * C);
 }
 
-int es_model_forward(es_model *m, const es_model_batch *b) {
-    if (check_batch(m, b)) return ES_ERR;
+void es_model_forward_with(es_model *m, const void *tokens, const void *pos, int N,
+                           es_attention_step attend, const void *ctx) {
     es_backend *be = m->be;
     const es_layout *lo = &m->layout;
-    int N = b->N;
-    be->embed_fwd(be, m->acts[0].ln1_in, b->tokens, b->pos, P(m, lo->wte), P(m, lo->wpe), N,
+    be->embed_fwd(be, m->acts[0].ln1_in, tokens, pos, P(m, lo->wte), P(m, lo->wpe), N,
                   m->cfg.hidden);
     for (int l = 0; l < m->cfg.layers; l++) {
-        attention_block_fwd(m, &m->acts[l], &lo->layer[l], b);
+        attention_block_fwd(m, &m->acts[l], l, pos, N, attend, ctx);
         mlp_block_fwd(m, &m->acts[l], &lo->layer[l], layer_out(m, l), N);
     }
     norm_fwd(m, m->hidden, m->lnf_mean, m->lnf_rstd, m->final_in, lo->lnf_w, lo->lnf_b, N);
+}
+
+int es_model_forward(es_model *m, const es_model_batch *b) {
+    if (check_batch(m, b)) return ES_ERR;
+    es_model_forward_with(m, b->tokens, b->pos, b->N, packed_attention, b);
     return ES_OK;
 }
 
@@ -427,7 +442,7 @@ int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden)
         const es_layer_params *lp = &lo->layer[l];
         // The shared set still holds the last layer's tensors from forward.
         if (m->recompute == ES_RECOMPUTE_FULL && l + 1 < m->cfg.layers)
-            attention_block_fwd(m, a, lp, b);
+            attention_block_fwd(m, a, l, b->pos, N, packed_attention, b);
         if (m->recompute != ES_RECOMPUTE_NONE && l + 1 < m->cfg.layers) mlp_inner_fwd(m, a, lp, N);
         mlp_block_bwd(m, a, lp, N);
         // ln1_out shares its buffer with ln2_out, which the MLP's backward just read.

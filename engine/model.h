@@ -164,6 +164,15 @@ void es_model_init_random(es_model *m, unsigned long long seed);
 // Forward up to the final norm: fills m->hidden (N, C). ES_ERR when the batch
 // does not fit (N outside 1..max_tokens, ndocs outside 1..N).
 int es_model_forward(es_model *m, const es_model_batch *b);
+// One layer's attention over N tokens: reads a->q, a->k, a->v (after qk-norm
+// and rope), writes a->att (and a->lse where backward needs it).
+typedef void (*es_attention_step)(const void *ctx, es_model *m, es_layer_acts *a, int layer,
+                                  int N);
+// es_model_forward of N tokens (device int32) at positions pos with the
+// caller's attention step: es_model_forward's attends causally within each
+// packed document, generation's against a key/value cache. No checks.
+void es_model_forward_with(es_model *m, const void *tokens, const void *pos, int N,
+                           es_attention_step attend, const void *ctx);
 // Backward from dhidden (N, C) (gradient w.r.t. m->hidden) of the batch just run
 // forward; accumulates into m->grads. ES_ERR for a forward-only model or a bad batch.
 int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden);

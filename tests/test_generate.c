@@ -10,6 +10,7 @@
 #include "common.h"
 #include "generate.h"
 #include "test.h"
+#include "test_models.h"
 
 #define SLOTS 3
 #define MAX_LEN 40
@@ -17,52 +18,18 @@ static const int prompt_len[SLOTS] = {5, 9, 1};
 #define STEPS 12
 
 static es_config tiny_config(es_arch arch) {
-    es_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = arch;
-    c.vocab = 37;
-    c.hidden = 16;
-    c.layers = 2;
-    c.heads = 4;
-    c.kv_heads = 2;
-    c.head_dim = 6;  // heads * head_dim != hidden
-    c.ffn = 24;
-    c.max_pos = 64;
-    c.rope_theta = 10000.0f;
-    c.norm_eps = 1e-5f;
-    c.bos_id = c.eos_id = -1;
-    switch (arch) {
-    case ES_ARCH_QWEN3:
-        strcpy(c.model_type, "qwen3");
-        c.qk_norm = 1;
-        c.tied = 1;
-        break;
-    case ES_ARCH_QWEN2:
-        strcpy(c.model_type, "qwen2");
-        c.qkv_bias = 1;
-        break;
-    case ES_ARCH_LLAMA:
-        strcpy(c.model_type, "llama");
-        c.qkv_bias = c.o_bias = 1;
-        c.kv_heads = 1;
-        break;
-    case ES_ARCH_GPT2:
-        strcpy(c.model_type, "gpt2");
-        c.kv_heads = c.heads;
-        c.head_dim = 4;
-        c.ffn = 4 * c.hidden;
-        c.rope_theta = 0.0f;
-        c.qkv_bias = c.o_bias = c.mlp_bias = 1;
-        c.tied = 1;
-        break;
-    }
+    es_config c = t_config(arch, (t_sizes){.vocab = 37, .hidden = 16, .layers = 2, .heads = 4,
+                                           .kv_heads = 2, .head_dim = 6,  // heads * head_dim != hidden
+                                           .ffn = 24, .max_pos = 64});
+    if (arch == ES_ARCH_LLAMA) c.kv_heads = 1;
+    if (arch == ES_ARCH_GPT2) c.head_dim = 4;
     return c;
 }
 
 // Parameters of order one so that every path carries signal.
 static void randomise(es_model *m, es_rng *rng) {
     float *h = es_xmalloc(m->layout.total * sizeof *h);
-    for (size_t i = 0; i < m->layout.total; i++) h[i] = 0.3f * es_rng_normal(rng);
+    t_fill_normal(h, m->layout.total, 0.3f, rng);
     m->be->upload(m->be, m->params, h, m->layout.total, ES_DT_COMPUTE);
     free(h);
 }
@@ -84,21 +51,17 @@ static void full_logits(float *out, es_model *m, const int32_t *ids, int len) {
     es_backend *be = m->be;
     int32_t *pos = es_xmalloc((size_t)len * sizeof *pos), cu[2] = {0, len};
     for (int i = 0; i < len; i++) pos[i] = i;
-    void *dt = be->alloc(be, (size_t)len, ES_DT_I32, ES_MEM_INDEX);
-    void *dp = be->alloc(be, (size_t)len, ES_DT_I32, ES_MEM_INDEX);
-    void *dc = be->alloc(be, 2, ES_DT_I32, ES_MEM_INDEX);
+    es_model_batch b;
     void *lg = be->alloc(be, (size_t)len * m->cfg.vocab, ES_DT_COMPUTE, ES_MEM_ACTS);
-    be->upload(be, dt, ids, (size_t)len, ES_DT_I32);
-    be->upload(be, dp, pos, (size_t)len, ES_DT_I32);
-    be->upload(be, dc, cu, 2, ES_DT_I32);
-    es_model_batch b = {len, 1, dt, dp, dc};
-    CHECK(es_model_forward(m, &b) == ES_OK, "%s", es_last_error());
-    be->matmul_fwd(be, lg, m->hidden, es_model_lm_head(m), NULL, len, m->cfg.hidden,
-                   m->cfg.vocab);
-    be->download(be, out, lg, (size_t)len * m->cfg.vocab, ES_DT_COMPUTE);
-    be->free(be, dt);
-    be->free(be, dp);
-    be->free(be, dc);
+    int ok = t_batch_upload(&b, be, ids, pos, cu, len, 1) == ES_OK && lg;
+    CHECK(ok, "%s", es_last_error());
+    if (ok) {
+        CHECK(es_model_forward(m, &b) == ES_OK, "%s", es_last_error());
+        be->matmul_fwd(be, lg, m->hidden, es_model_lm_head(m), NULL, len, m->cfg.hidden,
+                       m->cfg.vocab);
+        be->download(be, out, lg, (size_t)len * m->cfg.vocab, ES_DT_COMPUTE);
+    }
+    t_batch_free(be, &b);
     be->free(be, lg);
     free(pos);
 }
@@ -328,8 +291,8 @@ int main(void) {
     es_rng_seed(&rng, 2024);
     const es_arch arches[] = {ES_ARCH_QWEN3, ES_ARCH_QWEN2, ES_ARCH_LLAMA, ES_ARCH_GPT2};
     for (int i = 0; i < 4; i++) check_cache_vs_full(be, arches[i], &rng);
-    const char *fixtures[] = {"qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2"};
-    for (int i = 0; i < 5; i++) check_fixture(be, fixtures[i]);
+    const char *const fixtures[] = T_FIXTURE_CASES;
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_fixture(be, fixtures[i]);
     check_sampler(&rng);
     be->destroy(be);
     TEST_DONE();

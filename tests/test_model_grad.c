@@ -12,49 +12,15 @@
 #include "common.h"
 #include "model.h"
 #include "test.h"
+#include "test_models.h"
 
 enum { N = 11, NDOCS = 2, MAXT = 16 };
 static const int doc_len[NDOCS] = {7, 4};
 
 static es_config tiny_config(es_arch arch) {
-    es_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = arch;
-    c.vocab = 17;
-    c.hidden = 8;
-    c.layers = 2;
-    c.heads = 2;
-    c.kv_heads = 1;
-    c.head_dim = 4;
-    c.ffn = 12;
-    c.max_pos = 32;
-    c.rope_theta = 10000.0f;
-    c.norm_eps = 1e-5f;
-    c.bos_id = c.eos_id = -1;
-    switch (arch) {
-    case ES_ARCH_QWEN3:
-        strcpy(c.model_type, "qwen3");
-        c.head_dim = 6;  // heads * head_dim != hidden
-        c.qk_norm = 1;
-        c.tied = 1;
-        break;
-    case ES_ARCH_QWEN2:
-        strcpy(c.model_type, "qwen2");
-        c.qkv_bias = 1;
-        break;
-    case ES_ARCH_LLAMA:
-        strcpy(c.model_type, "llama");
-        c.qkv_bias = c.o_bias = 1;
-        break;
-    case ES_ARCH_GPT2:
-        strcpy(c.model_type, "gpt2");
-        c.kv_heads = c.heads;
-        c.ffn = 4 * c.hidden;
-        c.rope_theta = 0.0f;
-        c.qkv_bias = c.o_bias = c.mlp_bias = 1;
-        c.tied = 1;
-        break;
-    }
+    es_config c = t_config(arch, (t_sizes){.vocab = 17, .hidden = 8, .layers = 2, .heads = 2,
+                                           .kv_heads = 1, .head_dim = 4, .ffn = 12, .max_pos = 32});
+    if (arch == ES_ARCH_QWEN3) c.head_dim = 6;  // heads * head_dim != hidden
     return c;
 }
 
@@ -85,21 +51,7 @@ static int make_batch(es_model_batch *b, es_backend *be, const es_config *cfg, e
         }
         cu[d + 1] = cu[d] + doc_len[d];
     }
-    *b = (es_model_batch){.N = N, .ndocs = NDOCS};
-    b->tokens = be->alloc(be, N, ES_DT_I32, ES_MEM_INDEX);
-    b->pos = be->alloc(be, N, ES_DT_I32, ES_MEM_INDEX);
-    b->cu_seqlens = be->alloc(be, NDOCS + 1, ES_DT_I32, ES_MEM_INDEX);
-    if (!b->tokens || !b->pos || !b->cu_seqlens) return ES_ERR;
-    be->upload(be, b->tokens, tokens, N, ES_DT_I32);
-    be->upload(be, b->pos, pos, N, ES_DT_I32);
-    be->upload(be, b->cu_seqlens, cu, NDOCS + 1, ES_DT_I32);
-    return ES_OK;
-}
-
-static void free_batch(es_backend *be, es_model_batch *b) {
-    be->free(be, b->tokens);
-    be->free(be, b->pos);
-    be->free(be, b->cu_seqlens);
+    return t_batch_upload(b, be, tokens, pos, cu, N, NDOCS);
 }
 
 static double loss_of(es_model *m, const es_model_batch *b, const float *R, float *hidden) {
@@ -135,7 +87,7 @@ static void check_arch(es_backend *be, es_arch arch, es_rng *rng) {
 
     float *R = es_xmalloc((size_t)N * C * sizeof *R), *hidden = es_xmalloc((size_t)N * C * 4),
           *hidden2 = es_xmalloc((size_t)N * C * 4);
-    for (int i = 0; i < N * C; i++) R[i] = es_rng_normal(rng);
+    t_fill_normal(R, (size_t)N * C, 1.0f, rng);
 
     // The forward-only model (one shared activation set) computes the same hidden.
     double L0 = loss_of(&m, &b, R, hidden);
@@ -209,7 +161,7 @@ static void check_arch(es_backend *be, es_arch arch, es_rng *rng) {
     free(hidden);
     free(hidden2);
     free(params);
-    free_batch(be, &b);
+    t_batch_free(be, &b);
     be->free(be, dh);
     es_model_free(&fwd_only);
     es_model_free(&m);
@@ -289,7 +241,7 @@ static void check_recompute(es_backend *be, es_arch arch, es_rng *rng) {
     size_t total = m[0].layout.total;
     g0 = es_xmalloc(total * sizeof *g0);
     g = es_xmalloc(total * sizeof *g);
-    for (size_t j = 0; j < 2 * NC; j++) R[j] = es_rng_normal(rng);
+    t_fill_normal(R, 2 * NC, 1.0f, rng);
     for (int i = 0; i < 3; i++) {
         be->upload(be, m[i].params, params, total, ES_DT_COMPUTE);
         // Two different batches accumulate, so stale tensors of the other batch would show.
@@ -322,7 +274,7 @@ done:
     free(R);
     free(hidden);
     free(hidden0);
-    for (int k = 0; k < nb; k++) free_batch(be, &b[k]);
+    for (int k = 0; k < nb; k++) t_batch_free(be, &b[k]);
     if (dh) be->free(be, dh);
     for (int i = 0; i < made; i++) es_model_free(&m[i]);
 }

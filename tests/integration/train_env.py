@@ -56,10 +56,11 @@ def tiny_student(path, **over):
     return path
 
 
-def run_config(tmp, corpus, out, **sections):
-    """Writes a run config for the tiny student on the corpus and returns its path."""
+def run_config(tmp, corpus, out, student=None, **sections):
+    """Writes a run config for the tiny student (config.json overrides in
+    `student`) on the corpus and returns its path."""
     cfg = {
-        "student": {"preset": str(tiny_student(tmp / "student.json"))},
+        "student": {"preset": str(tiny_student(tmp / "student.json", **(student or {})))},
         "tokenizer": str(corpus / "model"),
         "data": {"train": [str(corpus / "train.bin")], "val": [str(corpus / "val.bin")]},
         "optim": {"lr": 3e-3, "schedule": "cosine", "warmup": 0.1},

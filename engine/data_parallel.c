@@ -29,30 +29,11 @@ int es_dp_init(es_dp *dp, es_backend *be, const es_dist *d, int zero1, int overl
 }
 
 int es_dp_optim_create(es_optim *o, es_dp *dp, es_model *m) {
-    es_backend *be = m->be;
     size_t n = m->layout.total;
-    if (!dp->sharded) {
-        dp->lo = 0;
-        dp->hi = n;
-        return es_optim_create(o, m);
-    }
-    es_shard_range(&dp->lo, &dp->hi, n, dp->rank, dp->nranks);
-    size_t part = dp->hi - dp->lo;
-    memset(o, 0, sizeof *o);
-    o->m = be->alloc(be, part, ES_DT_F32, ES_MEM_OPTIM);
-    o->v = be->alloc(be, part, ES_DT_F32, ES_MEM_OPTIM);
-    if (!o->m || !o->v) return es_fail("optimizer: cannot allocate %zu moments of this rank's part", part);
-    be->zero(be, o->m, part, ES_DT_F32);
-    be->zero(be, o->v, part, ES_DT_F32);
-    if (!be->compute_is_f32) {  // master weights of this part start from the loaded parameters
-        o->master = be->alloc(be, part, ES_DT_F32, ES_MEM_OPTIM);
-        if (!o->master) return es_fail("optimizer: cannot allocate %zu master weights of this rank's part", part);
-        float *host = es_xmalloc((part ? part : 1) * sizeof(float));
-        be->download(be, host, be->offset(be, m->params, dp->lo, ES_DT_COMPUTE), part, ES_DT_COMPUTE);
-        be->upload(be, o->master, host, part, ES_DT_F32);
-        free(host);
-    }
-    return ES_OK;
+    dp->lo = 0;
+    dp->hi = n;
+    if (dp->sharded) es_shard_range(&dp->lo, &dp->hi, n, dp->rank, dp->nranks);
+    return es_optim_create_part(o, m, dp->lo, dp->hi);
 }
 
 // A step starts with nothing finished: the hook expects the final norm and

@@ -6,9 +6,9 @@
 
 #include "common.h"
 
-int es_optim_create(es_optim *o, es_model *m) {
+int es_optim_create_part(es_optim *o, es_model *m, size_t lo, size_t hi) {
     es_backend *be = m->be;
-    size_t n = m->layout.total;
+    size_t n = hi - lo;
     memset(o, 0, sizeof *o);
     o->m = be->alloc(be, n, ES_DT_F32, ES_MEM_OPTIM);
     o->v = be->alloc(be, n, ES_DT_F32, ES_MEM_OPTIM);
@@ -19,12 +19,16 @@ int es_optim_create(es_optim *o, es_model *m) {
         // master weights start from the loaded parameters
         o->master = be->alloc(be, n, ES_DT_F32, ES_MEM_OPTIM);
         if (!o->master) return es_fail("optimizer: cannot allocate %zu master weights", n);
-        float *host = es_xmalloc(n * sizeof(float));
-        be->download(be, host, m->params, n, ES_DT_COMPUTE);
+        float *host = es_xmalloc((n ? n : 1) * sizeof(float));
+        be->download(be, host, be->offset(be, m->params, lo, ES_DT_COMPUTE), n, ES_DT_COMPUTE);
         be->upload(be, o->master, host, n, ES_DT_F32);
         free(host);
     }
     return ES_OK;
+}
+
+int es_optim_create(es_optim *o, es_model *m) {
+    return es_optim_create_part(o, m, 0, m->layout.total);
 }
 
 void es_optim_free(es_optim *o, es_backend *be) {

@@ -14,6 +14,9 @@ typedef struct {
 } es_optim_hparams;
 
 int es_optim_create(es_optim *o, es_model *m);
+// The state of parameters [lo, hi) of the flat layout only (one rank's part
+// under ZeRO-1): moments and master weights of hi - lo elements.
+int es_optim_create_part(es_optim *o, es_model *m, size_t lo, size_t hi);
 void es_optim_free(es_optim *o, es_backend *be);
 // Global L2 norm of the model's gradients.
 double es_grad_norm(es_model *m);

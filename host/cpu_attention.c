@@ -27,18 +27,6 @@
 #define ATT_BQ 64     // query rows per block
 #define ATT_LANES 16  // independent accumulators, so row reductions vectorise
 
-static float row_max(const float *x, int n) {
-    float m[ATT_LANES];
-    for (int l = 0; l < ATT_LANES; l++) m[l] = -INFINITY;
-    int j = 0;
-    for (; j + ATT_LANES <= n; j += ATT_LANES)
-        for (int l = 0; l < ATT_LANES; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
-    float r = -INFINITY;
-    for (; j < n; j++) r = x[j] > r ? x[j] : r;
-    for (int l = 0; l < ATT_LANES; l++) r = m[l] > r ? m[l] : r;
-    return r;
-}
-
 // x[j] = exp(x[j] - sub) for j < n; returns their sum.
 static float exp_sub_sum(float *x, float sub, int n) {
     float acc[ATT_LANES] = {0};
@@ -47,17 +35,6 @@ static float exp_sub_sum(float *x, float sub, int n) {
         for (int l = 0; l < ATT_LANES; l++) acc[l] += x[j + l] = es_expf(x[j + l] - sub);
     float s = 0.0f;
     for (; j < n; j++) s += x[j] = es_expf(x[j] - sub);
-    for (int l = 0; l < ATT_LANES; l++) s += acc[l];
-    return s;
-}
-
-static float dot(const float *a, const float *b, int n) {
-    float acc[ATT_LANES] = {0};
-    int j = 0;
-    for (; j + ATT_LANES <= n; j += ATT_LANES)
-        for (int l = 0; l < ATT_LANES; l++) acc[l] += a[j + l] * b[j + l];
-    float s = 0.0f;
-    for (; j < n; j++) s += a[j] * b[j];
     for (int l = 0; l < ATT_LANES; l++) s += acc[l];
     return s;
 }
@@ -76,7 +53,7 @@ static void gemm_1t(int ta, int tb, int M, int N, int K, float alpha, const floa
         for (int n = 0; n < N; n++) c[n] = beta == 0.0f ? 0.0f : beta * c[n];
         if (tb) {  // rows of A against rows of B
             for (int n = 0; n < N; n++)
-                c[n] += alpha * dot(A + (size_t)i * lda, B + (size_t)n * ldb, K);
+                c[n] += alpha * es_dotf(A + (size_t)i * lda, B + (size_t)n * ldb, K);
             continue;
         }
         for (int k = 0; k < K; k++) {  // c += op(A)[i][k] * row k of B
@@ -138,7 +115,7 @@ static void fwd_doc_head(float *out, float *lse, float *S, const float *q, const
         for (int r = 0; r < bq; r++) {
             float *row = S + (size_t)r * w;
             int i = i0 + r;  // keys 0..i are visible
-            float mx = row_max(row, i + 1), sum = exp_sub_sum(row, mx, i + 1);
+            float mx = es_maxf(row, i + 1), sum = exp_sub_sum(row, mx, i + 1);
             memset(row + i + 1, 0, (size_t)(w - i - 1) * sizeof(float));
             inv[r] = 1.0f / sum;
             lse[(size_t)(a + i) * H + h] = mx + logf(sum);
@@ -202,7 +179,7 @@ static void bwd_doc_group(float *dq, float *dk, float *dv, float *P, float *dS, 
                 int i = i0 + r;  // keys 0..i are visible
                 float *p = P + (size_t)r * w, *ds = dS + (size_t)r * w;
                 float l = lse[(size_t)(a + i) * H + h];
-                float rd = dot(dOb + (size_t)r * ldq, O + (size_t)(i0 + r) * ldq, D);
+                float rd = es_dotf(dOb + (size_t)r * ldq, O + (size_t)(i0 + r) * ldq, D);
                 // dS = P (dP - rowsum(dO O)), with the score scale folded in
                 for (int j = 0; j <= i; j++) {
                     p[j] = es_expf(p[j] - l);

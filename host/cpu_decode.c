@@ -6,18 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu_fastmath.h"
 #include "cpu_ops.h"
-
-static inline float dotf(const float *a, const float *b, int D) {
-    float acc[16] = {0};  // independent lanes let the compiler vectorise
-    int d = 0;
-    for (; d + 16 <= D; d += 16)
-        for (int l = 0; l < 16; l++) acc[l] += a[d + l] * b[d + l];
-    float s = 0.0f;
-    for (; d < D; d++) s += a[d] * b[d];
-    for (int l = 0; l < 16; l++) s += acc[l];
-    return s;
-}
 
 void cpu_kv_append(es_backend *be, void *kcache, void *vcache, const void *k, const void *v,
                    const void *rows_, int N, int W) {
@@ -52,7 +42,7 @@ void cpu_attention_decode(es_backend *be, void *out_, const void *q_, const void
             const float *vb = vc + (size_t)start[b] * W + (size_t)g * D;
             float *o = out + (size_t)t * D, mx = -INFINITY;
             for (int j = 0; j < n; j++) {
-                sc[j] = scale * dotf(qi, kb + (size_t)j * W, D);
+                sc[j] = scale * es_dotf(qi, kb + (size_t)j * W, D);
                 if (sc[j] > mx) mx = sc[j];
             }
             float sum = 0.0f;

@@ -39,3 +39,29 @@ static inline float es_expf(float x) {
 // tanh through one exponential: tanh(u) = 1 - 2 / (1 + e^(2u)); saturates to
 // +-1 at the ends, absolute error a few 1e-8.
 static inline float es_tanhf(float u) { return 1.0f - 2.0f / (1.0f + es_expf(2.0f * u)); }
+
+// Dot product with 16 independent accumulators, so that it vectorises; the
+// summation order is fixed, so results do not depend on the compiler.
+static inline float es_dotf(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[j + l] * b[j + l];
+    float s = 0.0f;
+    for (; j < n; j++) s += a[j] * b[j];
+    for (int l = 0; l < 16; l++) s += acc[l];
+    return s;
+}
+
+// Largest of x[0..n), with 16 independent lanes so that it vectorises.
+static inline float es_maxf(const float *x, int n) {
+    float m[16];
+    for (int l = 0; l < 16; l++) m[l] = -INFINITY;
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+    float r = -INFINITY;
+    for (; j < n; j++) r = x[j] > r ? x[j] : r;
+    for (int l = 0; l < 16; l++) r = m[l] > r ? m[l] : r;
+    return r;
+}

@@ -15,18 +15,6 @@
 #define LOSS_LANES 16
 #define LOSS_CHUNK 256
 
-static float row_max(const float *x, int V) {
-    float m[LOSS_LANES];
-    for (int l = 0; l < LOSS_LANES; l++) m[l] = -INFINITY;
-    int v = 0;
-    for (; v + LOSS_LANES <= V; v += LOSS_LANES)
-        for (int l = 0; l < LOSS_LANES; l++) m[l] = x[v + l] > m[l] ? x[v + l] : m[l];
-    float r = -INFINITY;
-    for (; v < V; v++) r = x[v] > r ? x[v] : r;
-    for (int l = 0; l < LOSS_LANES; l++) r = m[l] > r ? m[l] : r;
-    return r;
-}
-
 // log(sum_v exp((x[v] - mx) * k))
 static float log_sum_exp(const float *x, float mx, float k, int V) {
     double z = 0.0;
@@ -84,12 +72,12 @@ void cpu_distill_loss(es_backend *be, float *sums, void *logits_, const void *tl
             memset(s, 0, (size_t)V * sizeof(float));
             continue;
         }
-        float smax = row_max(s, V), lz = log_sum_exp(s, smax, 1.0f, V);
+        float smax = es_maxf(s, V), lz = log_sum_exp(s, smax, 1.0f, V);
         float ce = (smax - s[tgt]) + lz;
         float tmax = 0.0f, lzs = 0.0f, lzt = 0.0f;
         double kl = 0.0;
         if (t) {
-            tmax = row_max(t, V);
+            tmax = es_maxf(t, V);
             lzs = log_sum_exp(s, smax, itau, V);
             lzt = log_sum_exp(t, tmax, itau, V);
             kl = kl_div(t, s, tmax, smax, itau, lzt, lzs, V);

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "generate.h"
+#include "tests/test_models.h"
 
 #define STEPS 16
 
@@ -18,22 +19,11 @@ int main(int argc, char **argv) {
     int B = argc > 2 ? atoi(argv[2]) : 1;
     const int ctx[] = {256, 1024, 2048, 4096};
     const int nctx = 4, longest = 4096 + STEPS + 1;
-    es_config c;
-    memset(&c, 0, sizeof c);
-    strcpy(c.model_type, "qwen3");
-    c.arch = ES_ARCH_QWEN3;
-    c.vocab = 4096;
-    c.hidden = 256;
-    c.layers = 4;
-    c.heads = 8;
-    c.kv_heads = 4;
-    c.head_dim = 64;
-    c.ffn = 768;
-    c.max_pos = longest;
+    es_config c = t_config(ES_ARCH_QWEN3, (t_sizes){.vocab = 4096, .hidden = 256, .layers = 4,
+                                                    .heads = 8, .kv_heads = 4, .head_dim = 64,
+                                                    .ffn = 768, .max_pos = longest});
     c.rope_theta = 1e6f;
     c.norm_eps = 1e-6f;
-    c.qk_norm = c.tied = 1;
-    c.bos_id = c.eos_id = -1;
     if (B < 1) B = 1;
     es_backend *be = es_backend_create(dev);
     es_model m;

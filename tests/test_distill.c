@@ -13,44 +13,9 @@
 #include "packer.h"
 #include "shard.h"
 #include "test.h"
+#include "test_models.h"
 
 static es_rng g_rng;
-
-static void fill_normal(float *x, size_t n, float scale) {
-    for (size_t i = 0; i < n; i++) x[i] = scale * es_rng_normal(&g_rng);
-}
-
-static void *dev(es_backend *be, const void *host, size_t n, es_dtype dt) {
-    void *p = be->alloc(be, n, dt, ES_MEM_ACTS);
-    if (!p) {
-        fprintf(stderr, "alloc: %s\n", es_last_error());
-        exit(1);
-    }
-    if (host) be->upload(be, p, host, n, dt);
-    return p;
-}
-
-// A micro-batch of N tokens in a few documents, with random targets and
-// weights (a third unsupervised); the last token of each document has none.
-static void make_batch(es_microbatch *mb, int N, int V) {
-    es_microbatch_alloc(mb, N);
-    mb->n = N;
-    int cuts[] = {0, N / 3, N / 3 + 5, N};
-    mb->ndocs = 3;
-    mb->nsup = 0;
-    for (int d = 0; d <= 3; d++) mb->cu_seqlens[d] = cuts[d];
-    for (int d = 0; d < 3; d++)
-        for (int t = cuts[d]; t < cuts[d + 1]; t++) {
-            mb->tokens[t] = (int32_t)(es_rng_u64(&g_rng) % (uint64_t)V);
-            mb->pos[t] = t - cuts[d];
-            mb->src[t] = t - cuts[d];
-            int last = t + 1 == cuts[d + 1];
-            uint64_t u = es_rng_u64(&g_rng) % 6;
-            mb->targets[t] = last ? -1 : (int32_t)(es_rng_u64(&g_rng) % (uint64_t)V);
-            mb->weights[t] = last || u < 2 ? 0.0f : u == 5 ? 2.0f : u == 4 ? 0.5f : 1.0f;
-            mb->nsup += mb->weights[t] > 0;
-        }
-}
 
 typedef struct {
     int N, C, Ct, V, K;
@@ -139,10 +104,10 @@ static void problem_make(problem *pb, int N, int C, int Ct, int V, int K) {
     pb->tlm = malloc((size_t)V * Ct * 4);
     pb->ids = malloc((size_t)N * K * 4);
     pb->logp = malloc((size_t)N * K * 4);
-    fill_normal(pb->h, (size_t)N * C, 1.0f);
-    fill_normal(pb->lm, (size_t)V * C, 0.5f);
-    fill_normal(pb->th, (size_t)N * Ct, 1.0f);
-    fill_normal(pb->tlm, (size_t)V * Ct, 0.8f);
+    t_fill_normal(pb->h, (size_t)N * C, 1.0f, &g_rng);
+    t_fill_normal(pb->lm, (size_t)V * C, 0.5f, &g_rng);
+    t_fill_normal(pb->th, (size_t)N * Ct, 1.0f, &g_rng);
+    t_fill_normal(pb->tlm, (size_t)V * Ct, 0.8f, &g_rng);
     // The teacher's top-K of its own logits (temperature 1), most likely first.
     double *t = malloc(V * sizeof *t), *lt = malloc(V * sizeof *lt);
     char *used = malloc(V);
@@ -177,10 +142,10 @@ static int run_loss(float sums[2], float *dh, float *dlm, es_backend *be, const 
         exit(1);
     }
     if (workspace) *workspace = be->mem_now[ES_MEM_WORKSPACE];
-    void *h = dev(be, pb->h, (size_t)N * C, ES_DT_COMPUTE), *lm = dev(be, pb->lm, (size_t)V * C, ES_DT_COMPUTE);
-    void *th = dev(be, pb->th, (size_t)N * pb->Ct, ES_DT_COMPUTE);
-    void *tlm = dev(be, pb->tlm, (size_t)V * pb->Ct, ES_DT_COMPUTE);
-    void *ddh = dev(be, NULL, (size_t)N * C, ES_DT_COMPUTE), *ddlm = dev(be, NULL, (size_t)V * C, ES_DT_F32);
+    void *h = t_dev_buf(be, pb->h, (size_t)N * C, ES_DT_COMPUTE), *lm = t_dev_buf(be, pb->lm, (size_t)V * C, ES_DT_COMPUTE);
+    void *th = t_dev_buf(be, pb->th, (size_t)N * pb->Ct, ES_DT_COMPUTE);
+    void *tlm = t_dev_buf(be, pb->tlm, (size_t)V * pb->Ct, ES_DT_COMPUTE);
+    void *ddh = t_dev_buf(be, NULL, (size_t)N * C, ES_DT_COMPUTE), *ddlm = t_dev_buf(be, NULL, (size_t)V * C, ES_DT_F32);
     float *poison = malloc((size_t)N * C * 4);
     t_poison(poison, (size_t)N * C);
     be->upload(be, ddh, poison, (size_t)N * C, ES_DT_COMPUTE);
@@ -213,7 +178,7 @@ static void test_reference(es_backend *be) {
     problem pb;
     problem_make(&pb, 64, 24, 16, 50, 7);
     es_microbatch mb;
-    make_batch(&mb, pb.N, pb.V);
+    t_random_microbatch(&mb, pb.N, pb.V, &g_rng);
     size_t NC = (size_t)pb.N * pb.C, VC = (size_t)pb.V * pb.C;
     float *dh = malloc(NC * 4), *dlm = malloc(VC * 4);
     double *rdh = malloc(NC * 8), *rdlm = malloc(VC * 8), rs[2];
@@ -256,7 +221,7 @@ static void test_finite_difference(es_backend *be) {
     problem pb;
     problem_make(&pb, 12, 6, 5, 11, 4);
     es_microbatch mb;
-    make_batch(&mb, pb.N, pb.V);
+    t_random_microbatch(&mb, pb.N, pb.V, &g_rng);
     size_t NC = (size_t)pb.N * pb.C, VC = (size_t)pb.V * pb.C;
     float *dh = malloc(NC * 4), *dlm = malloc(VC * 4), *tmp = malloc(NC * 4), *tlm = malloc(VC * 4);
     for (int mode = 1; mode <= 2; mode++) {
@@ -290,7 +255,7 @@ static void test_topk_converges(es_backend *be) {
     problem pb;
     problem_make(&pb, 20, 8, 8, V, V);
     es_microbatch mb;
-    make_batch(&mb, pb.N, pb.V);
+    t_random_microbatch(&mb, pb.N, pb.V, &g_rng);
     size_t NC = (size_t)pb.N * pb.C, VC = (size_t)pb.V * pb.C;
     float *dh = malloc(NC * 4), *dlm = malloc(VC * 4), *dh_on = malloc(NC * 4), *dlm_on = malloc(VC * 4);
     float on[2], tk[2];
@@ -328,7 +293,7 @@ static void test_bad_input(es_backend *be) {
     problem pb;
     problem_make(&pb, 10, 4, 4, 9, 3);
     es_microbatch mb;
-    make_batch(&mb, pb.N, pb.V);
+    t_random_microbatch(&mb, pb.N, pb.V, &g_rng);
     float sums[2], *dh = malloc(40 * 4), *dlm = malloc(36 * 4);
     CHECK(run_loss(sums, dh, dlm, be, &pb, &mb, 2, 0.5f, 2.0f, 1.0f, 4, NULL) == ES_ERR &&
               strstr(es_last_error(), "temperature"), "tau with a top-k teacher refused");
@@ -449,9 +414,9 @@ static void test_no_leak(es_backend *be) {
     es_packer_next(p, &mb);
     CHECK(mb.ndocs == 4, "all four documents in one micro-batch");
     int N = mb.n, V = cfg.vocab;
-    void *tok = dev(be, NULL, (size_t)N, ES_DT_I32), *pos = dev(be, mb.pos, (size_t)N, ES_DT_I32);
-    void *cu = dev(be, mb.cu_seqlens, (size_t)mb.ndocs + 1, ES_DT_I32);
-    void *logits = dev(be, NULL, (size_t)N * V, ES_DT_COMPUTE);
+    void *tok = t_dev_buf(be, NULL, (size_t)N, ES_DT_I32), *pos = t_dev_buf(be, mb.pos, (size_t)N, ES_DT_I32);
+    void *cu = t_dev_buf(be, mb.cu_seqlens, (size_t)mb.ndocs + 1, ES_DT_I32);
+    void *logits = t_dev_buf(be, NULL, (size_t)N * V, ES_DT_COMPUTE);
     es_model_batch b = {N, mb.ndocs, tok, pos, cu};
     float *before = malloc((size_t)N * V * 4), *after = malloc((size_t)N * V * 4);
     float *out = before;

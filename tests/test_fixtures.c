@@ -11,24 +11,11 @@
 #include "model.h"
 #include "safetensors.h"
 #include "test.h"
+#include "test_models.h"
 
 #define TOL 1e-4
 
-static const char *const cases[] = {"qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2"};
-
-// Reads tensor `name` of io (n elements) as fp32; returns a fresh array, or
-// NULL with a failed check.
-static float *read_tensor(const es_st_file *io, const char *name, size_t n) {
-    int i = es_st_find(io, name);
-    CHECK(i >= 0, "%s: tensor '%s' missing", io->path, name);
-    if (i < 0) return NULL;
-    size_t numel = es_st_numel(&io->tensors[i]);
-    CHECK(numel == n, "%s: '%s' has %zu elements, expected %zu", io->path, name, numel, n);
-    if (numel != n) return NULL;
-    float *x = es_xmalloc(numel * sizeof *x);
-    es_st_read_f32(x, io, i);
-    return x;
-}
+static const char *const cases[] = T_FIXTURE_CASES;
 
 // GPT-2's Conv1D modules hold (in, out) weights whose output columns are the
 // internal (out, in) matrices of `parts` side by side; biases are concatenated.
@@ -104,58 +91,6 @@ static size_t internal_grad(float *out, const es_layout *lo, const float *g, con
     return 0;
 }
 
-// The packed batch of a fixture, on the host.
-typedef struct {
-    int N, ndocs, count;  // tokens, documents, supervised tokens
-    int32_t *tokens, *pos, *cu, *targets;  // ignored targets become 0 with weight 0
-    float *weights, loss;
-} fixture_batch;
-
-static int read_batch(fixture_batch *fb, const es_st_file *io) {
-    memset(fb, 0, sizeof *fb);
-    int ti = es_st_find(io, "tokens"), ci = es_st_find(io, "cu_seqlens");
-    CHECK(ti >= 0 && ci >= 0, "%s: tokens or cu_seqlens missing", io->path);
-    if (ti < 0 || ci < 0) return ES_ERR;
-    fb->N = (int)es_st_numel(&io->tensors[ti]);
-    fb->ndocs = (int)es_st_numel(&io->tensors[ci]) - 1;
-    float *tok = read_tensor(io, "tokens", (size_t)fb->N),
-          *pos = read_tensor(io, "position_ids", (size_t)fb->N),
-          *cu = read_tensor(io, "cu_seqlens", (size_t)fb->ndocs + 1),
-          *tgt = read_tensor(io, "targets", (size_t)fb->N), *loss = read_tensor(io, "loss", 1);
-    int ok = tok && pos && cu && tgt && loss && fb->ndocs >= 1;
-    if (ok) {
-        fb->tokens = es_xmalloc((size_t)fb->N * 4);
-        fb->pos = es_xmalloc((size_t)fb->N * 4);
-        fb->targets = es_xmalloc((size_t)fb->N * 4);
-        fb->weights = es_xmalloc((size_t)fb->N * 4);
-        fb->cu = es_xmalloc((size_t)(fb->ndocs + 1) * 4);
-        for (int i = 0; i < fb->N; i++) {
-            fb->tokens[i] = (int32_t)tok[i];
-            fb->pos[i] = (int32_t)pos[i];
-            int valid = tgt[i] >= 0;
-            fb->targets[i] = valid ? (int32_t)tgt[i] : 0;
-            fb->weights[i] = valid ? 1.0f : 0.0f;
-            fb->count += valid;
-        }
-        for (int d = 0; d <= fb->ndocs; d++) fb->cu[d] = (int32_t)cu[d];
-        fb->loss = loss[0];
-    }
-    free(tok);
-    free(pos);
-    free(cu);
-    free(tgt);
-    free(loss);
-    return ok ? ES_OK : ES_ERR;
-}
-
-static void free_batch(fixture_batch *fb) {
-    free(fb->tokens);
-    free(fb->pos);
-    free(fb->cu);
-    free(fb->targets);
-    free(fb->weights);
-}
-
 // Compares every Hugging Face gradient in io with ours. Each must have a
 // counterpart and the counts must add up to our whole buffer, so that no
 // parameter goes unchecked. Returns the worst relative error.
@@ -170,7 +105,8 @@ static double compare_grads(const es_st_file *io, const es_model *m, const char 
         const char *tn = io->tensors[t].name;
         if (strncmp(tn, "grad.", 5)) continue;
         size_t n = es_st_numel(&io->tensors[t]);
-        float *ref = read_tensor(io, tn, n);
+        float *ref = t_read_tensor(io, tn, n);
+        CHECK(ref, "%s", es_last_error());
         if (!ref) continue;
         t_poison(mine, n < total ? n : total);
         size_t got = internal_grad(mine, &m->layout, g, tn + 5, m->cfg.arch == ES_ARCH_GPT2);
@@ -193,28 +129,24 @@ static double compare_grads(const es_st_file *io, const es_model *m, const char 
 
 // Forward, full LM head, cross-entropy and backward on the CPU backend, each
 // compared with the reference.
-static void run_case(es_model *m, const es_st_file *io, const fixture_batch *fb,
+static void run_case(es_model *m, const es_st_file *io, const t_fixture_batch *fb,
                      const char *name) {
     es_backend *be = m->be;
     int N = fb->N, C = m->cfg.hidden, V = m->cfg.vocab;
-    float *logits_ref = read_tensor(io, "logits", (size_t)N * V);
+    float *logits_ref = t_read_tensor(io, "logits", (size_t)N * V);
+    CHECK(logits_ref, "%s", es_last_error());
     if (!logits_ref) return;
-    es_model_batch b = {.N = N, .ndocs = fb->ndocs};
-    b.tokens = be->alloc(be, (size_t)N, ES_DT_I32, ES_MEM_INDEX);
-    b.pos = be->alloc(be, (size_t)N, ES_DT_I32, ES_MEM_INDEX);
-    b.cu_seqlens = be->alloc(be, (size_t)fb->ndocs + 1, ES_DT_I32, ES_MEM_INDEX);
+    es_model_batch b;
+    int ok = t_batch_upload(&b, be, fb->tokens, fb->pos, fb->cu, N, fb->ndocs) == ES_OK;
     void *d_tgt = be->alloc(be, (size_t)N, ES_DT_I32, ES_MEM_INDEX);
     void *d_w = be->alloc(be, (size_t)N, ES_DT_F32, ES_MEM_ACTS);
     void *d_logits = be->alloc(be, (size_t)N * V, ES_DT_COMPUTE, ES_MEM_ACTS);
     void *d_dh = be->alloc(be, (size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
     size_t nbig = (size_t)N * (V > C ? V : C);
     float *host = es_xmalloc(nbig * sizeof *host);
-    int ok = b.tokens && b.pos && b.cu_seqlens && d_tgt && d_w && d_logits && d_dh;
+    ok = ok && d_tgt && d_w && d_logits && d_dh;
     CHECK(ok, "%s: alloc: %s", name, es_last_error());
     if (ok) {
-        be->upload(be, b.tokens, fb->tokens, (size_t)N, ES_DT_I32);
-        be->upload(be, b.pos, fb->pos, (size_t)N, ES_DT_I32);
-        be->upload(be, b.cu_seqlens, fb->cu, (size_t)fb->ndocs + 1, ES_DT_I32);
         be->upload(be, d_tgt, fb->targets, (size_t)N, ES_DT_I32);
         be->upload(be, d_w, fb->weights, (size_t)N, ES_DT_F32);
         // Outputs start as NaN so that anything left unwritten fails.
@@ -246,9 +178,7 @@ static void run_case(es_model *m, const es_st_file *io, const fixture_batch *fb,
     }
     free(host);
     free(logits_ref);
-    be->free(be, b.tokens);
-    be->free(be, b.pos);
-    be->free(be, b.cu_seqlens);
+    t_batch_free(be, &b);
     be->free(be, d_tgt);
     be->free(be, d_w);
     be->free(be, d_logits);
@@ -256,25 +186,21 @@ static void run_case(es_model *m, const es_st_file *io, const fixture_batch *fb,
 }
 
 static void check_case(es_backend *be, const char *name) {
-    char dir[256], path[512];
-    snprintf(dir, sizeof dir, "tests/fixtures/%s", name);
-    snprintf(path, sizeof path, "%s/io.safetensors", dir);
+    char dir[256];
     es_st_file io;
-    if (es_st_open(&io, path)) {
+    t_fixture_batch fb;
+    if (t_fixture_open(&io, &fb, dir, sizeof dir, name)) {
         CHECK(0, "%s", es_last_error());
         return;
     }
-    fixture_batch fb;
-    if (read_batch(&fb, &io) == ES_OK) {
-        es_model m;
-        if (es_model_load_hf(&m, dir, be, fb.N, 1) == ES_OK) {
-            run_case(&m, &io, &fb, name);
-            es_model_free(&m);
-        } else {
-            CHECK(0, "%s: load: %s", name, es_last_error());
-        }
+    es_model m;
+    if (es_model_load_hf(&m, dir, be, fb.N, 1) == ES_OK) {
+        run_case(&m, &io, &fb, name);
+        es_model_free(&m);
+    } else {
+        CHECK(0, "%s: load: %s", name, es_last_error());
     }
-    free_batch(&fb);
+    t_fixture_batch_free(&fb);
     es_st_close(&io);
 }
 

@@ -11,6 +11,7 @@
 #include "op_timer.h"
 #include "peaks.h"
 #include "tests/test.h"
+#include "tests/test_models.h"
 
 static es_rng g_rng;
 
@@ -89,32 +90,6 @@ static void test_packed_is_sum(void) {
     }
 }
 
-static void *dev(es_backend *be, const void *host, size_t n, es_dtype dt) {
-    void *p = be->alloc(be, n, dt, ES_MEM_ACTS);
-    if (!p) {
-        fprintf(stderr, "alloc: %s\n", es_last_error());
-        exit(1);
-    }
-    if (host) be->upload(be, p, host, n, dt);
-    return p;
-}
-
-// Random documents packed into one micro-batch, about half the rows supervised.
-static void make_batch(es_microbatch *mb, int N, int V) {
-    es_microbatch_alloc(mb, N);
-    int cuts[] = {0, N / 4, N / 4 + 7, N};
-    mb->n = N, mb->ndocs = 3, mb->nsup = 0;
-    for (int d = 0; d <= 3; d++) mb->cu_seqlens[d] = cuts[d];
-    for (int d = 0; d < 3; d++)
-        for (int t = cuts[d]; t < cuts[d + 1]; t++) {
-            int last = t + 1 == cuts[d + 1];
-            mb->tokens[t] = (int32_t)(es_rng_u64(&g_rng) % (uint64_t)V);
-            mb->pos[t] = mb->src[t] = t - cuts[d];
-            mb->targets[t] = last ? -1 : (int32_t)(es_rng_u64(&g_rng) % (uint64_t)V);
-            mb->weights[t] = last || es_rng_uniform(&g_rng) < 0.5f ? 0.0f : 1.0f;
-            mb->nsup += mb->weights[t] > 0;
-        }
-}
 
 // The matmul FLOPs a real training micro-batch issues (student forward,
 // backward, teacher forward, LM head on supervised rows in chunks) equal the
@@ -137,11 +112,11 @@ static void test_issued_matmuls(es_backend *be) {
         es_model_init_random(&s, 11 + a);
         es_model_init_random(&t, 23 + a);
         es_microbatch mb;
-        make_batch(&mb, N, sc.vocab);
-        void *tok = dev(be, mb.tokens, (size_t)N, ES_DT_I32), *pos = dev(be, mb.pos, (size_t)N, ES_DT_I32);
-        void *cu = dev(be, mb.cu_seqlens, (size_t)mb.ndocs + 1, ES_DT_I32);
-        void *dh = dev(be, NULL, (size_t)N * sc.hidden, ES_DT_COMPUTE);
-        es_model_batch b = {N, mb.ndocs, tok, pos, cu};
+        t_random_microbatch(&mb, N, sc.vocab, &g_rng);
+        es_model_batch b;
+        CHECK(t_batch_upload(&b, be, mb.tokens, mb.pos, mb.cu_seqlens, N, mb.ndocs) == ES_OK, "%s",
+              es_last_error());
+        void *dh = t_dev_buf(be, NULL, (size_t)N * sc.hidden, ES_DT_COMPUTE);
         es_distill_params dp = {.alpha = 0.5f, .tau = 1.0f, .grad_scale = 1.0f / (float)mb.nsup};
         es_op_timer ot;
         CHECK(es_op_timer_attach(&ot, be) == ES_OK, "attach: %s", es_last_error());
@@ -165,8 +140,8 @@ static void test_issued_matmuls(es_backend *be) {
               "%s: attention calls %lld fwd %lld bwd", sc.model_type, ot.calls[ES_OP_attention_fwd],
               ot.calls[ES_OP_attention_bwd]);
         es_microbatch_free(&mb);
-        void *bufs[] = {tok, pos, cu, dh};
-        for (int i = 0; i < 4; i++) be->free(be, bufs[i]);
+        t_batch_free(be, &b);
+        be->free(be, dh);
         es_distill_free(&d);
         es_model_free(&t);
         es_model_free(&s);
@@ -178,11 +153,11 @@ static void test_timer_transparent(es_backend *be) {
     int N = 37, C = 29, OC = 41;
     float *x = malloc(sizeof(float) * N * C), *w = malloc(sizeof(float) * OC * C), *bias = malloc(sizeof(float) * OC);
     float *ref = malloc(sizeof(float) * N * OC), *got = malloc(sizeof(float) * N * OC);
-    for (int i = 0; i < N * C; i++) x[i] = es_rng_normal(&g_rng);
-    for (int i = 0; i < OC * C; i++) w[i] = es_rng_normal(&g_rng);
-    for (int i = 0; i < OC; i++) bias[i] = es_rng_normal(&g_rng);
-    void *dx = dev(be, x, (size_t)N * C, ES_DT_COMPUTE), *dw = dev(be, w, (size_t)OC * C, ES_DT_COMPUTE);
-    void *db = dev(be, bias, OC, ES_DT_COMPUTE), *dout = dev(be, NULL, (size_t)N * OC, ES_DT_COMPUTE);
+    t_fill_normal(x, (size_t)N * C, 1.0f, &g_rng);
+    t_fill_normal(w, (size_t)OC * C, 1.0f, &g_rng);
+    t_fill_normal(bias, OC, 1.0f, &g_rng);
+    void *dx = t_dev_buf(be, x, (size_t)N * C, ES_DT_COMPUTE), *dw = t_dev_buf(be, w, (size_t)OC * C, ES_DT_COMPUTE);
+    void *db = t_dev_buf(be, bias, OC, ES_DT_COMPUTE), *dout = t_dev_buf(be, NULL, (size_t)N * OC, ES_DT_COMPUTE);
     void (*orig)(es_backend *, void *, const void *, const void *, const void *, int, int, int) = be->matmul_fwd;
     t_poison(ref, (size_t)N * OC);
     be->upload(be, dout, ref, (size_t)N * OC, ES_DT_COMPUTE);

@@ -10,6 +10,7 @@
 #include "common.h"
 #include "model.h"
 #include "test.h"
+#include "test_models.h"
 
 enum { N = 9, MAXT = 12 };
 
@@ -38,24 +39,12 @@ static int layer_of_name(const char *name, int layers) {
     return strstr(name, "embed_tokens") || strstr(name, "wpe") ? -1 : layers;
 }
 
+// llama without biases, or gpt2 (every bias); tied or untied.
 static es_config tiny(es_arch arch, int tied) {
-    es_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = arch;
-    snprintf(c.model_type, sizeof c.model_type, "%s", arch == ES_ARCH_GPT2 ? "gpt2" : "llama");
-    c.vocab = 19;
-    c.hidden = 8;
-    c.layers = 3;
-    c.heads = 2;
-    c.kv_heads = arch == ES_ARCH_GPT2 ? 2 : 1;
-    c.head_dim = 4;
-    c.ffn = arch == ES_ARCH_GPT2 ? 32 : 12;
-    c.max_pos = 32;
-    c.rope_theta = arch == ES_ARCH_GPT2 ? 0.0f : 10000.0f;
-    c.norm_eps = 1e-5f;
+    es_config c = t_config(arch, (t_sizes){.vocab = 19, .hidden = 8, .layers = 3, .heads = 2,
+                                           .kv_heads = 1, .head_dim = 4, .ffn = 12, .max_pos = 32});
+    if (arch == ES_ARCH_LLAMA) c.qkv_bias = c.o_bias = 0;
     c.tied = tied;
-    c.qkv_bias = c.o_bias = c.mlp_bias = arch == ES_ARCH_GPT2;
-    c.bos_id = c.eos_id = -1;
     return c;
 }
 
@@ -94,20 +83,15 @@ static void check_arch(es_backend *be, es_arch arch, int tied, uint64_t seed) {
         tok[i] = (int32_t)(es_rng_u64(&rng) % (uint64_t)cfg.vocab);
         pos[i] = i;
     }
-    es_model_batch b = {.N = N, .ndocs = 1};
-    b.tokens = be->alloc(be, N, ES_DT_I32, ES_MEM_INDEX);
-    b.pos = be->alloc(be, N, ES_DT_I32, ES_MEM_INDEX);
-    b.cu_seqlens = be->alloc(be, 2, ES_DT_I32, ES_MEM_INDEX);
+    es_model_batch b;
+    CHECK(t_batch_upload(&b, be, tok, pos, cu, N, 1) == ES_OK, "%s", es_last_error());
     void *dh = be->alloc(be, NC, ES_DT_COMPUTE, ES_MEM_ACTS);
     float *host = es_xmalloc((total > NC ? total : NC) * sizeof *host);
     float *before = es_xmalloc(total * sizeof *before), *after = es_xmalloc(total * sizeof *after);
     hook_state h = {.m = &m, .snap = es_xmalloc(total * sizeof(float)), .next = cfg.layers, .fail_at = -2};
-    be->upload(be, b.tokens, tok, N, ES_DT_I32);
-    be->upload(be, b.pos, pos, N, ES_DT_I32);
-    be->upload(be, b.cu_seqlens, cu, 2, ES_DT_I32);
-    for (size_t i = 0; i < NC; i++) host[i] = es_rng_normal(&rng);
+    t_fill_normal(host, NC, 1.0f, &rng);
     be->upload(be, dh, host, NC, ES_DT_COMPUTE);
-    for (size_t i = 0; i < total; i++) before[i] = 0.1f * es_rng_normal(&rng);
+    t_fill_normal(before, total, 0.1f, &rng);
     be->upload(be, m.grads, before, total, ES_DT_F32);
     t_poison(h.snap, total);
     t_poison(after, total);
@@ -143,9 +127,7 @@ static void check_arch(es_backend *be, es_arch arch, int tied, uint64_t seed) {
     free(after);
     free(host);
     be->free(be, dh);
-    be->free(be, b.tokens);
-    be->free(be, b.pos);
-    be->free(be, b.cu_seqlens);
+    t_batch_free(be, &b);
     es_model_free(&m);
 }
 

@@ -133,15 +133,6 @@ static inline void t_batch_free(es_backend *be, es_model_batch *b) {
 // The fixture models, each a directory tests/fixtures/<name>.
 #define T_FIXTURE_CASES {"qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2"}
 
-// Writes the model directory of fixture `name` into dir (size bytes) and opens
-// its io.safetensors (the reference batch and outputs) into io.
-static inline int t_fixture_open(es_st_file *io, char *dir, size_t size, const char *name) {
-    char path[512];
-    snprintf(dir, size, "tests/fixtures/%s", name);
-    snprintf(path, sizeof path, "%s/io.safetensors", dir);
-    return es_st_open(io, path);
-}
-
 // Tensor `name` of io as fp32 if it holds n elements: a fresh array, or NULL
 // (es_fail says why).
 static inline float *t_read_tensor(const es_st_file *io, const char *name, size_t n) {
@@ -219,4 +210,18 @@ static inline int t_fixture_batch_read(t_fixture_batch *fb, const es_st_file *io
     free(loss);
     if (!ok) t_fixture_batch_free(fb);
     return ok ? ES_OK : ES_ERR;
+}
+
+// Writes the model directory of fixture `name` into dir (size bytes), opens
+// its io.safetensors (the reference batch and outputs) into io and reads the
+// batch into fb. ES_ERR (es_fail) leaves nothing open.
+static inline int t_fixture_open(es_st_file *io, t_fixture_batch *fb, char *dir, size_t size,
+                                 const char *name) {
+    char path[512];
+    snprintf(dir, size, "tests/fixtures/%s", name);
+    snprintf(path, sizeof path, "%s/io.safetensors", dir);
+    if (es_st_open(io, path)) return ES_ERR;
+    if (t_fixture_batch_read(fb, io) == ES_OK) return ES_OK;
+    es_st_close(io);
+    return ES_ERR;
 }

@@ -138,6 +138,25 @@ static void test_round_trip(es_rng *r) {
     }
 }
 
+typedef struct {
+    int tries, refused, named;
+} damage_tally;
+
+// Writes buf (n bytes) to `bad` and opens it, counting whether it is refused
+// and whether the message names the file.
+static void try_damaged(damage_tally *t, const char *bad, const uint8_t *buf, size_t n) {
+    put_file(bad, buf, n);
+    t->tries++;
+    es_fail("%s", "");
+    es_dataset ds;
+    if (es_dataset_open(&ds, &bad, 1, 0, 0) == ES_OK) {
+        es_dataset_close(&ds);
+        return;
+    }
+    t->refused++;
+    t->named += !strncmp(es_last_error(), bad, strlen(bad));
+}
+
 // Every prefix, one extra byte, and a flip of every byte: refused with a
 // message naming the file, never a crash.
 static void test_damage(es_rng *r) {
@@ -149,37 +168,20 @@ static void test_damage(es_rng *r) {
     size_t n;
     if (es_read_file(&bytes, &n, good) != ES_OK) exit(1);
     uint8_t *buf = es_xmalloc(n + 1);
-    es_dataset ds;
-    int refused = 0, named = 0, tries = 0;
+    damage_tally t = {0, 0, 0};
     for (size_t len = 0; len <= n + 1; len++) {
         if (len == n) continue;
         memcpy(buf, bytes, n);
         buf[n] = 0;
-        put_file(bad, buf, len);
-        tries++;
-        es_fail("%s", "");
-        if (es_dataset_open(&ds, &bad, 1, 0, 0) == ES_OK) {
-            es_dataset_close(&ds);
-            continue;
-        }
-        refused++;
-        named += !strncmp(es_last_error(), bad, strlen(bad));
+        try_damaged(&t, bad, buf, len);
     }
     for (size_t pos = 0; pos < n; pos++) {
         memcpy(buf, bytes, n);
         buf[pos] ^= (uint8_t)(1 + es_rng_u64(r) % 255);
-        put_file(bad, buf, n);
-        tries++;
-        es_fail("%s", "");
-        if (es_dataset_open(&ds, &bad, 1, 0, 0) == ES_OK) {
-            es_dataset_close(&ds);
-            continue;
-        }
-        refused++;
-        named += !strncmp(es_last_error(), bad, strlen(bad));
+        try_damaged(&t, bad, buf, n);
     }
-    CHECK(refused == tries, "%d of %d damaged files accepted", tries - refused, tries);
-    CHECK(named == tries, "%d of %d messages do not name the file", tries - named, tries);
+    CHECK(t.refused == t.tries, "%d of %d damaged files accepted", t.tries - t.refused, t.tries);
+    CHECK(t.named == t.tries, "%d of %d messages do not name the file", t.tries - t.named, t.tries);
     free(buf);
     free(bytes);
     free_content(&c);

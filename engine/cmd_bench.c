@@ -191,7 +191,8 @@ int cmd_bench(int argc, char **argv) {
         double peak = es_device_peak_flops(src, sizeof src, t.be);
         if (dist.rank == 0) (o.json ? print_json : print_text)(&t, &s, &ot, &os, peak, src, rss);
     }
-    if (r != ES_OK) fprintf(stderr, "essence: rank %d: %s\n", dist.rank, es_last_error());
+    if (r != ES_OK && dist.size > 1) fprintf(stderr, "essence: rank %d: %s\n", dist.rank, es_last_error());
+    else if (r != ES_OK) fprintf(stderr, "essence: %s\n", es_last_error());
     es_trainer_free(&t);
     es_dist_finalize(&dist);
     return r == ES_OK ? 0 : 1;

@@ -245,7 +245,10 @@ int cmd_train(int argc, char **argv) {
         r = es_metrics_open(&mx, path);
     }
     if (r == ES_OK) r = train_loop(&t, &mx, stop_at);
-    if (r != ES_OK) fprintf(stderr, "%sessence: rank %d: %s\n", mx.tty ? "\n" : "", dist.rank, es_last_error());
+    if (r != ES_OK && dist.size > 1)
+        fprintf(stderr, "%sessence: rank %d: %s\n", mx.tty ? "\n" : "", dist.rank, es_last_error());
+    else if (r != ES_OK)
+        fprintf(stderr, "%sessence: %s\n", mx.tty ? "\n" : "", es_last_error());
     es_metrics_close(&mx);
     es_trainer_free(&t);
     es_dist_finalize(&dist);

@@ -30,6 +30,7 @@ static const field fields[] = {
     {"student.path", F_STR, OFF(student_path), "", NULL, 0, 0, "Hugging Face directory of the student to start from"},
     {"student.preset", F_STR, OFF(student_preset), "", NULL, 0, 0, "config.json of a student to initialise randomly (when student.path is empty)"},
     {"teacher.path", F_STR, OFF(teacher_path), "", NULL, 0, 0, "Hugging Face directory of the online teacher (empty: no KD term)"},
+    {"teacher.preset", F_STR, OFF(teacher_preset), "", NULL, 0, 0, "or a config.json for a random-weight teacher of that shape (cost measurements only)"},
     {"tokenizer", F_STR, OFF(tokenizer), "", NULL, 0, 0, "directory with tokenizer.json; shards must carry its fingerprint (default: student.path)"},
     {"data.train", F_LIST, LISTOFF(train), "", NULL, 0, 0, "training shards (list of paths)"},
     {"data.val", F_LIST, LISTOFF(val), "", NULL, 0, 0, "validation shards (list of paths)"},
@@ -273,7 +274,9 @@ int es_run_config_validate(const es_run_config *rc) {
         return es_fail("config: 'trunc.label_mask' is a control for truncation: use it with trunc.lsp = 1");
     float w[ES_NSECTIONS];
     if (es_supervision_parse(w, rc->supervise)) return es_fail("config: 'supervise': %s", es_last_error());
-    if (rc->tau != 1.0f && !rc->teacher_path[0])
+    if (rc->teacher_path[0] && rc->teacher_preset[0])
+        return es_fail("config: set only one of 'teacher.path' and 'teacher.preset'");
+    if (rc->tau != 1.0f && !rc->teacher_path[0] && !rc->teacher_preset[0])
         return es_fail("config: 'loss.tau' is set but no 'teacher.path' is given");
     return ES_OK;
 }

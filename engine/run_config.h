@@ -10,6 +10,7 @@ typedef struct {
     char student_path[512];    // Hugging Face directory to start from
     char student_preset[512];  // or a config.json to initialise randomly
     char teacher_path[512];    // optional Hugging Face directory
+    char teacher_preset[512];  // or a config.json: random weights, for cost measurements
     char tokenizer[512];       // directory holding tokenizer.json (checked against shards)
     // data
     char train[ES_MAX_SHARDS][512];

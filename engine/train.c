@@ -170,13 +170,20 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     if (sc->arch == ES_ARCH_GPT2 && max_tokens > sc->max_pos)
         return es_fail("batch.capacity: micro-batches of %d tokens exceed the student's %d learned positions",
                        max_tokens, sc->max_pos);
-    if (rc->teacher_path[0]) {
-        if (es_model_load_hf(&t->teacher, rc->teacher_path, t->be, t->capacity, 0)) return ES_ERR;
+    if (rc->teacher_path[0] || rc->teacher_preset[0]) {
+        if (rc->teacher_path[0]) {
+            if (es_model_load_hf(&t->teacher, rc->teacher_path, t->be, t->capacity, 0)) return ES_ERR;
+        } else {  // random weights of the teacher's shape: for cost measurements only
+            es_config tc;
+            if (es_config_load(&tc, rc->teacher_preset) || es_model_create(&t->teacher, &tc, t->be, t->capacity, 0))
+                return ES_ERR;
+            es_model_init_random(&t->teacher, rc->seed + 1);
+        }
         t->has_teacher = 1;
         if (t->teacher.cfg.vocab != sc->vocab)
-            return es_fail("%s: the teacher's vocabulary (%d) differs from the student's (%d)", rc->teacher_path,
-                           t->teacher.cfg.vocab, sc->vocab);
-        if (check_teacher_tokenizer(t, fp)) return ES_ERR;
+            return es_fail("%s: the teacher's vocabulary (%d) differs from the student's (%d)",
+                           rc->teacher_path[0] ? rc->teacher_path : rc->teacher_preset, t->teacher.cfg.vocab, sc->vocab);
+        if (rc->teacher_path[0] && check_teacher_tokenizer(t, fp)) return ES_ERR;
     }
     int topk = !t->has_teacher && t->train.topk > 0 && rc->alpha < 1 ? t->train.topk : 0;
     if (es_distill_create(&t->loss, t->be, max_tokens, sc->hidden, sc->vocab, rc->chunk_rows,

@@ -1,6 +1,7 @@
 // The CUDA backend's collectives: NCCL on its own stream, so that gradient
 // buckets reduce while backward computes. The communicator's unique id comes
 // from rank 0's comm_id and reaches the other ranks over MPI (the engine).
+#include <sched.h>
 #include <string.h>
 
 #include "cuda_common.cuh"
@@ -61,6 +62,7 @@ static int cuda_comm_init(es_backend *be, const void *id, int rank, int nranks) 
 static cuda_comm *begin(es_backend *be) {
     cuda_comm *k = comm_of(be);
     CUDA_REQUIRE(k, "cuda backend: a collective before comm_init");
+    CUDA_REQUIRE(k->comm, "cuda backend: a collective after the communicator failed");
     CUDA_CHECK(cudaEventRecord(k->ready, cuda_of(be)->stream));
     CUDA_CHECK(cudaStreamWaitEvent(k->stream, k->ready, 0));
     return k;
@@ -103,22 +105,38 @@ static int cuda_param_allgather(es_backend *be, void *x, size_t n, es_dtype dt) 
     return r == ncclSuccess ? ES_OK : nccl_fail(r, "all-gather of the parameters");
 }
 
+// A lost peer leaves NCCL's kernels spinning and shows only as the
+// communicator's asynchronous error, so the collectives are polled to the end
+// (never waited on blindly) and a failed communicator is aborted, which ends
+// its kernels; otherwise the next download or sync would hang for good.
 static int cuda_comm_wait(es_backend *be) {
     cuda_comm *k = comm_of(be);
     if (!k) return ES_OK;
+    if (!k->comm) return es_fail("cuda backend: the communicator failed earlier");
     CUDA_CHECK(cudaEventRecord(k->done, k->stream));
+    for (;;) {
+        cudaError_t e = cudaEventQuery(k->done);
+        if (e == cudaSuccess) break;
+        if (e != cudaErrorNotReady) CUDA_CHECK(e);
+        ncclResult_t async = ncclSuccess;
+        ncclResult_t r = ncclCommGetAsyncError(k->comm, &async);
+        if (r == ncclSuccess) r = async;
+        if (r != ncclSuccess) {
+            (void)ncclCommAbort(k->comm);  // the failure above is the one to report
+            k->comm = NULL;
+            return nccl_fail(r, "collective");
+        }
+        sched_yield();
+    }
     CUDA_CHECK(cudaStreamWaitEvent(cuda_of(be)->stream, k->done, 0));
-    ncclResult_t async = ncclSuccess;
-    ncclResult_t r = ncclCommGetAsyncError(k->comm, &async);
-    if (r == ncclSuccess) r = async;
-    return r == ncclSuccess ? ES_OK : nccl_fail(r, "collective");
+    return ES_OK;
 }
 
 void cuda_comm_destroy(es_backend *be) {
     cuda_comm *k = comm_of(be);
     if (!k) return;
     CUDA_CHECK(cudaStreamSynchronize(k->stream));
-    ncclCommDestroy(k->comm);
+    if (k->comm) ncclCommDestroy(k->comm);  // NULL: already aborted
     CUDA_CHECK(cudaEventDestroy(k->ready));
     CUDA_CHECK(cudaEventDestroy(k->done));
     CUDA_CHECK(cudaStreamDestroy(k->stream));

@@ -69,6 +69,10 @@ typedef struct {
     cuda_alloc_rec *recs;  // live allocations, for free's tally
     size_t nrecs, caprecs;
     void *comm;  // cuda_comm.cu's NCCL communicator; NULL for one rank
+    // Set when ESSENCE_ATTN=tc put cuda_attention_tc.cu's ops in the table:
+    // the default ops, which take the shapes those kernels do not.
+    decltype(es_backend::attention_fwd) attn_fwd_default;
+    decltype(es_backend::attention_bwd) attn_bwd_default;
 } cuda_ctx;
 
 static inline cuda_ctx *cuda_of(es_backend *be) { return (cuda_ctx *)be->ctx; }
@@ -96,6 +100,8 @@ void cuda_fill_matmul(es_backend *be);
 void cuda_fill_norm(es_backend *be);
 void cuda_fill_rope(es_backend *be);
 void cuda_fill_attention(es_backend *be);
+// Reads ESSENCE_ATTN; ES_ERR with the reason for an unknown value.
+int cuda_fill_attention_tc(es_backend *be);
 void cuda_fill_pointwise(es_backend *be);
 void cuda_fill_loss(es_backend *be);
 void cuda_fill_optim(es_backend *be);

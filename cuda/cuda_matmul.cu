@@ -69,11 +69,29 @@ static void lt_matmul(cuda_ctx *c, void *D, cudaDataType_t dtype_d, const void *
     CUBLAS_CHECK(cublasLtMatmulDescDestroy(op));
 }
 
+// out (N, OC) += bias (OC), for a bias the epilogue cannot read.
+__global__ void add_bias_kernel(bf16 *out, const bf16 *bias, int N, int OC) {
+    size_t n = (size_t)N * OC;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = tobf(bf(out[i]) + bf(bias[i % OC]));
+}
+
 static void cuda_matmul_fwd(es_backend *be, void *out, const void *inp, const void *w,
                             const void *bias, int N, int C, int OC) {
+    cuda_ctx *c = cuda_of(be);
     if (N <= 0 || OC <= 0) return;
+    // The alignment preferences do not cover the epilogue's bias, and its
+    // kernels may read it 16 bytes at a time: a bias at an offset into the
+    // parameters that is less aligned is added separately.
+    int fused = bias && align_of(bias) >= 16;
     // out^T (OC, N) = w (C, OC)^T-stored-as-col-major^T . inp^T (C, N)
-    lt_matmul(cuda_of(be), out, CUDA_R_16BF, w, 1, C, inp, 0, C, bias, OC, N, C, 0.0f);
+    lt_matmul(c, out, CUDA_R_16BF, w, 1, C, inp, 0, C, fused ? bias : NULL, OC, N, C, 0.0f);
+    if (bias && !fused) {
+        add_bias_kernel<<<cuda_blocks((size_t)N * OC, 256), 256, 0, c->stream>>>(
+            (bf16 *)out, (const bf16 *)bias, N, OC);
+        LAUNCH_CHECK();
+    }
 }
 
 // dbias (OC) += column sums of dout (N, OC); rows split across grid.y, fp32 atomics.
@@ -95,8 +113,8 @@ static void cuda_matmul_bwd(es_backend *be, void *dinp, void *dw, void *dbias, c
     if (dinp)
         lt_matmul(c, dinp, CUDA_R_16BF, w, 0, C, dout, 0, OC, NULL, C, N, OC,
                   accumulate ? 1.0f : 0.0f);
-    // dw^T (C, OC) += inp^T (C, N) . dout (N, OC)
-    lt_matmul(c, dw, CUDA_R_32F, inp, 0, C, dout, 1, OC, NULL, C, OC, N, 1.0f);
+    // dw^T (C, OC) += inp^T (C, N) . dout (N, OC); NULL as on the CPU backend
+    if (dw) lt_matmul(c, dw, CUDA_R_32F, inp, 0, C, dout, 1, OC, NULL, C, OC, N, 1.0f);
     if (dbias) {
         dim3 grid((OC + 255) / 256, (N + COLSUM_ROWS - 1) / COLSUM_ROWS);
         colsum_kernel<<<grid, 256, 0, c->stream>>>((float *)dbias, (const bf16 *)dout, N, OC);

@@ -87,16 +87,20 @@ __global__ void norm_dweight_kernel(float *dw, float *db, const bf16 *dout, cons
                                     const float *mean, const float *rstd, int N, int C) {
     int col = blockIdx.x * blockDim.x + threadIdx.x;
     if (col >= C) return;
-    int r0 = blockIdx.y * DW_ROWS, r1 = min(N, r0 + DW_ROWS);
-    float sw = 0.0f, sb = 0.0f;
-    for (int r = r0; r < r1; r++) {
-        float g = bf(dout[(size_t)r * C + col]);
-        float xh = (bf(inp[(size_t)r * C + col]) - (mean ? mean[r] : 0.0f)) * rstd[r];
-        sw += g * xh;
-        sb += g;
+    // Row blocks stride by the grid: N * heads rows (q/k norm) can need more
+    // than gridDim.y's 65535.
+    for (int r0 = blockIdx.y * DW_ROWS; r0 < N; r0 += gridDim.y * DW_ROWS) {
+        int r1 = min(N, r0 + DW_ROWS);
+        float sw = 0.0f, sb = 0.0f;
+        for (int r = r0; r < r1; r++) {
+            float g = bf(dout[(size_t)r * C + col]);
+            float xh = (bf(inp[(size_t)r * C + col]) - (mean ? mean[r] : 0.0f)) * rstd[r];
+            sw += g * xh;
+            sb += g;
+        }
+        if (dw) atomicAdd(dw + col, sw);
+        if (db) atomicAdd(db + col, sb);
     }
-    if (dw) atomicAdd(dw + col, sw);
-    if (db) atomicAdd(db + col, sb);
 }
 
 static dim3 row_grid(int N) { return dim3((N + NORM_WARPS - 1) / NORM_WARPS); }
@@ -104,7 +108,7 @@ static dim3 row_grid(int N) { return dim3((N + NORM_WARPS - 1) / NORM_WARPS); }
 static void dweight(cuda_ctx *c, void *dw, void *db, const void *dout, const void *inp,
                     const float *mean, const float *rstd, int N, int C) {
     if (!dw && !db) return;
-    dim3 grid((C + 127) / 128, (N + DW_ROWS - 1) / DW_ROWS);
+    dim3 grid((C + 127) / 128, cuda_blocks(N, DW_ROWS));
     norm_dweight_kernel<<<grid, 128, 0, c->stream>>>((float *)dw, (float *)db,
                                                      (const bf16 *)dout, (const bf16 *)inp,
                                                      mean, rstd, N, C);

@@ -222,5 +222,10 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     cuda_fill_optim(be);
     cuda_fill_decode(be);
     cuda_fill_comm(be);
+    // ESSENCE_ATTN=tc swaps in the tensor-core attention (cuda_attention_tc.cu).
+    if (cuda_fill_attention_tc(be) != ES_OK) {
+        cuda_destroy(be);
+        return NULL;
+    }
     return be;
 }

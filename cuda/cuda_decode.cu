@@ -82,6 +82,9 @@ static void cuda_attention_decode(es_backend *be, void *out, const void *q, cons
                                   const void *vcache, const void *start, const void *len, int B,
                                   int H, int KVH, int D, int max_len) {
     if (B < 1) return;
+    // A bad grouping would divide by zero on the device and read another head silently.
+    CUDA_REQUIRE(KVH > 0 && H % KVH == 0 && max_len > 0,
+                 "cuda attention_decode: %d heads over %d kv heads, max_len %d", H, KVH, max_len);
     float *scores = (float *)cuda_scratch(be, (size_t)B * H * max_len * sizeof(float));
     attention_decode_kernel<<<B * H, DECODE_THREADS, 0, cuda_of(be)->stream>>>(
         (bf16 *)out, (const bf16 *)q, (const bf16 *)kcache, (const bf16 *)vcache,

@@ -2,7 +2,9 @@
 # One-shot check of the CUDA backend on a machine with an NVIDIA H100/H200, in
 # under about 8 minutes, downloading nothing (tests/gpu/README.md):
 #   build    gpu-bundle/ (when present) on the paths, meson -Dcuda=enabled
-#   ops      every CUDA op against the CPU backend (test_cuda_ops)
+#   ops      every CUDA op against the CPU backend (test_cuda_ops), attention
+#            with the default and the ESSENCE_ATTN=tc kernels
+#   attn_tc  both attention kernels timed and compared (bench_attention_cuda)
 #   model    qwen3 + gpt2 forward, loss and every gradient, CUDA vs CPU
 #   curve    20 training steps on CUDA and on the CPU, loss curves compared
 #   memcheck compute-sanitizer on the op test (skipped when absent)
@@ -124,6 +126,9 @@ note_build() {
 ops() { "$BUILD/tests/test_cuda_ops"; }
 note_ops() { ok_of ops; }
 
+attn_tc() { "$BUILD/perf/bench_attention_cuda"; }
+note_attn_tc() { awk '($1 == "default" || $1 == "tc") && NF == 5 {printf "%s%s fwd %s bwd %s TF/s", s, $1, $3, $5; s = "; "}' "$WORK/attn_tc.out"; }
+
 model() {
     local dev=cuda
     [ "$CPU_ONLY" = 1 ] && dev=cpu
@@ -206,7 +211,7 @@ bench() {
 }
 note_bench() { grep -E '^ratio' "$WORK/bench.out" | sed 's/^ratio //' | paste -sd';' -; }
 
-export -f build ops model corpus curve memcheck fixtures torch bench_one bench
+export -f build ops attn_tc model corpus curve memcheck fixtures torch bench_one bench
 
 # ---- run ---------------------------------------------------------------------
 if [ $CPU_ONLY = 1 ]; then
@@ -223,6 +228,13 @@ elif have test_cuda_ops; then
     run_step ops 90 ops
 else
     NAMES+=(ops) STATUS+=(FAIL) NOTES+=("not built (no CUDA build)") SECS+=(0)
+fi
+if [ $CPU_ONLY = 1 ]; then
+    NAMES+=(attn_tc) STATUS+=(skip) NOTES+=("needs a GPU") SECS+=(0)
+elif [ $BUILT = 1 ] && [ -x "$BUILD/perf/bench_attention_cuda" ]; then
+    run_step attn_tc 60 attn_tc
+else
+    NAMES+=(attn_tc) STATUS+=(FAIL) NOTES+=("not built (no CUDA build)") SECS+=(0)
 fi
 if have test_cuda_model; then run_step model 90 model
 else NAMES+=(model) STATUS+=(FAIL) NOTES+=("not built (no CUDA build)") SECS+=(0); fi

@@ -86,7 +86,7 @@ static float *host_of(es_backend *be, const void *p, size_t n, es_dtype dt) {
 }
 
 // Table rows, printed at the end.
-#define MAX_ROWS 64
+#define MAX_ROWS 128
 static struct {
     char name[48];
     double err;
@@ -232,12 +232,12 @@ static void test_rope(void) {
     for (size_t i = 0; i < 3; i++) drop(b[i]);
 }
 
-// Three documents and 10 trailing rows outside every document.
-static void test_attention(int H, int KVH, int D, const char *tag) {
-    const int32_t cu[] = {0, 97, 130, 300};
-    int ndocs = 3, N = 310;
+// Documents cu (ndocs + 1) packed into N rows; rows past the last document
+// belong to none.
+static void test_attention(const int32_t *cu, int ndocs, int N, int H, int KVH, int D,
+                           const char *tag) {
     char name[48];
-    buf cus = ints(cu, 4);
+    buf cus = ints(cu, (size_t)ndocs + 1);
     buf q = rnd((size_t)N * H * D, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf k = rnd((size_t)N * KVH * D, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf v = rnd((size_t)N * KVH * D, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
@@ -423,8 +423,62 @@ static void test_optim(void) {
     for (size_t i = 0; i < 5; i++) drop(b[i]);
 }
 
+// Attention on the backend in `gpu`, `kernel` naming it in the table: three
+// documents with 10 trailing rows, and documents of 1, 63, 64, 65 and 300
+// tokens (one row, and either side of the tensor-core kernels' 64-row tiles)
+// with 7 trailing rows.
+static void test_attention_kernel(const char *kernel) {
+    static const int32_t three[] = {0, 97, 130, 300}, five[] = {0, 1, 64, 128, 193, 493};
+    static const struct {
+        const int32_t *cu;
+        int ndocs, N, H, KVH, D;
+        const char *shape;
+    } cases[] = {
+        {three, 3, 310, 8, 2, 128, "GQA D=128"},
+        {three, 3, 310, 4, 4, 64, "MHA D=64"},
+        {five, 5, 500, 8, 2, 128, "docs GQA D=128"},
+        {five, 5, 500, 6, 3, 64, "docs GQA D=64"},
+        {five, 5, 500, 4, 2, 32, "docs D=32"},
+    };
+    char tag[32];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(tag, sizeof tag, "%s %s", cases[i].shape, kernel);
+        test_attention(cases[i].cu, cases[i].ndocs, cases[i].N, cases[i].H, cases[i].KVH,
+                       cases[i].D, tag);
+    }
+}
+
+// A second CUDA backend made with ESSENCE_ATTN=tc runs the attention cases
+// with the tensor-core kernels (D=32 falls back to the default ones); an
+// unknown ESSENCE_ATTN is refused at creation.
+static void test_attention_tc(void) {
+    setenv("ESSENCE_ATTN", "bogus", 1);
+    es_backend *bad = es_backend_cuda_create(0);
+    CHECK(!bad && strstr(es_last_error(), "ESSENCE_ATTN"), "ESSENCE_ATTN=bogus accepted: %s",
+          bad ? "backend made" : es_last_error());
+    if (bad) bad->destroy(bad);
+    setenv("ESSENCE_ATTN", "tc", 1);
+    es_backend *tc = es_backend_cuda_create(0), *def = gpu;
+    unsetenv("ESSENCE_ATTN");
+    if (!tc) {
+        CHECK(0, "cuda backend with ESSENCE_ATTN=tc: %s", es_last_error());
+        return;
+    }
+    CHECK(tc->attention_fwd != def->attention_fwd && tc->attention_bwd != def->attention_bwd,
+          "ESSENCE_ATTN=tc left the default attention in the table");
+    gpu = tc;
+    test_attention_kernel("tc");
+    gpu = def;
+    for (int k = 0; k < ES_MEM_KINDS; k++)
+        if (k != ES_MEM_WORKSPACE)
+            CHECK(tc->mem_now[k] == 0, "cuda tc tally: %zu bytes of %s still counted", tc->mem_now[k],
+                  es_mem_kind_names[k]);
+    tc->destroy(tc);
+}
+
 int main(void) {
     cpu = es_backend_cpu_create();
+    unsetenv("ESSENCE_ATTN");  // the first CUDA backend has the default attention
     gpu = es_backend_cuda_create(0);
     if (!cpu || !gpu) {
         fprintf(stderr, "test_cuda_ops: %s\n", es_last_error());
@@ -439,8 +493,8 @@ int main(void) {
     test_rmsnorm(301 * 16, 128, "rmsnorm qk C=128");
     test_layernorm();
     test_rope();
-    test_attention(8, 2, 128, "GQA D=128");
-    test_attention(4, 4, 64, "MHA D=64");
+    test_attention_kernel("default");
+    test_attention_tc();
     test_pointwise();
     test_rows();
     test_loss(12, 5003, 1, "KD V=5003");

@@ -15,7 +15,8 @@
 // rows of one kv head and walks every query block at or after them for every
 // query head of the group, so dK and dV have one writer and sum in registers.
 // dQ sums over key blocks of different CTAs: fp32 atomics into a zeroed
-// scratch (N, H, D), then one pass scales it and rounds to bf16.
+// scratch (N, H, D), then one pass scales it and rounds to bf16 (so dQ's last
+// bits may differ run to run; dK, dV and the forward are deterministic).
 //
 // Rows outside every document get zero output, lse 0 and zero gradients.
 #include <stdint.h>
@@ -101,7 +102,9 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src)
                  : "memory");
 }
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 // Waits until at most N of the most recently committed groups are pending.
 template <int N> __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
@@ -158,6 +161,12 @@ __global__ void tc_zero_outside(T *x, const int32_t *cu, int ndocs, int N, int W
         int r = (int)(e / W);
         if (r < lo || r >= hi) x[e] = (T)0.0f;
     }
+}
+
+template <typename T>
+static void tc_zero_rows(cudaStream_t st, T *x, const int32_t *cu, int ndocs, int N, int W) {
+    tc_zero_outside<T><<<cuda_blocks((size_t)N * W, 256), 256, 0, st>>>(x, cu, ndocs, N, W);
+    LAUNCH_CHECK();
 }
 
 // ---- forward ----------------------------------------------------------------
@@ -217,7 +226,8 @@ __global__ void __launch_bounds__(TC_THREADS)
                 mma(s[2 * np + 1], qf[kk], b[2], b[3]);
             }
         __syncthreads();  // every warp is done with K
-        if (kb + 1 < nkb) load_rows<D, S>(sk, kg + (size_t)next * ks, ks, TC_TILE, min(TC_TILE, end - next));
+        if (kb + 1 < nkb)
+            load_rows<D, S>(sk, kg + (size_t)next * ks, ks, TC_TILE, min(TC_TILE, end - next));
         cp_commit();
 
         // Scores in log2 units; only the diagonal block needs the causal mask
@@ -264,7 +274,8 @@ __global__ void __launch_bounds__(TC_THREADS)
         // O += P V: the score accumulators are already laid out as A operands.
 #pragma unroll
         for (int kk = 0; kk < NT / 2; kk++) {
-            const uint32_t a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
+            const uint32_t a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]),
+                                   pack2(s[2 * kk][2], s[2 * kk][3]),
                                    pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                    pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
@@ -276,7 +287,8 @@ __global__ void __launch_bounds__(TC_THREADS)
             }
         }
         __syncthreads();  // every warp is done with V
-        if (kb + 1 < nkb) load_rows<D, S>(sv, vg + (size_t)next * ks, ks, TC_TILE, min(TC_TILE, end - next));
+        if (kb + 1 < nkb)
+            load_rows<D, S>(sv, vg + (size_t)next * ks, ks, TC_TILE, min(TC_TILE, end - next));
         cp_commit();
     }
 
@@ -430,7 +442,9 @@ __global__ void __launch_bounds__(TC_THREADS)
             __syncthreads();
             float dq[DC / 8][4];
 #pragma unroll
-            for (int dt = 0; dt < DC / 8; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.0f;
+            for (int dt = 0; dt < DC / 8; dt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) dq[dt][e] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < TC_TILE / 16; kk++) {
                 uint32_t a[4];  // dS (queries wr*16.., keys kk*16..) from the stored transpose
@@ -513,10 +527,8 @@ static void tc_attention_fwd(es_backend *be, void *out, float *lse, const void *
     int32_t *tiles = (int32_t *)cuda_scratch(be, (size_t)(ndocs + 1) * sizeof(int32_t));
     tc_tiles_kernel<<<1, 1, 0, st>>>(tiles, cu, ndocs);
     LAUNCH_CHECK();
-    tc_zero_outside<bf16><<<cuda_blocks((size_t)N * H * D, 256), 256, 0, st>>>((bf16 *)out, cu, ndocs, N, H * D);
-    LAUNCH_CHECK();
-    tc_zero_outside<float><<<cuda_blocks((size_t)N * H, 256), 256, 0, st>>>(lse, cu, ndocs, N, H);
-    LAUNCH_CHECK();
+    tc_zero_rows(st, (bf16 *)out, cu, ndocs, N, H * D);
+    tc_zero_rows(st, lse, cu, ndocs, N, H);
     const dim3 grid((unsigned)((N + TC_TILE - 1) / TC_TILE + ndocs), (unsigned)H);
     const float sl2 = TC_LOG2E / sqrtf((float)D);
 #define ARGS                                                                                      \
@@ -555,10 +567,8 @@ static void tc_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, const
     tc_rowdot_kernel<<<(unsigned)(((long)N * H + TC_WARPS - 1) / TC_WARPS), TC_THREADS, 0, st>>>(
         rowdot, (const bf16 *)dout, (const bf16 *)out, (long)N * H, D);
     LAUNCH_CHECK();
-    tc_zero_outside<bf16><<<cuda_blocks((size_t)N * KVH * D, 256), 256, 0, st>>>((bf16 *)dk, cu, ndocs, N, KVH * D);
-    LAUNCH_CHECK();
-    tc_zero_outside<bf16><<<cuda_blocks((size_t)N * KVH * D, 256), 256, 0, st>>>((bf16 *)dv, cu, ndocs, N, KVH * D);
-    LAUNCH_CHECK();
+    tc_zero_rows(st, (bf16 *)dk, cu, ndocs, N, KVH * D);
+    tc_zero_rows(st, (bf16 *)dv, cu, ndocs, N, KVH * D);
     const dim3 grid((unsigned)((N + TC_TILE - 1) / TC_TILE + ndocs), (unsigned)KVH);
     const float scale = 1.0f / sqrtf((float)D), sl2 = TC_LOG2E * scale;
 #define ARGS                                                                                       \
@@ -578,8 +588,8 @@ static int tc_smem_attr(const void *kernel, size_t bytes, const char *name) {
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return es_fail("cuda attention (ESSENCE_ATTN=tc): %s cannot have %zu bytes of shared memory: %s",
-                       name, bytes, cudaGetErrorString(e));
+        return es_fail("cuda attention (ESSENCE_ATTN=tc): %s cannot have %zu bytes of shared "
+                       "memory: %s", name, bytes, cudaGetErrorString(e));
     }
     return ES_OK;
 }

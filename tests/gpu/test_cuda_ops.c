@@ -471,8 +471,8 @@ static void test_attention_tc(void) {
     gpu = def;
     for (int k = 0; k < ES_MEM_KINDS; k++)
         if (k != ES_MEM_WORKSPACE)
-            CHECK(tc->mem_now[k] == 0, "cuda tc tally: %zu bytes of %s still counted", tc->mem_now[k],
-                  es_mem_kind_names[k]);
+            CHECK(tc->mem_now[k] == 0, "cuda tc tally: %zu bytes of %s still counted",
+                  tc->mem_now[k], es_mem_kind_names[k]);
     tc->destroy(tc);
 }
 

@@ -93,7 +93,7 @@ static int data_check(int argc, char **argv) {
         }
     }
     if (first >= argc) {
-        fprintf(stderr, "usage: essence data check [--model DIR] SHARD...\n");
+        fprintf(stderr, "essence: data check: no SHARD given (see essence data check --help)\n");
         return 2;
     }
     uint64_t fp = 0;
@@ -115,10 +115,8 @@ static int data_check(int argc, char **argv) {
         printf("%s: ok, %zu examples, %zu tokens\n", p, one.ndocs, one.ntokens);
         es_dataset_close(&one);
     }
-    if (bad) {
-        fprintf(stderr, "essence: %d of %d shard(s) failed validation\n", bad, argc - first);
-        return 1;
-    }
+    if (bad > 1) fprintf(stderr, "essence: %d of %d shard(s) failed validation\n", bad, argc - first);
+    if (bad) return 1;
     es_dataset ds;
     if (es_dataset_open(&ds, (const char *const *)argv + first, argc - first, vocab, fp) != ES_OK) {
         fprintf(stderr, "essence: %s\n", es_last_error());

@@ -120,7 +120,7 @@ int data_stats(int argc, char **argv) {
         first++;
     }
     if (first >= argc) {
-        fputs(usage_text, stderr);
+        fprintf(stderr, "essence: data stats: no SHARD given (see essence data stats --help)\n");
         return 2;
     }
     return print_stats(&pc, (const char *const *)argv + first, argc - first);

@@ -35,6 +35,7 @@ int cmd_eval(int argc, char **argv) {
     args[k++] = "--essence";
     args[k++] = self;
     for (int i = 1; i < argc; i++) args[k++] = argv[i];
+    setenv("ESSENCE_PROG", "essence eval", 1);  // the name eval_math.py gives in its messages
     execvp("python3", args);
     fprintf(stderr, "essence eval: cannot run python3: %s\n", strerror(errno));
     free(args);

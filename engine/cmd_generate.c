@@ -4,8 +4,11 @@
 // in the order samples finish. Text (chat template, tokenizer) stays in
 // tools/eval_math.py.
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "common.h"
@@ -157,8 +160,7 @@ static int parse_args(gen_args *a, int argc, char **argv) {
             return 1;
         }
         if (!v) {
-            fprintf(stderr, "essence generate: unknown or incomplete option '%s'\n", o);
-            usage(stderr);
+            fprintf(stderr, "essence generate: unknown or incomplete option '%s' (see --help)\n", o);
             return 3;
         }
         i++;
@@ -181,8 +183,7 @@ static int parse_args(gen_args *a, int argc, char **argv) {
                 rc = es_fail("generate: at most %d --stop ids", MAX_STOP - 1);
             if (!rc) a->stop[a->p.nstop++] = stop_id;
         } else {
-            fprintf(stderr, "essence generate: unknown option '%s'\n", o);
-            usage(stderr);
+            fprintf(stderr, "essence generate: unknown option '%s' (see --help)\n", o);
             return 3;
         }
         if (rc) {
@@ -191,8 +192,7 @@ static int parse_args(gen_args *a, int argc, char **argv) {
         }
     }
     if (!a->model || !a->in || !a->out) {
-        fprintf(stderr, "essence generate: --model, --in and --out are required\n");
-        usage(stderr);
+        fprintf(stderr, "essence generate: --model, --in and --out are required (see --help)\n");
         return 3;
     }
     return 0;
@@ -201,6 +201,8 @@ static int parse_args(gen_args *a, int argc, char **argv) {
 static int run(const gen_args *a0) {
     gen_args a = *a0;
     a.p.stop = a.stop;
+    struct stat st;
+    if (stat(a.out, &st) == 0 && S_ISDIR(st.st_mode)) return es_fail("%s: is a directory", a.out);
     es_config cfg;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", a.model);
@@ -220,15 +222,18 @@ static int run(const gen_args *a0) {
     es_backend *be = es_backend_create(a.device);
     es_model m = {0};
     es_gen g = {0};
+    // Samples go to OUT.tmp, renamed to OUT once all are written: a failed run leaves no partial OUT.
+    char tmp[4096 + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", a.out);
     FILE *f = NULL;
     if (!be) goto done;
-    if (es_model_load_hf(&m, a.model, be, cap, 0) || es_gen_create(&g, &m, a.batch, (int)max_len))
-        goto done;
-    f = fopen(a.out, "w");
+    f = fopen(tmp, "w");
     if (!f) {
-        es_fail("%s: cannot open for writing", a.out);
+        es_fail("%s: cannot open for writing: %s", a.out, strerror(errno));
         goto done;
     }
+    if (es_model_load_hf(&m, a.model, be, cap, 0) || es_gen_create(&g, &m, a.batch, (int)max_len))
+        goto done;
     emitter e = {f, &ps, 0};
     double t0 = es_now();
     rc = es_generate(&g, ps.reqs, ps.n, &a.p, emit_line, &e);
@@ -238,6 +243,8 @@ static int run(const gen_args *a0) {
                 ps.n * a.p.n, e.tokens, dt, e.tokens / (dt > 0 ? dt : 1), be->name);
 done:
     if (f && fclose(f) && !rc) rc = es_fail("%s: write failed", a.out);
+    if (f && !rc && rename(tmp, a.out) != 0) rc = es_fail("%s: cannot rename into place: %s", a.out, strerror(errno));
+    if (f && rc) unlink(tmp);
     es_gen_free(&g);
     if (m.params) es_model_free(&m);
     if (be) be->destroy(be);

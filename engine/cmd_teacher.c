@@ -70,8 +70,7 @@ int cmd_teacher(int argc, char **argv) {
         }
     }
     if (!o.model_dir || !o.out || !o.k || !o.nshards) {
-        fprintf(stderr, "essence teacher: --model, --k, --out and at least one shard are required\n");
-        usage(stderr);
+        fprintf(stderr, "essence teacher: --model, --k, --out and at least one shard are required (see --help)\n");
         goto done;
     }
     o.shards = shards;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -44,8 +45,7 @@ int es_parse_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void
         } else if (!strcmp(argv[i], "--fresh")) {
             *fresh = 1;
         } else {
-            fprintf(stderr, "essence %s: unknown or incomplete option '%s'\n", argv[0], argv[i]);
-            help(stderr);
+            fprintf(stderr, "essence %s: unknown or incomplete option '%s' (see --help)\n", argv[0], argv[i]);
             return 3;
         }
     }
@@ -226,6 +226,8 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "essence: %s\n", es_last_error());
         return 1;
     }
+    struct stat st;
+    int made_out = stat(rc.out, &st) != 0;  // a run that fails before writing anything leaves no run.out
     if (es_mkdir_p(rc.out)) {
         fprintf(stderr, "essence: run.out: %s\n", es_last_error());
         return 1;
@@ -252,5 +254,6 @@ int cmd_train(int argc, char **argv) {
     es_metrics_close(&mx);
     es_trainer_free(&t);
     es_dist_finalize(&dist);
+    if (r != ES_OK && made_out) rmdir(rc.out);  // only when still empty
     return r == ES_OK ? 0 : 1;
 }

@@ -45,6 +45,11 @@ void *es_xcalloc(size_t n, size_t size) {
 int es_read_file(char **out, size_t *out_len, const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return es_fail("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return es_fail("%s: not a regular file", path);
+    }
     if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return es_fail("%s: cannot seek", path); }
     long n = ftell(f);
     if (n < 0) { fclose(f); return es_fail("%s: cannot tell size", path); }

@@ -25,8 +25,10 @@ static void usage(FILE *f) {
 }
 
 static int cmd_version(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
+    if (argc > 1) {
+        fprintf(stderr, "essence version: unexpected argument '%s'\n", argv[1]);
+        return 2;
+    }
     printf("essence 0.1.0 (blas %s, mpi %s, cuda %s, nccl %s)\n", ES_HAVE_BLAS ? "yes" : "no",
            ES_HAVE_MPI ? "yes" : "no", ES_HAVE_CUDA ? "yes" : "no", ES_HAVE_NCCL ? "yes" : "no");
     return 0;

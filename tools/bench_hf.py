@@ -4,23 +4,28 @@
 
 A randomly initialised model of the given config.json (e.g.
 configs/models/qwen3-1.7b.json) trains on one packed batch of about --tokens
-tokens: fp32 master weights, bf16 autocast, SDPA attention, fused AdamW.
-Documents are packed without padding: with flash-attn installed, as one
-sequence whose position_ids restart per document (transformers' varlen path);
-otherwise each document runs as its own sequence and gradients accumulate.
-Document lengths come from an essence shard (--shard) so that both engines
-see the same kind of batch, or are drawn at random.
+tokens: fp32 master weights, bf16 autocast, SDPA attention, fused AdamW
+(foreach where this torch lacks it). Documents are packed without padding:
+with a working flash-attn, as one sequence whose position_ids restart per
+document (transformers' varlen path); otherwise each document runs as its own
+sequence and gradients accumulate. Document lengths come from an essence shard
+(--shard) so that both engines see the same kind of batch, or are drawn at
+random. The model is built from the config alone: nothing is downloaded.
 
-Prints one JSON line: tokens/s, ms/step, peak memory
-(torch.cuda.max_memory_allocated), FLOPs per step and MFU against the card's
-dense bf16 peak. Needs torch and transformers (not in tools/requirements.txt:
-only a GPU machine runs this for real).
+Prints one JSON line: tokens/s and ms/step over the timed steps (after the
+warm-up, between device synchronisations), peak memory of the timed steps
+(torch.cuda.max_memory_allocated), FLOPs per step counted as essence counts
+them (engine/flops.c) and MFU against the card's dense bf16 peak. Exit status
+77 when torch, transformers or the GPU is missing. Needs torch and
+transformers (not in tools/requirements.txt: only a GPU machine runs this for
+real).
 
     python3 tools/bench_hf.py --config configs/models/qwen3-0.6b.json --tokens 8192
     python3 tools/bench_hf.py --config configs/models/qwen3-0.6b.json --tiny --device cpu
 """
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -28,7 +33,8 @@ from pathlib import Path
 
 # Dense bf16 peaks (TFLOP/s) by card name, most specific first, as engine/peaks.c.
 PEAKS = [("GH200", 989), ("H200", 989), ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989),
-         ("A100", 312), ("L40S", 362), ("L4", 121)]
+         ("H800", 989), ("B200", 2250), ("A100", 312), ("A800", 312), ("L40S", 362), ("L40", 181),
+         ("RTX 4090", 165), ("L4", 121), ("A10G", 70), ("A10", 125)]
 
 
 def parse_args(argv):
@@ -41,7 +47,10 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--tiny", action="store_true", help="shrink the model to a few layers (a CPU smoke run)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.tokens < 2:
+        p.error("--steps must be >= 1, --warmup >= 0 and --tokens >= 2")
+    return args
 
 
 def doc_lengths(args, vocab):
@@ -66,17 +75,39 @@ def doc_lengths(args, vocab):
     return out
 
 
-def step_flops(cfg, params_matmul, lens):
-    """Training FLOPs of one step: 6 per weight per token for the matmuls, and
+def step_flops(cfg, params_body, params_head, lens, ntargets):
+    """Training FLOPs of one step as essence counts them: 3x the forward's, which
+    is 2 per weight per token for the matmuls of the layers, 2 per LM-head
+    weight per supervised row (essence's head runs on those rows alone), and
     causal attention (QK^T and PV over l(l+1)/2 pairs per document and head)."""
     heads, hd, layers = cfg.num_attention_heads, getattr(cfg, "head_dim", None), cfg.num_hidden_layers
     hd = hd or cfg.hidden_size // heads
     attn = sum(n * (n + 1) // 2 for n in lens) * 2 * 2 * heads * hd * layers
-    return 6 * params_matmul * sum(lens) + 3 * attn
+    return 6 * params_body * sum(lens) + 6 * params_head * ntargets + 3 * attn
+
+
+def flash_attn_works():
+    """transformers' own check: flash-attn importable, recent enough, on a GPU."""
+    try:
+        from transformers.utils import is_flash_attn_2_available
+        return bool(is_flash_attn_2_available())
+    except Exception:  # a flash-attn built for another torch fails in odd ways
+        return False
+
+
+def make_optimizer(torch, params):
+    """Fused AdamW where this torch and device have it, else the foreach one."""
+    try:
+        return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, fused=True), "adamw fused"
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, foreach=True), "adamw foreach"
 
 
 def main(argv=None):
     args = parse_args(argv)
+    # Never reach the network, even when run outside tests/gpu/run.sh.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -95,11 +126,7 @@ def main(argv=None):
         cfg_dict.pop(k, None)
     model_type = cfg_dict.pop("model_type")
     cfg = AutoConfig.for_model(model_type, **cfg_dict)
-    try:
-        import flash_attn  # noqa: F401
-        attn = "flash_attention_2" if args.device == "cuda" else "sdpa"
-    except ImportError:
-        attn = "sdpa"
+    attn = "flash_attention_2" if args.device == "cuda" and flash_attn_works() else "sdpa"
     cfg._attn_implementation = attn
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
@@ -107,7 +134,10 @@ def main(argv=None):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).float()
     model.train()
     bf16 = args.device == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.05, fused=args.device == "cuda")
+    if args.device == "cuda":
+        opt, opt_name = make_optimizer(torch, list(model.parameters()))
+    else:
+        opt, opt_name = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.05), "adamw"
 
     lens = doc_lengths(args, cfg.vocab_size)
     ntok = sum(lens)
@@ -155,11 +185,13 @@ def main(argv=None):
         return 1
 
     embed = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight.numel()
     nparams = sum(p.numel() for p in model.parameters())
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
-    # Matmul weights: everything but the embedding lookup; a tied LM head still multiplies.
-    matmul = nparams - embed + (embed if tied else 0)
-    flops = step_flops(cfg, matmul, lens)
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    # Layer weights: everything but the embedding lookup and the LM head (norm
+    # weights included, a rounding error); a tied head is counted once in nparams.
+    body = nparams - embed - (0 if tied else head)
+    flops = step_flops(cfg, body, head, lens, ntargets)
     name, peak = "cpu", None
     if args.device == "cuda":
         name = torch.cuda.get_device_name()
@@ -167,6 +199,7 @@ def main(argv=None):
     res = {
         "engine": "transformers", "device": name, "model": Path(args.config).stem + (" (tiny)" if args.tiny else ""),
         "params": nparams, "attn": attn + (" varlen" if varlen else " per document"), "docs": len(lens),
+        "optimizer": opt_name, "autocast": "bf16" if bf16 else None,
         "tokens_per_step": ntok, "ms_per_step": 1e3 * seconds, "tokens_per_s": ntok / seconds,
         "flops_per_step": flops, "mfu": flops / seconds / peak if peak else None,
         "mem_peak": torch.cuda.max_memory_allocated() if args.device == "cuda" else None,

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import cli_args
+
 COLUMNS = [("tokens", "tokens", "{:.3g}"), ("flops", "FLOPs", "{:.3g}"), ("seconds", "time (s)", "{:.1f}"),
            ("peak_device_bytes", "peak engine MiB", "{:.1f}"), ("peak_rss_bytes", "peak process MiB", "{:.1f}")]
 
@@ -17,7 +19,13 @@ def load(run):
     path = Path(run) / "summary.json"
     if not path.exists():
         sys.exit(f"compare_runs: {path}: missing (did the run finish?)")
-    s = json.loads(path.read_text())
+    try:
+        s = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        sys.exit(f"compare_runs: {path}: not JSON ({e.msg})")
+    missing = [k for k in ("lsp", "val_loss", *(c[0] for c in COLUMNS)) if not isinstance(s, dict) or k not in s]
+    if missing:
+        sys.exit(f"compare_runs: {path}: missing {', '.join(missing)}")
     for k in ("peak_device_bytes", "peak_rss_bytes"):
         s[k] = s[k] / 2**20
     return s
@@ -41,10 +49,10 @@ def table(runs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli_args.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories (run.out); the first is the baseline")
     print(table(ap.parse_args().runs))
 
 
 if __name__ == "__main__":
-    main()
+    cli_args.run(main, "compare_runs")

@@ -12,8 +12,8 @@ majority vote).
     python3 tools/eval_math.py --model runs/x/step-100 --tokenizer data/synth/model \\
         --data data/synth/test.jsonl --out eval/samples.jsonl [--n 4 --temperature 0.6]
 """
-import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -22,8 +22,12 @@ import types
 
 from tokenizers import Tokenizer
 
+import cli_args
 from chat_template import render
 from score_math import extract_answer, is_correct, summarize
+from tokenizer_fingerprint import fingerprint
+
+PROG = os.environ.get("ESSENCE_PROG", "eval_math")  # "essence eval" when run by essence
 
 
 def prompt_text(problem):
@@ -49,50 +53,83 @@ def read_problems(path, limit):
             try:
                 p = json.loads(line)
             except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{k}: not JSON ({e.msg})")
+                sys.exit(f"{PROG}: {path}:{k}: not JSON ({e.msg})")
             if not isinstance(p, dict) or not isinstance(p.get("prompt"), str):
-                sys.exit(f"{path}:{k}: needs a \"prompt\" string")
+                sys.exit(f"{PROG}: {path}:{k}: needs a \"prompt\" string")
             if gold_answer(p) is None:
-                sys.exit(f"{path}:{k}: needs an \"answer\" or a \"value\"")
+                sys.exit(f"{PROG}: {path}:{k}: needs an \"answer\" or a \"value\"")
             p.setdefault("id", len(problems))
             problems.append(p)
             if limit and len(problems) == limit:
                 break
     if not problems:
-        sys.exit(f"{path}: no problems")
+        sys.exit(f"{PROG}: {path}: no problems")
     return problems
 
 
+def check_tokenizer(tok, tok_path, model):
+    """Refuses a tokenizer that is not the model's: more tokens than the model
+    has rows, or another tokenizer.json than the one in the model's directory."""
+    try:
+        vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        vocab = None  # essence generate names the broken config
+    if isinstance(vocab, int) and tok.get_vocab_size() > vocab:
+        sys.exit(f"{PROG}: {tok_path}: {tok.get_vocab_size()} tokens, more than the model's vocabulary "
+                 f"({vocab}, {model / 'config.json'})")
+    own = model / "tokenizer.json"
+    if own.is_file() and tok_path.name == own.name and own.resolve() != tok_path.resolve():
+        try:
+            same = fingerprint(model) == fingerprint(tok_path.parent)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"{PROG}: {e}")
+        if not same:
+            sys.exit(f"{PROG}: {tok_path}: not the tokenizer of the model ({own} differs)")
+
+
+def write_atomic(path, text):
+    """Writes path through a temporary file renamed over it: never a partial file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = cli_args.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="checkpoint dir (config.json + safetensors)")
     ap.add_argument("--tokenizer", required=True, help="dir or file of tokenizer.json")
     ap.add_argument("--data", required=True, help="JSONL problems (prompt, answer/value)")
     ap.add_argument("--out", required=True, help="per-sample JSONL; the summary goes to "
                     "OUT with .summary.json")
     ap.add_argument("--essence", default="build/essence", help="essence binary")
-    ap.add_argument("--n", type=int, default=1)
-    ap.add_argument("--max-new", type=int, default=32768)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--n", type=cli_args.int_at_least(1), default=1)
+    ap.add_argument("--max-new", type=cli_args.int_at_least(1), default=32768)
+    ap.add_argument("--temperature", type=cli_args.float_in(0, 100), default=0.0)
+    ap.add_argument("--top-p", type=cli_args.float_in(1e-6, 1), default=1.0)
+    ap.add_argument("--seed", type=cli_args.int_at_least(0), default=0)
+    ap.add_argument("--batch", type=cli_args.int_at_least(1), default=8)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--limit", type=int, default=0, help="first N problems only")
+    ap.add_argument("--limit", type=cli_args.int_at_least(0), default=0, help="first N problems only")
     args = ap.parse_args(argv)
 
     tok_path = pathlib.Path(args.tokenizer)
     if tok_path.is_dir():
         tok_path = tok_path / "tokenizer.json"
     if not tok_path.is_file():
-        sys.exit(f"{tok_path}: no tokenizer.json")
-    tok = Tokenizer.from_file(str(tok_path))
+        sys.exit(f"{PROG}: {tok_path}: no tokenizer.json")
+    try:
+        tok = Tokenizer.from_file(str(tok_path))
+    except Exception as e:  # tokenizers raises plain Exception on a malformed file
+        sys.exit(f"{PROG}: {tok_path}: cannot read the tokenizer ({e})")
+    check_tokenizer(tok, tok_path, pathlib.Path(args.model))
     im_end = tok.token_to_id("<|im_end|>")
     if im_end is None:
-        sys.exit(f"{tok_path}: the tokenizer has no <|im_end|> token")
+        sys.exit(f"{PROG}: {tok_path}: the tokenizer has no <|im_end|> token")
     problems = read_problems(args.data, args.limit)
 
     out = pathlib.Path(args.out)
+    if out.is_dir():
+        sys.exit(f"{PROG}: {out}: is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         ids_in, ids_out = pathlib.Path(tmp) / "prompts.jsonl", pathlib.Path(tmp) / "samples.jsonl"
@@ -121,17 +158,15 @@ def main(argv=None):
         rows.append({"id": p["id"], "sample": s["sample"], "text": text, "extracted": extracted,
                      "gold": gold_answer(p), "correct": is_correct(extracted, gold_answer(p)),
                      "tokens": len(s["ids"]), "finished": s["finished"]})
-    with open(out, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
     summary = summarize(rows)
     summary.update(n=args.n, temperature=args.temperature, top_p=args.top_p,
                    max_new=args.max_new, model=args.model,
                    mean_tokens=sum(r["tokens"] for r in rows) / len(rows),
                    unfinished=sum(not r["finished"] for r in rows))
-    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
+    write_atomic(out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-    main()
+    cli_args.run(main, PROG)

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import cli_args
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -25,13 +27,17 @@ def read(run):
             m = json.loads(line)
         except json.JSONDecodeError:
             sys.exit(f"plot_metrics: {path}:{n}: not JSON")
+        if not isinstance(m, dict) or not isinstance(m.get("step"), int):
+            sys.exit(f"plot_metrics: {path}:{n}: not a metrics record (no \"step\")")
         # a resumed run may repeat steps after its checkpoint: the last record wins
         (train if m.get("kind") == "train" else val if m.get("kind") == "val" else {})[m["step"]] = m
+    if not train:
+        sys.exit(f"plot_metrics: {path}: no training records")
     return [train[k] for k in sorted(train)], [val[k] for k in sorted(val)]
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli_args.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories or metrics.jsonl files")
     ap.add_argument("--out", required=True, help="PNG to write")
     args = ap.parse_args()
@@ -54,4 +60,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli_args.run(main, "plot_metrics")

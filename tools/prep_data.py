@@ -11,7 +11,6 @@ atomically.
   python3 tools/prep_data.py --model DIR --out train.bin a.jsonl [b.jsonl ...]
 """
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 import chat_template
+import cli_args
 import shard_io
 from tokenizer_fingerprint import fingerprint
 from traces import Malformed, parse_line
@@ -102,12 +102,12 @@ def shard_paths(out, examples, shard_tokens):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli_args.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", help="JSONL files of traces")
     ap.add_argument("--model", required=True, help="model directory holding tokenizer.json")
     ap.add_argument("--out", required=True, help="shard to write (NAME-00000.bin, ... with --shard-tokens)")
-    ap.add_argument("--max-len", type=int, default=4096, help="drop examples longer than this (tokens)")
-    ap.add_argument("--shard-tokens", type=int, default=0, help="split into shards of at most this many tokens")
+    ap.add_argument("--max-len", type=cli_args.int_at_least(1), default=4096, help="drop examples longer than this (tokens)")
+    ap.add_argument("--shard-tokens", type=cli_args.int_at_least(0), default=0, help="split into shards of at most this many tokens")
     ap.add_argument("--strict", action="store_true", help="fail on the first malformed line")
     args = ap.parse_args(argv)
 
@@ -123,8 +123,8 @@ def main(argv=None):
         raise SystemExit(f"prep_data: {e.filename}: {e.strerror}")
     examples = tokenize(traces, tokenizer, args.max_len, dropped)
     if not examples:
-        print(summary(examples, malformed, dropped, []), file=sys.stderr)
-        raise SystemExit("prep_data: no example left to write")
+        print(summary(examples, malformed, dropped, []))  # why nothing is left; stderr gets one line
+        raise SystemExit(f"prep_data: {', '.join(map(str, args.inputs))}: no example left to write")
     written = []
     for path, group in shard_paths(args.out, examples, args.shard_tokens):
         shard_io.write(path, group, vocab, fp)
@@ -133,4 +133,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_args.run(main, "prep_data")

@@ -15,12 +15,13 @@ first seen).
 
     python3 tools/score_math.py --samples scored.jsonl   # re-summarise a file
 """
-import argparse
 import json
 import re
 import sys
 from collections import Counter
 from fractions import Fraction
+
+import cli_args
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*", re.IGNORECASE)
@@ -164,7 +165,7 @@ def summarize(rows):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Re-summarise scored samples (JSONL).")
+    ap = cli_args.ArgumentParser(description="Re-summarise scored samples (JSONL).")
     ap.add_argument("--samples", required=True, help="JSONL with id, extracted, correct")
     args = ap.parse_args(argv)
     rows = []
@@ -175,11 +176,11 @@ def main(argv=None):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                sys.exit(f"{args.samples}:{k}: not JSON ({e.msg})")
-            if not {"id", "extracted", "correct"} <= rows[-1].keys():
-                sys.exit(f"{args.samples}:{k}: needs id, extracted and correct")
+                sys.exit(f"score_math: {args.samples}:{k}: not JSON ({e.msg})")
+            if not isinstance(rows[-1], dict) or not {"id", "extracted", "correct"} <= rows[-1].keys():
+                sys.exit(f"score_math: {args.samples}:{k}: needs id, extracted and correct")
     print(json.dumps(summarize(rows)))
 
 
 if __name__ == "__main__":
-    main()
+    cli_args.run(main, "score_math")

@@ -16,6 +16,8 @@ import os
 import random
 from pathlib import Path
 
+import cli_args
+
 NAMES = ["Mia", "Noah", "Ava", "Liam", "Zoe", "Omar", "Lena", "Ravi", "Iris", "Hugo", "Nina", "Kai", "Sara", "Tom",
          "Yuki", "Elif", "Jon", "Priya", "Max", "Chloe"]
 ITEMS = ["apples", "marbles", "stickers", "coins", "books", "pencils", "cookies", "cards", "stamps", "shells",
@@ -151,12 +153,12 @@ def write_jsonl(path, records):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli_args.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for train.jsonl, val.jsonl, test.jsonl")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train", type=int, default=3000)
-    ap.add_argument("--val", type=int, default=200)
-    ap.add_argument("--test", type=int, default=200)
+    ap.add_argument("--train", type=cli_args.int_at_least(0), default=3000)
+    ap.add_argument("--val", type=cli_args.int_at_least(0), default=200)
+    ap.add_argument("--test", type=cli_args.int_at_least(0), default=200)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,4 +170,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_args.run(main, "synth_corpus")

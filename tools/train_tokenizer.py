@@ -10,18 +10,29 @@ tokenizer.json and tokenizer_config.json into a model-style directory.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+import cli_args
+
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+MIN_VOCAB = 256 + len(SPECIAL)  # the byte alphabet and the special tokens
 
 
 def texts(paths):
     for path in paths:
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    sys.exit(f"train_tokenizer: {path}:{n}: not JSON ({e.msg})")
+                if not isinstance(rec, dict):
+                    sys.exit(f"train_tokenizer: {path}:{n}: not a JSON object")
                 yield from (rec[k] for k in ("prompt", "reasoning", "answer") if isinstance(rec.get(k), str))
 
 
@@ -36,12 +47,14 @@ def train(paths, vocab_size):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli_args.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", help="JSONL files (prompt, reasoning, answer fields)")
     ap.add_argument("--out", required=True, help="model directory to write")
-    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--vocab", type=cli_args.int_at_least(MIN_VOCAB), default=4096)
     args = ap.parse_args(argv)
     tok = train(args.inputs, args.vocab)
+    if tok.get_vocab_size() <= MIN_VOCAB:
+        sys.exit(f"train_tokenizer: {', '.join(args.inputs)}: no text to learn from (prompt, reasoning, answer)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
@@ -58,4 +71,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_args.run(main, "train_tokenizer")

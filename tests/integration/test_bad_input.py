@@ -1,0 +1,334 @@
+"""Bad input to every command: a corrupt shard, a wrong tokenizer, a missing
+tensor, a bad flag. Each gives one line on stderr naming the file, key or
+flag and the problem, a non-zero exit (not a signal), and nothing written
+where the output was to go."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train_env import ROOT, TOOLS, run_config, run_essence
+
+NOT_A_DIR = "/etc/hostname"  # a regular file: a path under it cannot be created, even by root
+
+
+def refused(p, *names, prog="essence"):
+    """p failed cleanly: exit code > 0, one stderr line from prog naming each of names."""
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode > 0, f"exit {p.returncode}, stderr:\n{p.stderr}"
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{p.stderr}"
+    assert lines[0].startswith(prog), lines[0]
+    for n in names:
+        assert str(n) in lines[0], f"{n!r} not named in: {lines[0]}"
+    return lines[0]
+
+
+def essence(*args):
+    return run_essence(list(args), timeout=120, check=False)
+
+
+def tool(name, *args):
+    return subprocess.run([sys.executable, str(TOOLS / f"{name}.py")] + [str(a) for a in args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, corpus):
+    """A tiny student trained one step: a Hugging Face directory with the corpus' tokenizer."""
+    tmp = tmp_path_factory.mktemp("model")
+    cfg = run_config(tmp, corpus, tmp / "out", data={"val": []}, run={"steps": 1})
+    run_essence(["train", "--config", cfg, "--fresh"])
+    return tmp / "out" / "final"
+
+
+@pytest.fixture
+def bad(tmp_path, corpus, model):
+    """Broken inputs of every kind, and an empty folder `w` for outputs."""
+    d = tmp_path
+    (d / "w").mkdir()
+    (d / "dir").mkdir()
+    (d / "empty").write_bytes(b"")
+    shard = (corpus / "train.bin").read_bytes()
+    (d / "trunc.bin").write_bytes(shard[: len(shard) // 2])
+    (d / "prompts.jsonl").write_text('{"id": 0, "prompt_ids": [1, 2, 3]}\n')
+    (d / "prompts_bad.jsonl").write_text('{"id": 0, "prompt_ids": [1, 2, 3]}\n{"id": 1, "prompt_ids": [1,\n')
+    (d / "problems_bad.jsonl").write_text('{"prompt": "What is 1+1?", "answer": "2"}\n{"prompt": 3}\n')
+    (d / "array.json").write_text("[1, 2]\n")
+    # model directories with one thing wrong each
+    for name in ("no_weights", "bad_config", "cut_weights"):
+        shutil.copytree(model, d / name)
+    (d / "no_weights" / "model.safetensors").unlink()
+    (d / "bad_config" / "config.json").write_text('{"model_type": ')
+    w = (model / "model.safetensors").read_bytes()
+    (d / "cut_weights" / "model.safetensors").write_bytes(w[: len(w) // 3])
+    # another tokenizer: one ordinary token renamed, so the fingerprint differs
+    (d / "tok").mkdir()
+    tok = json.loads((corpus / "model" / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    last = max(vocab, key=vocab.get)
+    vocab[last + "x"] = vocab.pop(last)
+    (d / "tok" / "tokenizer.json").write_text(json.dumps(tok))
+    return d
+
+
+def assert_empty(folder):
+    left = sorted(p.name for p in Path(folder).iterdir())
+    assert not left, f"left behind in {folder}: {left}"
+
+
+# ---- flags --------------------------------------------------------------------
+
+COMMANDS = [["train"], ["bench"], ["data", "check"], ["data", "stats"], ["teacher"], ["generate"], ["eval"],
+            ["version"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_unknown_flag(cmd):
+    refused(essence(*cmd, "--bogus"), "--bogus")
+
+
+@pytest.mark.parametrize("cmd,named", [(["train"], "--config"), (["bench"], "--config"), (["teacher"], "--model"),
+                                       (["generate"], "--model"), (["eval"], "--model"),
+                                       (["data", "check"], "SHARD"), (["data", "stats"], "SHARD")], ids=str)
+def test_missing_required_flag(cmd, named):
+    refused(essence(*cmd), named)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["train", "--config"], "--config"), (["train", "--config", "{run}", "--stop-at"], "--stop-at"),
+    (["bench", "--config", "{run}", "--steps"], "--steps"), (["data", "stats", "--lsp"], "--lsp"),
+    (["data", "check", "--model"], "--model"), (["teacher", "--model", "{model}", "--k"], "--k"),
+    (["generate", "--in", "{prompts}", "--model"], "--model"), (["eval", "--model", "{model}", "--n"], "--n"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else a)
+def test_flag_without_value(bad, corpus, model, args, flag):
+    run = run_config(bad, corpus, bad / "w" / "run")
+    sub = {"{run}": run, "{model}": model, "{prompts}": bad / "prompts.jsonl"}
+    refused(essence(*[sub.get(a, a) for a in args]), flag)
+    assert_empty(bad / "w")
+
+
+GEN = ["generate", "--model", "{model}", "--in", "{prompts}", "--out", "{out}"]
+EVAL = ["eval", "--model", "{model}", "--tokenizer", "{model}", "--data", "{problems}", "--out", "{out}"]
+TEACHER = ["teacher", "--model", "{model}", "--out", "{out}", "{shard}"]
+
+
+@pytest.mark.parametrize("args,flag", [
+    (GEN + ["--n", "0"], "--n"), (GEN + ["--n", "two"], "--n"), (GEN + ["--max-new", "-1"], "--max-new"),
+    (GEN + ["--top-p", "1.5"], "--top-p"), (GEN + ["--temperature", "-1"], "--temperature"),
+    (GEN + ["--batch", "0"], "--batch"), (GEN + ["--seed", "x"], "--seed"), (GEN + ["--stop", "-3"], "--stop"),
+    (EVAL + ["--n", "0"], "--n"), (EVAL + ["--max-new", "-1"], "--max-new"), (EVAL + ["--top-p", "1.5"], "--top-p"),
+    (EVAL + ["--temperature", "-1"], "--temperature"), (EVAL + ["--limit", "-2"], "--limit"),
+    (TEACHER + ["--k", "0"], "--k"), (TEACHER + ["--k", "abc"], "--k"),
+    (TEACHER + ["--k", "4", "--batch-tokens", "-1"], "--batch-tokens"),
+    (["bench", "--config", "{run}", "--steps", "0"], "--steps"),
+    (["bench", "--config", "{run}", "--warmup", "x"], "--warmup"),
+    (["train", "--config", "{run}", "--stop-at", "0"], "--stop-at"),
+    (["data", "stats", "--lsp", "half", "{shard}"], "--lsp"),
+    (["data", "stats", "--capacity", "-64", "{shard}"], "--capacity"),
+    (["data", "stats", "--lsp", "0", "{shard}"], "lead-span proportion"),
+], ids=lambda a: " ".join(a[-2:]) if isinstance(a, list) else a)
+def test_bad_number(bad, corpus, model, args, flag):
+    run = run_config(bad, corpus, bad / "w" / "run")
+    sub = {"{run}": run, "{model}": model, "{prompts}": bad / "prompts.jsonl", "{out}": bad / "w" / "out",
+           "{problems}": corpus / "test.jsonl", "{shard}": corpus / "train.bin"}
+    refused(essence(*[sub.get(a, a) for a in args]), flag)
+    assert_empty(bad / "w")
+
+
+# ---- run configs --------------------------------------------------------------
+
+def test_run_config_mistakes(bad, corpus):
+    run = run_config(bad, corpus, bad / "w" / "run")
+    for cmd in (["train"], ["bench"], ["data", "stats"]):
+        refused(essence(*cmd, "--config", bad / "array.json"), "array.json", "not a JSON object")
+        refused(essence(*cmd, "--config", bad / "nope.json"), "nope.json")
+        refused(essence(*cmd, "--config", bad / "dir"), "dir", "not a regular file")
+        refused(essence(*cmd, "--config", bad / "empty"), "empty")
+        refused(essence(*cmd, "--config", run, "--set", "run.steps"), "run.steps", "key=value")
+    refused(essence("train", "--config", run, "--set", "student.preset=" + str(bad / "dir")), "dir")
+    refused(essence("train", "--config", run, "--set", "run.out=" + NOT_A_DIR + "/run"), NOT_A_DIR)
+    assert_empty(bad / "w")
+
+
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="a GPU is present")
+def test_cuda_without_a_gpu(bad, corpus, model):
+    run = run_config(bad, corpus, bad / "w" / "run")
+    refused(essence("train", "--config", run, "--set", "run.device=cuda"), "cuda")
+    refused(essence("bench", "--config", run, "--set", "run.device=cuda"), "cuda")
+    out = bad / "w" / "out"
+    refused(essence("generate", "--model", model, "--in", bad / "prompts.jsonl", "--out", out, "--device", "cuda"),
+            "cuda")
+    refused(essence("teacher", "--model", model, "--k", "4", "--out", out, "--device", "cuda", corpus / "train.bin"),
+            "cuda")
+    assert_empty(bad / "w")
+
+
+# ---- shards and tokenizers ----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["nope.bin", "dir", "empty", "trunc.bin"])
+def test_bad_shard(bad, corpus, model, name):
+    shard = bad / name
+    refused(essence("data", "check", shard), shard)
+    refused(essence("data", "check", corpus / "train.bin", shard), shard)  # the good one is not blamed
+    refused(essence("data", "stats", shard), shard)
+    run = run_config(bad, corpus, bad / "w" / "run")
+    refused(essence("data", "stats", "--config", run, "--set", f"data.train={shard}"), shard)
+    refused(essence("train", "--config", run, "--set", f"data.train={shard}"), shard)
+    refused(essence("train", "--config", run, "--set", f"data.val={shard}"), shard)
+    refused(essence("teacher", "--model", model, "--k", "4", "--out", bad / "w" / "t.bin", shard), shard)
+    assert_empty(bad / "w")
+
+
+def test_shard_of_another_tokenizer(bad, corpus):
+    shard = corpus / "train.bin"
+    refused(essence("data", "check", "--model", bad / "tok", shard), shard, "fingerprint")
+    refused(essence("data", "check", "--model", ROOT / "tests" / "data" / "tiny_model", shard), shard)
+    refused(essence("data", "check", "--model", bad / "dir", shard), "dir/tokenizer.json")
+    run = run_config(bad, corpus, bad / "w" / "run", tokenizer=str(bad / "tok"))
+    refused(essence("train", "--config", run), shard, "fingerprint")
+    assert_empty(bad / "w")
+
+
+# ---- model directories --------------------------------------------------------
+
+@pytest.mark.parametrize("name,named", [("no_weights", "model.safetensors"), ("bad_config", "config.json"),
+                                        ("cut_weights", "model.safetensors"), ("dir", "config.json"),
+                                        ("empty", "empty")])
+def test_bad_model_dir(bad, corpus, name, named):
+    m, out = bad / name, bad / "w" / "out"
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out, "--device", "cpu"),
+            name, named)
+    refused(essence("teacher", "--model", m, "--k", "4", "--out", out, "--device", "cpu", corpus / "train.bin"),
+            name, named)
+    run = run_config(bad, corpus, bad / "w" / "run", student={})
+    cfg = json.loads(run.read_text())
+    cfg["student"] = {"path": str(m)}
+    run.write_text(json.dumps(cfg))
+    refused(essence("train", "--config", run), name, named)
+    run = run_config(bad, corpus, bad / "w" / "run", teacher={"path": str(m)})
+    refused(essence("train", "--config", run), name, named)
+    assert_empty(bad / "w")
+
+
+# ---- outputs ------------------------------------------------------------------
+
+def test_output_that_cannot_be_written(bad, corpus, model):
+    for out in (Path(NOT_A_DIR) / "x", bad / "dir"):
+        refused(essence("generate", "--model", model, "--in", bad / "prompts.jsonl", "--out", out, "--max-new", "2",
+                        "--device", "cpu"), out)
+        refused(essence("teacher", "--model", model, "--k", "4", "--out", out, "--device", "cpu", corpus / "train.bin"),
+                out)
+        refused(essence("eval", "--model", model, "--tokenizer", model, "--data", corpus / "test.jsonl", "--out", out,
+                        "--limit", "1", "--max-new", "2", "--device", "cpu"), NOT_A_DIR if out.parent == Path(NOT_A_DIR)
+                else out, prog="essence eval")
+    assert_empty(bad / "dir")
+
+
+def test_failed_generation_keeps_the_old_output(bad, model):
+    out = bad / "w" / "samples.jsonl"
+    out.write_text("old\n")
+    p = essence("generate", "--model", bad / "cut_weights", "--in", bad / "prompts.jsonl", "--out", out,
+                "--device", "cpu")
+    refused(p, "model.safetensors")
+    assert out.read_text() == "old\n"
+    assert sorted(q.name for q in (bad / "w").iterdir()) == ["samples.jsonl"]
+    essence("generate", "--model", model, "--in", bad / "prompts.jsonl", "--out", out, "--max-new", "3",
+            "--device", "cpu")
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(rows) == 1 and 1 <= len(rows[0]["ids"]) <= 3
+    assert sorted(q.name for q in (bad / "w").iterdir()) == ["samples.jsonl"]
+
+
+# ---- JSONL inputs -------------------------------------------------------------
+
+def test_jsonl_with_a_bad_line(bad, corpus, model):
+    out = bad / "w" / "out.jsonl"
+    refused(essence("generate", "--model", model, "--in", bad / "prompts_bad.jsonl", "--out", out),
+            "prompts_bad.jsonl:2")
+    refused(essence("generate", "--model", model, "--in", bad / "empty", "--out", out), "empty", "no prompts")
+    refused(essence("generate", "--model", model, "--in", bad / "dir", "--out", out), "dir")
+    refused(essence("eval", "--model", model, "--tokenizer", model, "--data", bad / "problems_bad.jsonl", "--out", out),
+            "problems_bad.jsonl:2", prog="essence eval")
+    refused(essence("eval", "--model", model, "--tokenizer", model, "--data", bad / "dir", "--out", out), "dir",
+            prog="essence eval")
+    refused(tool("prep_data", "--model", corpus / "model", "--out", out, "--strict", bad / "problems_bad.jsonl"),
+            "problems_bad.jsonl:1", prog="prep_data")
+    refused(tool("score_math", "--samples", bad / "problems_bad.jsonl"), "problems_bad.jsonl:1", prog="score_math")
+    refused(tool("train_tokenizer", "--out", bad / "w" / "tok", bad / "prompts_bad.jsonl"), "prompts_bad.jsonl:2",
+            prog="train_tokenizer")
+    assert_empty(bad / "w")
+
+
+def test_eval_with_a_wrong_tokenizer(bad, corpus, model):
+    out = bad / "w" / "out.jsonl"
+    args = ["eval", "--model", model, "--data", corpus / "test.jsonl", "--out", out, "--limit", "1", "--max-new", "2"]
+    refused(essence(*args, "--tokenizer", bad / "tok"), "tok", prog="essence eval")
+    refused(essence(*args, "--tokenizer", ROOT / "tests" / "data" / "tiny_model"), "tiny_model", prog="essence eval")
+    refused(essence(*args, "--tokenizer", bad / "empty"), "empty", prog="essence eval")
+    refused(essence(*args, "--tokenizer", bad / "dir"), "dir", prog="essence eval")
+    assert_empty(bad / "w")
+
+
+# ---- Python tools -------------------------------------------------------------
+
+@pytest.mark.parametrize("name,args,named", [
+    ("prep_data", ["--bogus"], "--bogus"), ("prep_data", ["x.jsonl"], "--model"),
+    ("prep_data", ["--model", "m", "--out", "o", "--max-len", "0", "x"], "--max-len"),
+    ("prep_data", ["--model", "m", "--out", "o", "--shard-tokens", "-5", "x"], "--shard-tokens"),
+    ("synth_corpus", ["--bogus"], "--bogus"), ("synth_corpus", [], "--out"),
+    ("synth_corpus", ["--out", "o", "--train", "-1"], "--train"), ("synth_corpus", ["--out", "o", "--seed", "x"], "--seed"),
+    ("train_tokenizer", ["--out", "o", "--vocab", "0", "x"], "--vocab"), ("train_tokenizer", ["x"], "--out"),
+    ("eval_math", ["--model", "m"], "--tokenizer"), ("eval_math", ["--n", "-1"], "--n"),
+    ("score_math", [], "--samples"), ("compare_runs", [], "runs"), ("compare_runs", ["--bogus", "r"], "--bogus"),
+    ("plot_metrics", ["r"], "--out"),
+])
+def test_tool_flags(tmp_path, name, args, named):
+    refused(tool(name, *args), named, prog=name)
+    assert_empty(tmp_path)
+
+
+def test_tool_files(bad, corpus, model):
+    w = bad / "w"
+    refused(tool("prep_data", "--model", corpus / "model", "--out", w / "x.bin", bad / "nope.jsonl"), "nope.jsonl",
+            prog="prep_data")
+    refused(tool("prep_data", "--model", corpus / "model", "--out", w / "x.bin", bad / "dir"), "dir", prog="prep_data")
+    refused(tool("prep_data", "--model", bad / "dir", "--out", w / "x.bin", corpus / "val.jsonl"), "dir",
+            prog="prep_data")
+    refused(tool("prep_data", "--model", corpus / "model", "--out", w / "x.bin", bad / "empty"), "empty",
+            prog="prep_data")
+    for out in (Path(NOT_A_DIR) / "x.bin", bad / "dir"):
+        refused(tool("prep_data", "--model", corpus / "model", "--out", out, corpus / "val.jsonl"), out,
+                prog="prep_data")
+    refused(tool("synth_corpus", "--out", Path(NOT_A_DIR) / "s", "--train", "2"), NOT_A_DIR, prog="synth_corpus")
+    refused(tool("synth_corpus", "--out", bad / "empty", "--train", "2"), "empty", prog="synth_corpus")
+    refused(tool("train_tokenizer", "--out", w / "tok", bad / "nope.jsonl"), "nope.jsonl", prog="train_tokenizer")
+    refused(tool("train_tokenizer", "--out", w / "tok", bad / "empty"), "empty", prog="train_tokenizer")
+    refused(tool("train_tokenizer", "--out", w / "tok", bad / "array.json"), "array.json:1", prog="train_tokenizer")
+    refused(tool("train_tokenizer", "--out", Path(NOT_A_DIR) / "tok", corpus / "val.jsonl"), NOT_A_DIR,
+            prog="train_tokenizer")
+    refused(tool("score_math", "--samples", bad / "nope.jsonl"), "nope.jsonl", prog="score_math")
+    refused(tool("score_math", "--samples", bad / "array.json"), "array.json:1", prog="score_math")
+    assert_empty(w)
+    assert_empty(bad / "dir")
+
+
+def test_run_summaries_and_metrics(bad, model):
+    run = model.parent  # a finished run: summary.json, metrics.jsonl
+    r = bad / "w" / "r"
+    r.mkdir()
+    (r / "summary.json").write_text('{"lsp": 1')
+    refused(tool("compare_runs", run, r), "summary.json", "not JSON", prog="compare_runs")
+    (r / "summary.json").write_text('{"lsp": 1}')
+    refused(tool("compare_runs", run, r), "summary.json", "val_loss", prog="compare_runs")
+    refused(tool("compare_runs", run, bad / "nope"), "nope", prog="compare_runs")
+    png = bad / "w" / "c.png"
+    (r / "metrics.jsonl").write_text("[1]\n")
+    refused(tool("plot_metrics", "--out", png, r), "metrics.jsonl:1", prog="plot_metrics")
+    refused(tool("plot_metrics", "--out", png, bad / "empty"), "empty", "no training records", prog="plot_metrics")
+    refused(tool("plot_metrics", "--out", png, bad / "nope"), "nope", prog="plot_metrics")
+    refused(tool("plot_metrics", "--out", Path(NOT_A_DIR) / "c.png", run), NOT_A_DIR, prog="plot_metrics")
+    assert sorted(os.listdir(bad / "w")) == ["r"] and sorted(os.listdir(r)) == ["metrics.jsonl", "summary.json"]

@@ -117,7 +117,12 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_hf: torch sees no CUDA device", file=sys.stderr)
         return 77
-    cfg_dict = json.loads(Path(args.config).read_text())
+    try:
+        cfg_dict = json.loads(Path(args.config).read_text())
+        cfg_dict["model_type"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"bench_hf: {args.config}: not a readable config.json with a model_type ({e})", file=sys.stderr)
+        return 1
     if args.tiny:
         cfg_dict.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, head_dim=16, vocab_size=min(cfg_dict.get("vocab_size", 4096), 4096),

@@ -11,31 +11,41 @@
 #   fixtures transformers fixtures through the CUDA backend; torch bf16 forward
 #   bench    essence bench vs tools/bench_hf.py, Qwen3-0.6B and 1.7B shapes
 # then a summary table, printed last. A failed step is recorded and the next
-# one runs. The whole output goes to perf/gpu/results/run-<date>-<card>.log,
-# copied with the table to the output folder (--out DIR, or $OUT when set).
+# one runs; SIGTERM/SIGINT stop the running step and skip to the table. The
+# whole output goes to perf/gpu/results/run-<date>-<card>.log (the folder is
+# $ESSENCE_GPU_RESULTS when set), written as it runs into the output folder
+# too (--out DIR, or $OUT when set), with the table and the bench JSON lines.
 #
-# Usage: tests/gpu/run.sh [--cpu-only] [--out DIR] [build-dir]
+# Usage: tests/gpu/run.sh [--cpu-only] [--no-build] [--out DIR] [build-dir]
 #   --cpu-only  everything that needs no GPU: the bundle check, the CPU build,
-#               the CPU halves of model/curve/fixtures and a tiny bench_hf run
+#               the CPU halves of ops/model/curve/fixtures, a tiny bench_hf run
+#   --no-build  use build-dir as it is (a second run on the same machine)
 # Exit status: 0 when no step failed.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+CALLER=$PWD
+cd "$(dirname "$0")/../.." || exit 2
 ROOT=$PWD
 CPU_ONLY=0
+NO_BUILD=0
 OUTDIR=${OUT:-}
+RESULTS=${ESSENCE_GPU_RESULTS:-perf/gpu/results}
 BUILD=
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu-only) CPU_ONLY=1 ;;
+        --no-build) NO_BUILD=1 ;;
         --out) OUTDIR=${2:?--out needs a folder}; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
         *) BUILD=$1 ;;
     esac
     shift
 done
+case $OUTDIR in ''|/*) ;; *) OUTDIR=$CALLER/$OUTDIR ;; esac  # --out is relative to where run.sh was called
 [ -n "$BUILD" ] || BUILD=$([ $CPU_ONLY = 1 ] && echo build-gpucheck-cpu || echo build-gpu)
 BUDGET=${ESSENCE_GPU_BUDGET:-470}  # seconds for all steps; the device call allows 600
+KILL_GRACE=10  # a step that ignores SIGTERM is killed this much after its limit
+case $BUDGET in ''|*[!0-9]*) echo "run.sh: ESSENCE_GPU_BUDGET is '$BUDGET', expected seconds" >&2; exit 2 ;; esac
 T0=$(date +%s)
 
 # The toolkit is often installed without being put on PATH.
@@ -54,40 +64,70 @@ export TOKENIZERS_PARALLELISM=false PYTHONWARNINGS=ignore
 if [ $CPU_ONLY = 1 ]; then
     CARD=cpu
 else
-    CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+    # A wedged driver can hang nvidia-smi; nothing outside a step may block.
+    CARD=$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
     CARD=${CARD:-no-gpu}
 fi
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 CARD_TAG=$(echo "$CARD" | tr -c 'A-Za-z0-9._\n-' '_' | sed 's/_*$//')
-mkdir -p perf/gpu/results
-LOG=perf/gpu/results/run-$STAMP-$CARD_TAG.log
-WORK=$(mktemp -d /tmp/essence-gpu.XXXXXX)
-exec 3>&1 4>&2 > >(tee "$LOG") 2>&1
+mkdir -p "$RESULTS" || { echo "run.sh: cannot make $RESULTS" >&2; exit 2; }
+LOG=$RESULTS/run-$STAMP-$CARD_TAG.log
+LOGS=("$LOG")
+if [ -n "$OUTDIR" ]; then
+    mkdir -p "$OUTDIR" || { echo "run.sh: cannot make the output folder $OUTDIR" >&2; exit 2; }
+    LOGS+=("$OUTDIR/${LOG##*/}")  # as it runs, so a run cut short still leaves its log there
+fi
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/essence-gpu.XXXXXX") || { echo "run.sh: mktemp failed" >&2; exit 2; }
+# tee ignores SIGTERM/SIGINT so that the table still reaches the log when the
+# whole process group is signalled.
+exec 3>&1 4>&2 > >(trap '' TERM INT; exec tee "${LOGS[@]}") 2>&1
 TEE_PID=$!
 
 echo "== essence GPU check $(date -u '+%Y-%m-%d %H:%M:%S UTC'), card: $CARD, build: $BUILD, bundle: $BUNDLE"
-[ $CPU_ONLY = 1 ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-command -v nvcc > /dev/null && nvcc --version | tail -n 1
+[ $CPU_ONLY = 1 ] || timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
+    echo "nvidia-smi: not found or failed"
+command -v nvcc > /dev/null && timeout 20 nvcc --version | tail -n 1
 
 # ---- step bookkeeping --------------------------------------------------------
 NAMES=() STATUS=() NOTES=() SECS=()
-NOTE=
+# record NAME STATUS NOTE [SECONDS]: one row of the summary table.
+record() { NAMES+=("$1") STATUS+=("$2") NOTES+=("$3") SECS+=("${4:-0}"); }
+# A signal stops the running step (its timeout passes SIGTERM on) and skips the rest.
+INTERRUPTED=0 STEP_PID=
+on_signal() {
+    INTERRUPTED=1
+    [ -z "$STEP_PID" ] || kill -TERM "$STEP_PID" 2> /dev/null
+}
+trap on_signal TERM INT
 # run_step NAME LIMIT FUNCTION: runs FUNCTION under `timeout` (its output
 # shown and kept in $WORK/NAME.out); status ok, FAIL, skip (exit 77) or TIMEOUT.
+# The limit is cut to what is left of the budget, less the kill grace.
 run_step() {
-    local name=$1 limit=$2 fn=$3 left start rc status
-    left=$((BUDGET - ($(date +%s) - T0)))
+    local name=$1 limit=$2 fn=$3 left start rc status note last
+    left=$((BUDGET - ($(date +%s) - T0) - KILL_GRACE))
     [ "$limit" -gt "$left" ] && limit=$left
-    NOTE=
     echo
+    if [ $INTERRUPTED = 1 ]; then
+        echo "== $name: skipped, interrupted"
+        record "$name" skip "interrupted"
+        return
+    fi
     echo "== $name (limit ${limit}s)"
     if [ "$limit" -lt 15 ]; then
-        NAMES+=("$name") STATUS+=(skip) NOTES+=("no time left in the ${BUDGET}s budget") SECS+=(0)
+        record "$name" skip "no time left in the ${BUDGET}s budget"
         return
     fi
     start=$(date +%s)
-    timeout -k 10 "$limit" bash -c "$fn" > "$WORK/$name.out" 2>&1
+    # In the background so that `wait` returns at once on a signal.
+    timeout -k "$KILL_GRACE" "$limit" bash -c "$fn" > "$WORK/$name.out" 2>&1 &
+    STEP_PID=$!
+    wait "$STEP_PID"
     rc=$?
+    while kill -0 "$STEP_PID" 2> /dev/null; do  # wait was cut short by a signal
+        wait "$STEP_PID"
+        rc=$?
+    done
+    STEP_PID=
     cat "$WORK/$name.out"
     case $rc in
         0) status=ok ;;
@@ -95,12 +135,25 @@ run_step() {
         124|137) status=TIMEOUT ;;
         *) status=FAIL ;;
     esac
-    [ -n "$NOTE" ] || NOTE=$(note_"$name" 2>/dev/null)
-    [ $rc = 0 ] || [ -n "$NOTE" ] || NOTE="exit $rc: $(grep -v '^\s*$' "$WORK/$name.out" | tail -n 1 | cut -c1-60)"
-    NAMES+=("$name") STATUS+=("$status") NOTES+=("$NOTE") SECS+=($(($(date +%s) - start)))
+    [ $INTERRUPTED = 0 ] || [ $rc = 0 ] || status=FAIL
+    note=$(note_"$name" 2> /dev/null)
+    if [ "$status" = FAIL ] || [ "$status" = TIMEOUT ]; then
+        # The step's own last words say why (not compute-sanitizer's banner
+        # lines); keep them next to any numbers.
+        last=$(grep -Ev '^[[:space:]]*$|^=========' "$WORK/$name.out" | tail -n 1 | cut -c1-70)
+        case $note in *"$last"*) last= ;; esac
+        [ $INTERRUPTED = 0 ] || last="interrupted${last:+; $last}"
+        [ "$status" != TIMEOUT ] || last="timed out after ${limit}s${last:+; $last}"
+        note="${note:+$note; }exit $rc${last:+: $last}"
+    fi
+    record "$name" "$status" "$note" $(($(date +%s) - start))
 }
 ok_of() { grep -Eo '[0-9]+ checks, [0-9]+ failed' "$WORK/$1.out" | awk '{c+=$1; f+=$3} END {if (NR) print c " checks, " f " failed"}'; }
 export ROOT BUILD WORK CPU_ONLY
+# The device the CUDA halves of the tests run on: a second CPU backend in --cpu-only.
+DEV=cuda
+[ $CPU_ONLY = 1 ] && DEV=cpu
+export DEV
 
 # ---- the steps ---------------------------------------------------------------
 build() {
@@ -109,32 +162,38 @@ build() {
     for tool in meson ninja python3; do
         command -v $tool > /dev/null || { echo "build: $tool not found (make gpu-bundle/ with tests/gpu/make_bundle.sh)"; return 1; }
     done
-    if [ -f "$BUILD/build.ninja" ]; then
-        meson setup --reconfigure "$BUILD" -Dcuda=$cuda -Dbuildtype=release || return 1
+    local reconf=()
+    [ -f "$BUILD/build.ninja" ] && reconf=(--reconfigure)
+    meson setup "${reconf[@]}" "$BUILD" -Dcuda=$cuda -Dbuildtype=release || { echo "build: meson setup failed"; return 1; }
+    # The whole compiler output only on failure, where it says why.
+    if ninja -C "$BUILD" -j "$(nproc)" > "$WORK/ninja.log" 2>&1; then
+        tail -n 3 "$WORK/ninja.log"
     else
-        meson setup "$BUILD" -Dcuda=$cuda -Dbuildtype=release || return 1
+        grep -E -A 12 'error|FAILED' "$WORK/ninja.log" | head -n 80
+        tail -n 3 "$WORK/ninja.log"
+        return 1
     fi
-    ninja -C "$BUILD" -j "$(nproc)" | tail -n 3
-    return "${PIPESTATUS[0]}"
 }
 note_build() {
-    if grep -q 'ninja: build stopped' "$WORK/build.out"; then echo "compile error"
+    if grep -q 'build: meson setup failed' "$WORK/build.out"; then echo "meson setup failed"
+    elif grep -q 'ninja: build stopped' "$WORK/build.out"; then echo "compile error"
     elif [ -x "$BUILD/tests/test_cuda_ops" ]; then echo "CUDA backend built$(grep -q 'nccl' "$BUILD/build.ninja" && echo ', NCCL')"
-    else echo "CPU only$(grep -Eo 'CUDA backend off: .*' "$WORK/build.out" | head -n 1 | sed 's/^/: /')"; fi
+    elif [ -x "$BUILD/essence" ]; then echo "CPU only$(grep -Eo 'CUDA backend off: .*' "$WORK/build.out" | head -n 1 | sed 's/^/: /')"; fi
 }
 
-ops() { "$BUILD/tests/test_cuda_ops"; }
+ops() { "$BUILD/tests/test_cuda_ops" "$DEV"; }
 note_ops() { ok_of ops; }
 
 attn_tc() { "$BUILD/perf/bench_attention_cuda"; }
 note_attn_tc() { awk '($1 == "default" || $1 == "tc") && NF == 5 {printf "%s%s fwd %s bwd %s TF/s", s, $1, $3, $5; s = "; "}' "$WORK/attn_tc.out"; }
 
-model() {
-    local dev=cuda
-    [ "$CPU_ONLY" = 1 ] && dev=cpu
-    "$BUILD/tests/test_cuda_model" $dev
+model() { "$BUILD/tests/test_cuda_model" "$DEV"; }
+note_model() {
+    local checks worst
+    checks=$(ok_of model)
+    worst=$(awk '/grads,/ {print $(NF-1)}' "$WORK/model.out" | sort -g | tail -n 1)
+    [ -z "$checks" ] || echo "$checks${worst:+; worst grad $worst}"
 }
-note_model() { echo "$(ok_of model); worst grad $(awk '/grads,/ {print $(NF-1)}' "$WORK/model.out" | sort -g | tail -n 1)"; }
 
 # The synthetic corpus for the curve and bench steps (data/gpu, made once).
 corpus() {
@@ -148,31 +207,30 @@ curve() {
     corpus > "$WORK/corpus.log" 2>&1 || { tail -n 5 "$WORK/corpus.log"; return 1; }
     local devs=cpu d
     [ "$CPU_ONLY" = 1 ] || devs="cpu cuda"
+    local runs=()
     for d in $devs; do
-        "$BUILD/essence" train --config tests/gpu/train-tiny.json --fresh --set run.device=$d \
-            --set run.out=runs/gpu/curve-$d > "$WORK/train-$d.log" 2>&1 ||
+        "$BUILD/essence" train --config tests/gpu/train-tiny.json --fresh --set "run.device=$d" \
+            --set "run.out=runs/gpu/curve-$d" > "$WORK/train-$d.log" 2>&1 ||
             { tail -n 5 "$WORK/train-$d.log"; echo "essence train on $d failed"; return 1; }
+        runs+=("runs/gpu/curve-$d")
     done
-    # shellcheck disable=SC2046
-    python3 tests/gpu/compare_curves.py $(for d in $devs; do echo runs/gpu/curve-$d; done)
+    python3 tests/gpu/compare_curves.py "${runs[@]}"
 }
 note_curve() { grep -Eo 'loss [0-9.]+ -> [0-9.]+, max rel diff [0-9.e+-]+' "$WORK/curve.out"; }
 
 memcheck() {
     [ "$CPU_ONLY" = 1 ] && { echo "memcheck: needs a GPU"; return 77; }
-    local cs
-    cs=$(command -v compute-sanitizer || ls "$(dirname "$(command -v nvcc)")/compute-sanitizer" 2>/dev/null)
-    [ -x "$cs" ] || { echo "memcheck: compute-sanitizer not found, skipped"; return 77; }
+    local cs nvcc
+    cs=$(command -v compute-sanitizer)
+    nvcc=$(command -v nvcc)
+    [ -n "$cs" ] || [ -z "$nvcc" ] || cs=$(dirname "$nvcc")/compute-sanitizer
+    if [ -z "$cs" ] || [ ! -x "$cs" ]; then echo "memcheck: compute-sanitizer not found, skipped"; return 77; fi
     "$cs" --tool memcheck --error-exitcode 99 --leak-check no "$BUILD/tests/test_cuda_ops" | tail -n 25
     return "${PIPESTATUS[0]}"
 }
 note_memcheck() { grep -Eo 'ERROR SUMMARY: [0-9]+ errors?|compute-sanitizer not found|needs a GPU' "$WORK/memcheck.out" | tail -n 1; }
 
-fixtures() {
-    local dev=cuda
-    [ "$CPU_ONLY" = 1 ] && dev=cpu
-    "$BUILD/tests/test_cuda_fixtures" $dev "$WORK/logits"
-}
+fixtures() { "$BUILD/tests/test_cuda_fixtures" "$DEV" "$WORK/logits"; }
 note_fixtures() { ok_of fixtures; }
 
 torch() {
@@ -184,10 +242,10 @@ torch() {
 }
 note_torch() { grep -Eo '[0-9]+ of [0-9]+ cases ok|skipped.*' "$WORK/torch.out" | tail -n 1; }
 
-# bench_one LABEL MODEL [essence --set ...]: both engines on one shape.
+# bench_one LABEL MODEL: both engines on one shape; essence's numbers alone
+# when transformers cannot run here.
 bench_one() {
     local label=$1 model=$2 hf_args=(--tokens 8192) es_args=()
-    shift 2
     if [ "$CPU_ONLY" = 1 ]; then
         hf_args=(--tokens 1024 --tiny --device cpu --steps 2 --warmup 1)
         es_args=(--set student.preset=configs/models/qwen3-student-tiny.json --set run.device=cpu
@@ -198,18 +256,26 @@ bench_one() {
     python3 tools/bench_hf.py --config "configs/models/$model.json" --shard data/gpu/train.bin "${hf_args[@]}" \
         > "$WORK/hf-$label.json"
     local rc=$?
-    [ $rc = 0 ] || { echo "bench_hf $label: exit $rc"; return $rc; }
-    python3 tests/gpu/bench_summary.py "$label" "$WORK/es-$label.json" "$WORK/hf-$label.json"
+    case $rc in
+        0) python3 tests/gpu/bench_summary.py "$label" "$WORK/es-$label.json" "$WORK/hf-$label.json" ;;
+        77) rm -f "$WORK/hf-$label.json"
+            python3 tests/gpu/bench_summary.py "$label" "$WORK/es-$label.json" ;;
+        *) echo "bench_hf $label: exit $rc"; return 1 ;;
+    esac
 }
 bench() {
     corpus > "$WORK/corpus.log" 2>&1 || { tail -n 5 "$WORK/corpus.log"; return 1; }
     if [ "$CPU_ONLY" = 1 ]; then
         bench_one tiny qwen3-0.6b
     else
-        bench_one 0.6B qwen3-0.6b && bench_one 1.7B qwen3-1.7b
+        # The second shape runs even when the first fails.
+        local rc=0
+        bench_one 0.6B qwen3-0.6b || rc=1
+        bench_one 1.7B qwen3-1.7b || rc=1
+        return $rc
     fi
 }
-note_bench() { grep -E '^ratio' "$WORK/bench.out" | sed 's/^ratio //' | paste -sd';' -; }
+note_bench() { grep -E '^ratio|^essence bench .* failed|^bench_hf .*: exit' "$WORK/bench.out" | sed 's/^ratio //' | paste -sd';' -; }
 
 export -f build ops attn_tc model corpus curve memcheck fixtures torch bench_one bench
 
@@ -218,58 +284,69 @@ if [ $CPU_ONLY = 1 ]; then
     note_bundle() { grep -Eo 'check_bundle: .*|no gpu-bundle.*' "$WORK/bundle.out" | tail -n 1; }
     run_step bundle 120 'if [ -f gpu-bundle/env.sh ]; then bash tests/gpu/check_bundle.sh; else echo "no gpu-bundle/ (tests/gpu/make_bundle.sh makes it)"; exit 77; fi'
 fi
-run_step build 330 build
+if [ $NO_BUILD = 1 ]; then
+    echo
+    echo "== build: skipped (--no-build), using $BUILD as it is"
+    record build skip "--no-build: $BUILD as it is"
+else
+    run_step build 330 build
+fi
 BUILT=1
 [ -x "$BUILD/essence" ] || BUILT=0
-have() { [ $BUILT = 1 ] && [ -x "$BUILD/tests/$1" ]; }
-if [ $CPU_ONLY = 1 ]; then
-    NAMES+=(ops) STATUS+=(skip) NOTES+=("needs a GPU") SECS+=(0)
-elif have test_cuda_ops; then
-    run_step ops 90 ops
-else
-    NAMES+=(ops) STATUS+=(FAIL) NOTES+=("not built (no CUDA build)") SECS+=(0)
-fi
-if [ $CPU_ONLY = 1 ]; then
-    NAMES+=(attn_tc) STATUS+=(skip) NOTES+=("needs a GPU") SECS+=(0)
-elif [ $BUILT = 1 ] && [ -x "$BUILD/perf/bench_attention_cuda" ]; then
-    run_step attn_tc 60 attn_tc
-else
-    NAMES+=(attn_tc) STATUS+=(FAIL) NOTES+=("not built (no CUDA build)") SECS+=(0)
-fi
-if have test_cuda_model; then run_step model 90 model
-else NAMES+=(model) STATUS+=(FAIL) NOTES+=("not built (no CUDA build)") SECS+=(0); fi
+have() { [ $BUILT = 1 ] && [ -x "$BUILD/$1" ]; }
+NOT_BUILT="not built (no CUDA build)"
+[ $BUILT = 1 ] || NOT_BUILT="no essence build"
+if have tests/test_cuda_ops; then run_step ops 90 ops
+else record ops FAIL "$NOT_BUILT"; fi
+if [ $CPU_ONLY = 1 ]; then record attn_tc skip "needs a GPU"
+elif have perf/bench_attention_cuda; then run_step attn_tc 60 attn_tc
+else record attn_tc FAIL "$NOT_BUILT"; fi
+if have tests/test_cuda_model; then run_step model 90 model
+else record model FAIL "$NOT_BUILT"; fi
 if [ $BUILT = 1 ]; then run_step curve 120 curve
-else NAMES+=(curve) STATUS+=(FAIL) NOTES+=("no essence binary") SECS+=(0); fi
-if have test_cuda_fixtures; then
+else record curve FAIL "no essence build"; fi
+if have tests/test_cuda_fixtures; then
     run_step fixtures 60 fixtures
     run_step torch 90 torch
 else
-    NAMES+=(fixtures) STATUS+=(FAIL) NOTES+=("not built (no CUDA build)") SECS+=(0)
+    record fixtures FAIL "$NOT_BUILT"
+    record torch skip "needs the fixtures step's logits"
 fi
 if [ $BUILT = 1 ]; then run_step bench 240 bench
-else NAMES+=(bench) STATUS+=(FAIL) NOTES+=("no essence binary") SECS+=(0); fi
+else record bench FAIL "no essence build"; fi
 # Last: the slowest and least important, on what time is left.
-if have test_cuda_ops; then run_step memcheck 120 memcheck
-else NAMES+=(memcheck) STATUS+=(skip) NOTES+=("no CUDA op test") SECS+=(0); fi
+if have tests/test_cuda_ops; then run_step memcheck 120 memcheck
+else record memcheck skip "no CUDA op test"; fi
 
 # ---- summary -----------------------------------------------------------------
 FAILED=0
+for st in "${STATUS[@]}"; do
+    case $st in FAIL|TIMEOUT) FAILED=$((FAILED + 1)) ;; esac
+done
+COMMIT='?'
+if git rev-parse --git-dir > /dev/null 2>&1; then
+    COMMIT=$(git rev-parse --short HEAD 2> /dev/null || echo '?')
+    git diff --quiet HEAD 2> /dev/null || COMMIT="$COMMIT+changes"
+fi
 {
     echo
-    echo "== summary: $CARD, $(date -u '+%Y-%m-%d %H:%M UTC'), $(($(date +%s) - T0)) s, $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
+    echo "== summary: $CARD, $(date -u '+%Y-%m-%d %H:%M UTC'), $(($(date +%s) - T0)) s, $COMMIT"
     printf '%-9s %-7s %5s  %s\n' step status s "key numbers"
     for i in "${!NAMES[@]}"; do
         printf '%-9s %-7s %5s  %s\n' "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${NOTES[$i]}"
-        case ${STATUS[$i]} in FAIL|TIMEOUT) FAILED=$((FAILED + 1)) ;; esac
     done
-    echo "$FAILED step(s) failed; log: $LOG"
-} | tee "$WORK/summary.txt"
+    echo "$FAILED step(s) failed$([ $INTERRUPTED = 0 ] || echo ', interrupted'); log: $LOG"
+} > "$WORK/summary.txt"
+cat "$WORK/summary.txt"
 # The log is whole once tee has seen the end of its input.
 exec 1>&3 2>&4 3>&- 4>&-
-wait "$TEE_PID" 2>/dev/null
+wait "$TEE_PID" 2> /dev/null
 if [ -n "$OUTDIR" ]; then
-    mkdir -p "$OUTDIR" && cp "$WORK/summary.txt" "$OUTDIR/summary-$STAMP-$CARD_TAG.txt" && cp "$LOG" "$OUTDIR/" &&
-        cp "$WORK"/*.json "$OUTDIR/" 2>/dev/null
+    cp "$WORK/summary.txt" "$OUTDIR/summary-$STAMP-$CARD_TAG.txt" ||
+        echo "run.sh: could not copy the summary to $OUTDIR" >&2
+    for f in "$WORK"/*.json; do
+        [ -e "$f" ] && cp "$f" "$OUTDIR/"
+    done
 fi
 rm -rf "$WORK"
-[ $FAILED = 0 ]
+[ $FAILED = 0 ] && [ $INTERRUPTED = 0 ]

@@ -2,6 +2,9 @@
 // random inputs, rounded to bf16 first so that only the CUDA backend's own
 // rounding separates them; outputs start as NaN (or random where the op
 // accumulates); results must agree to bf16 tolerance. Prints a table.
+//
+// Usage: test_cuda_ops [device]   (default cuda; "cpu" checks this test itself
+// against a second CPU backend, where every error is ~0)
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -423,6 +426,82 @@ static void test_optim(void) {
     for (size_t i = 0; i < 5; i++) drop(b[i]);
 }
 
+// Generation ops on B sequences of different lengths, each owning a block of
+// cache rows with spare rows after it: a prefill appends all but the last key
+// of every sequence (rows in shuffled order), a decode step appends the last
+// one, then one query per sequence attends to its rows. The cache starts as
+// NaN, so a row written in the wrong place or read past len shows up.
+static void test_decode(int H, int KVH, int D, const char *shape) {
+    enum { B = 6, SPARE = 5 };
+    static const int32_t lens[B] = {1, 37, 64, 65, 300, 129};
+    int32_t start[B], max_len = 0, rows_total = 0, nprefill = 0;
+    for (int b = 0; b < B; b++) {
+        start[b] = rows_total;
+        rows_total += lens[b] + SPARE;
+        nprefill += lens[b] - 1;
+        if (lens[b] > max_len) max_len = lens[b];
+    }
+    int W = KVH * D;
+    char name[48];
+    int32_t *rows = es_xmalloc((size_t)nprefill * sizeof(int32_t)), last[B];
+    int n = 0;
+    for (int b = 0; b < B; b++) {
+        for (int j = 0; j < lens[b] - 1; j++) rows[n++] = start[b] + j;
+        last[b] = start[b] + lens[b] - 1;
+    }
+    for (int i = nprefill - 1; i > 0; i--) {  // the op must not rely on row order
+        int j = (int)(es_rng_u64(&rng) % (uint64_t)(i + 1));
+        int32_t t = rows[i];
+        rows[i] = rows[j];
+        rows[j] = t;
+    }
+    buf kc = nan_buf((size_t)rows_total * W, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf vc = nan_buf((size_t)rows_total * W, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf prow = ints(rows, (size_t)nprefill), drow = ints(last, B);
+    buf pk = rnd((size_t)nprefill * W, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf pv = rnd((size_t)nprefill * W, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dk = rnd((size_t)B * W, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dv = rnd((size_t)B * W, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->kv_append(cpu, kc.c, vc.c, pk.c, pv.c, prow.c, nprefill, W);
+    gpu->kv_append(gpu, kc.g, vc.g, pk.g, pv.g, prow.g, nprefill, W);
+    cpu->kv_append(cpu, kc.c, vc.c, dk.c, dv.c, drow.c, B, W);
+    gpu->kv_append(gpu, kc.g, vc.g, dk.g, dv.g, drow.g, B, W);
+    gpu->sync(gpu);
+
+    // Written rows must match; the spare rows must still be NaN.
+    buf cache[2] = {kc, vc};
+    for (int c = 0; c < 2; c++) {
+        float *hc = host_of(cpu, cache[c].c, cache[c].n, cache[c].dt);
+        float *hg = host_of(gpu, cache[c].g, cache[c].n, cache[c].dt);
+        size_t used = 0, spare_written = 0;
+        for (int b = 0; b < B; b++) {
+            size_t lo = (size_t)start[b] * W, nused = (size_t)lens[b] * W;
+            memmove(hc + used, hc + lo, nused * sizeof(float));
+            for (size_t i = lo + nused; i < lo + nused + (size_t)SPARE * W; i++)
+                spare_written += !isnan(hg[i]);
+            memmove(hg + used, hg + lo, nused * sizeof(float));
+            used += nused;
+        }
+        CHECK(spare_written == 0, "kv_append %s: %zu values written outside the appended rows",
+              shape, spare_written);
+        snprintf(name, sizeof name, "kv_append %s %s", c ? "v" : "k", shape);
+        report(name, t_rel_err(hg, hc, used, FLOOR));
+        free(hc);
+        free(hg);
+    }
+
+    buf st = ints(start, B), ln = ints(lens, B);
+    buf q = rnd((size_t)B * H * D, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf out = nan_buf((size_t)B * H * D, ES_DT_COMPUTE, ES_MEM_ACTS);
+    cpu->attention_decode(cpu, out.c, q.c, kc.c, vc.c, st.c, ln.c, B, H, KVH, D, max_len);
+    gpu->attention_decode(gpu, out.g, q.g, kc.g, vc.g, st.g, ln.g, B, H, KVH, D, max_len);
+    snprintf(name, sizeof name, "attention_decode %s", shape);
+    compare(name, out);
+    buf all[] = {kc, vc, prow, drow, pk, pv, dk, dv, st, ln, q, out};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) drop(all[i]);
+    free(rows);
+}
+
 // Attention on the backend in `gpu`, `kernel` naming it in the table: three
 // documents with 10 trailing rows, and documents of 1, 63, 64, 65 and 300
 // tokens (one row, and either side of the tensor-core kernels' 64-row tiles)
@@ -476,12 +555,14 @@ static void test_attention_tc(void) {
     tc->destroy(tc);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    const char *device = argc > 1 ? argv[1] : "cuda";
     cpu = es_backend_cpu_create();
     unsetenv("ESSENCE_ATTN");  // the first CUDA backend has the default attention
-    gpu = es_backend_cuda_create(0);
+    gpu = es_backend_create(device);
     if (!cpu || !gpu) {
-        fprintf(stderr, "test_cuda_ops: %s\n", es_last_error());
+        fprintf(stderr, "test_cuda_ops: %s backend: %s\n", cpu ? device : "cpu", es_last_error());
+        if (cpu) cpu->destroy(cpu);
         return 1;
     }
     es_rng_seed(&rng, 20240611);
@@ -494,7 +575,10 @@ int main(void) {
     test_layernorm();
     test_rope();
     test_attention_kernel("default");
-    test_attention_tc();
+    if (!strcmp(gpu->name, "cuda")) test_attention_tc();
+    test_decode(8, 2, 64, "GQA D=64");
+    test_decode(16, 4, 128, "GQA D=128");
+    test_decode(4, 4, 128, "MHA D=128");
     test_pointwise();
     test_rows();
     test_loss(12, 5003, 1, "KD V=5003");

@@ -189,9 +189,11 @@ static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
         if (write_summary(t, val, rss) || save_final(t)) return ES_ERR;
         char dur[32];
         es_format_duration(dur, sizeof dur, t->st.seconds);
+        char vl[48] = "";
+        if (isfinite(val)) snprintf(vl, sizeof vl, "validation loss %.4f; ", val);
         printf("done: %d steps, %.3g tokens, %.3g FLOPs in %s; peak memory %.1f MiB (engine), %.1f MiB (process); "
-               "validation loss %.4f; student in %s/final\n",
-               t->st.step, t->st.tokens, t->st.flops, dur, t->be->mem_peak_total / 1048576.0, rss / 1048576.0, val,
+               "%sstudent in %s/final\n",
+               t->st.step, t->st.tokens, t->st.flops, dur, t->be->mem_peak_total / 1048576.0, rss / 1048576.0, vl,
                rc->out);
     }
     return ES_OK;

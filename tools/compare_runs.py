@@ -41,7 +41,7 @@ def table(runs):
         for key, _, fmt in COLUMNS:
             rel = s[key] / base[key] if base[key] else float("nan")
             row.append(f"{fmt.format(s[key])} ({rel:.2f}x)")
-        row.append(f"{s['val_loss']:.4f}")
+        row.append(f"{s['val_loss']:.4f}" if s["val_loss"] >= 0 else "-")  # -1: no validation data
         rows.append(row)
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     fmt_row = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))

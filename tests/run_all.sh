@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds essence and runs every test: the C tests in a release build, the C
-# tests again under AddressSanitizer + UndefinedBehaviorSanitizer, and the
-# Python tools' tests. Ends with one summary line "N passed, N failed".
+# Builds essence and runs every test: the C tests in a release build, again
+# under AddressSanitizer + UndefinedBehaviorSanitizer, and again in a build
+# without the optional libraries; then the Python tools' and integration
+# tests. Ends with one summary line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh || { echo "setup failed"; exit 1; }
@@ -36,6 +37,14 @@ export OMP_NUM_THREADS=2
 meson test -C build-asan --no-suite gpu --print-errorlogs --timeout-multiplier 4 2>&1 | tee /tmp/essence-test-asan.log
 count_meson /tmp/essence-test-asan.log
 unset ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS
+
+echo "== minimal build (no BLAS, MPI or CUDA: what a bare machine builds)"
+if [ ! -d build-min ]; then
+    meson setup build-min -Dblas=disabled -Dmpi=disabled -Dcuda=disabled -Dnccl=disabled >/dev/null || exit 1
+fi
+ninja -C build-min >/dev/null || { ninja -C build-min; exit 1; }
+meson test -C build-min --no-suite gpu --print-errorlogs 2>&1 | tee /tmp/essence-test-min.log
+count_meson /tmp/essence-test-min.log
 
 echo "== python tools and integration tests"
 ESSENCE_BIN=$PWD/build/essence python3 -m pytest -q tests/tools tests/integration 2>&1 | tee /tmp/essence-test-py.log

@@ -218,6 +218,13 @@ curve() {
 }
 note_curve() { grep -Eo 'loss [0-9.]+ -> [0-9.]+, max rel diff [0-9.e+-]+' "$WORK/curve.out"; }
 
+# The student the curve step trained on $DEV, loaded in transformers: same greedy tokens.
+hfgen() {
+    python3 tests/gpu/hf_generate.py --essence "$BUILD/essence" --model "runs/gpu/curve-$DEV/final" \
+        --shard data/gpu/val.bin --device "$DEV"
+}
+note_hfgen() { grep -Eo '^[0-9]+ of [0-9]+ continuations identical|largest gap [0-9.]+|skipped.*' "$WORK/hfgen.out" | paste -sd';' -; }
+
 memcheck() {
     [ "$CPU_ONLY" = 1 ] && { echo "memcheck: needs a GPU"; return 77; }
     local cs nvcc
@@ -253,6 +260,10 @@ bench_one() {
     fi
     "$BUILD/essence" bench --config "perf/gpu/$model.json" --json "${es_args[@]}" > "$WORK/es-$label.json" ||
         { echo "essence bench $label failed"; return 1; }
+    # Every attention path the build has: the tensor-core kernels too.
+    ESSENCE_ATTN=tc "$BUILD/essence" bench --config "perf/gpu/$model.json" --json "${es_args[@]}" \
+        > "$WORK/es-tc-$label.json" || { echo "essence bench $label (ESSENCE_ATTN=tc) failed"; return 1; }
+    python3 tests/gpu/bench_summary.py "$label-tc" "$WORK/es-tc-$label.json"
     python3 tools/bench_hf.py --config "configs/models/$model.json" --shard data/gpu/train.bin "${hf_args[@]}" \
         > "$WORK/hf-$label.json"
     local rc=$?
@@ -275,9 +286,9 @@ bench() {
         return $rc
     fi
 }
-note_bench() { grep -E '^ratio|^essence bench .* failed|^bench_hf .*: exit' "$WORK/bench.out" | sed 's/^ratio //' | paste -sd';' -; }
+note_bench() { grep -E '^ratio|^essence bench .* failed|^bench_hf .*: exit' "$WORK/bench.out" | sed -e 's/^ratio //' -e 's/ (no transformers run)//' | paste -sd';' -; }
 
-export -f build ops attn_tc model corpus curve memcheck fixtures torch bench_one bench
+export -f build ops attn_tc model corpus curve hfgen memcheck fixtures torch bench_one bench
 
 # ---- run ---------------------------------------------------------------------
 if [ $CPU_ONLY = 1 ]; then
@@ -305,6 +316,8 @@ if have tests/test_cuda_model; then run_step model 90 model
 else record model FAIL "$NOT_BUILT"; fi
 if [ $BUILT = 1 ]; then run_step curve 120 curve
 else record curve FAIL "no essence build"; fi
+if [ $BUILT = 1 ]; then run_step hfgen 60 hfgen
+else record hfgen FAIL "no essence build"; fi
 if have tests/test_cuda_fixtures; then
     run_step fixtures 60 fixtures
     run_step torch 90 torch
@@ -344,9 +357,10 @@ wait "$TEE_PID" 2> /dev/null
 if [ -n "$OUTDIR" ]; then
     cp "$WORK/summary.txt" "$OUTDIR/summary-$STAMP-$CARD_TAG.txt" ||
         echo "run.sh: could not copy the summary to $OUTDIR" >&2
+    # One file for all bench JSON lines: few files come back from a device call.
     for f in "$WORK"/*.json; do
-        [ -e "$f" ] && cp "$f" "$OUTDIR/"
-    done
+        [ -e "$f" ] && { echo "== ${f##*/}"; cat "$f"; }
+    done > "$OUTDIR/bench-$STAMP-$CARD_TAG.jsonl.txt"
 fi
 rm -rf "$WORK"
 [ $FAILED = 0 ] && [ $INTERRUPTED = 0 ]

@@ -122,7 +122,7 @@ rc=$?
 check "nogpu: exit status non-zero ($rc)" [ "$rc" != 0 ]
 check "nogpu: table printed last" table_last nogpu
 check "nogpu: build ok, every GPU step FAIL, torch skipped" steps_are nogpu build=ok ops=FAIL attn_tc=FAIL \
-    model=FAIL curve=FAIL fixtures=FAIL torch=skip bench=FAIL memcheck=FAIL
+    model=FAIL curve=FAIL hfgen=skip fixtures=FAIL torch=skip bench=FAIL memcheck=FAIL
 for s in ops model fixtures; do
     check "nogpu: $s says why" note_has nogpu "$s" "no usable GPU"
 done
@@ -139,14 +139,14 @@ rc=$?
 check "standin: exit status 0 ($rc)" [ "$rc" = 0 ]
 check "standin: table printed last" table_last standin
 check "standin: every step ok (torch skipped: no CUDA for torch)" steps_are standin build=skip ops=ok \
-    attn_tc=ok model=ok curve=ok fixtures=ok torch=skip bench=ok memcheck=ok
+    attn_tc=ok model=ok curve=ok hfgen=skip fixtures=ok torch=skip bench=ok memcheck=ok
 check "standin: ops counts its checks" note_has standin ops ' checks, 0 failed'
 check "standin: attn_tc times both kernels" note_has standin attn_tc 'default fwd 100.0 bwd 66.7 TF/s; tc fwd 200.0'
 check "standin: model reports the worst gradient" note_has standin model 'worst grad'
 check "standin: curve compares the two runs" note_has standin curve 'max rel diff'
-check "standin: bench has both shapes" note_has standin bench '0.6B essence only.*1.7B essence only'
+check "standin: bench has both shapes and both attention paths" note_has standin bench '0.6B-tc essence only.*0.6B essence only.*1.7B-tc essence only.*1.7B essence only'
 check "standin: memcheck reads the sanitizer" note_has standin memcheck 'ERROR SUMMARY: 0 errors'
-check "standin: bench JSON in --out" test -s "$T/out-standin/es-0.6B.json" -a -s "$T/out-standin/es-1.7B.json"
+check "standin: bench JSON in --out" grep -q '^== es-tc-1.7B.json' "$T"/out-standin/bench-*.jsonl.txt
 check "standin: logs in the results folder and in --out" logs_kept standin
 check "standin: temp folder removed" tmp_clean
 
@@ -158,7 +158,7 @@ rc=$? took=$(($(date +%s) - start))
 check "budget: exit status non-zero ($rc)" [ "$rc" != 0 ]
 check "budget: within the budget ($took s)" [ "$took" -le 50 ]
 check "budget: ops TIMEOUT, the rest out of time" steps_are budget ops=TIMEOUT attn_tc=skip model=skip \
-    curve=skip bench=skip memcheck=skip
+    curve=skip hfgen=skip bench=skip memcheck=skip
 check "budget: the timeout is named" note_has budget ops 'timed out after'
 check "budget: table printed last" table_last budget
 check "budget: logs in the results folder and in --out" logs_kept budget
@@ -178,7 +178,7 @@ wait "$pid"
 rc=$? took=$(($(date +%s) - start))
 check "signal: exit status non-zero ($rc)" [ "$rc" != 0 ]
 check "signal: stops at once ($took s)" [ "$took" -le 5 ]
-check "signal: ops FAIL, the rest skipped" steps_are signal ops=FAIL attn_tc=skip model=skip curve=skip \
+check "signal: ops FAIL, the rest skipped" steps_are signal ops=FAIL attn_tc=skip model=skip curve=skip hfgen=skip \
     bench=skip memcheck=skip
 check "signal: the interruption is named" note_has signal model 'interrupted'
 check "signal: table printed last" table_last signal

@@ -222,7 +222,7 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     cuda_fill_optim(be);
     cuda_fill_decode(be);
     cuda_fill_comm(be);
-    // ESSENCE_ATTN=tc swaps in the tensor-core attention (cuda_attention_tc.cu).
+    // The tensor-core attention (cuda_attention_tc.cu) unless ESSENCE_ATTN=simple.
     if (cuda_fill_attention_tc(be) != ES_OK) {
         cuda_destroy(be);
         return NULL;

@@ -69,8 +69,8 @@ typedef struct {
     cuda_alloc_rec *recs;  // live allocations, for free's tally
     size_t nrecs, caprecs;
     void *comm;  // cuda_comm.cu's NCCL communicator; NULL for one rank
-    // Set when ESSENCE_ATTN=tc put cuda_attention_tc.cu's ops in the table:
-    // the default ops, which take the shapes those kernels do not.
+    // Set when cuda_attention_tc.cu's ops went into the table (unless
+    // ESSENCE_ATTN=simple): the simple ops, which take the shapes those do not.
     decltype(es_backend::attention_fwd) attn_fwd_default;
     decltype(es_backend::attention_bwd) attn_bwd_default;
 } cuda_ctx;
@@ -100,7 +100,7 @@ void cuda_fill_matmul(es_backend *be);
 void cuda_fill_norm(es_backend *be);
 void cuda_fill_rope(es_backend *be);
 void cuda_fill_attention(es_backend *be);
-// Reads ESSENCE_ATTN; ES_ERR with the reason for an unknown value.
+// Tensor-core attention unless ESSENCE_ATTN=simple; ES_ERR for an unknown value.
 int cuda_fill_attention_tc(es_backend *be);
 void cuda_fill_pointwise(es_backend *be);
 void cuda_fill_loss(es_backend *be);

@@ -1,5 +1,5 @@
-// Times the CUDA backend's attention: the default kernels against the
-// tensor-core ones (ESSENCE_ATTN=tc), forward and backward, on 4 documents of
+// Times the CUDA backend's attention: the simple kernels (ESSENCE_ATTN=simple)
+// against the tensor-core ones (the default), forward and backward, on 4 documents of
 // 2048 tokens with H=16, KVH=8, D=128 (Qwen3-4B/8B heads). Prints the median
 // of several runs in ms and TFLOP/s, counting 4 H D L(L+1)/2 FLOPs per
 // document forward and twice that backward (as bench_attention does), and the
@@ -122,9 +122,9 @@ int main(int argc, char **argv) {
     for (int d = 0; d <= NDOCS; d++) cu[d] = d * L;
 
     run runs[2];
-    const char *names[2] = {"default", "tc"};
-    setup(&runs[0], NULL, hq, hk, hv, hdo, cu);
-    setup(&runs[1], "tc", hq, hk, hv, hdo, cu);
+    const char *names[2] = {"simple", "tc"};
+    setup(&runs[0], "simple", hq, hk, hv, hdo, cu);
+    setup(&runs[1], NULL, hq, hk, hv, hdo, cu);
     unsetenv("ESSENCE_ATTN");
     free(hq);
     free(hk);
@@ -143,12 +143,12 @@ int main(int argc, char **argv) {
     // Both runs now hold outputs of the same inputs (the backward read each one's own forward).
     const char *what[] = {"out", "lse", "dq", "dk", "dv"};
     void *tc[] = {runs[1].out, runs[1].lse, runs[1].dq, runs[1].dk, runs[1].dv};
-    void *def[] = {runs[0].out, runs[0].lse, runs[0].dq, runs[0].dk, runs[0].dv};
+    void *simple[] = {runs[0].out, runs[0].lse, runs[0].dq, runs[0].dk, runs[0].dv};
     size_t n[] = {nq, (size_t)N * H, nq, nk, nk};
     double worst = 0.0;
-    printf("tc vs default, max rel diff:");
+    printf("tc vs simple, max rel diff:");
     for (int i = 0; i < 5; i++) {
-        double e = rel_diff(&runs[1], tc[i], &runs[0], def[i], n[i],
+        double e = rel_diff(&runs[1], tc[i], &runs[0], simple[i], n[i],
                             i == 1 ? ES_DT_F32 : ES_DT_COMPUTE);
         printf(" %s %.2e", what[i], e);
         worst = fmax(worst, e);

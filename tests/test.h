@@ -35,6 +35,10 @@ static inline void t_poison(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = NAN;
 }
 
+// Bytes a backend still counts outside its own workspace (which it keeps
+// until destroyed): what a test forgot to free.
+#define T_MEM_HELD(be) ((be)->mem_now_total - (be)->mem_now[ES_MEM_WORKSPACE])
+
 #define TEST_DONE()                                                        \
     do {                                                                   \
         printf("%d checks, %d failed\n", t_checks, t_failures);          \

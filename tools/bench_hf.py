@@ -8,7 +8,9 @@ tokens: fp32 master weights, bf16 autocast, SDPA attention, fused AdamW
 (foreach where this torch lacks it). Documents are packed without padding:
 with a working flash-attn, as one sequence whose position_ids restart per
 document (transformers' varlen path); otherwise each document runs as its own
-sequence and gradients accumulate. Document lengths come from an essence shard
+sequence and gradients accumulate, or, with --packing mask, the whole batch
+runs as one sequence under a block-diagonal causal mask (a 4D boolean mask,
+which transformers passes to SDPA as it is). Document lengths come from an essence shard
 (--shard) so that both engines see the same kind of batch, or are drawn at
 random. The model is built from the config alone: nothing is downloaded.
 
@@ -47,6 +49,9 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--tiny", action="store_true", help="shrink the model to a few layers (a CPU smoke run)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--packing", default="auto", choices=["auto", "perdoc", "mask"],
+                   help="auto: varlen with flash-attn, else one document at a time; mask: one "
+                        "sequence under a block-diagonal causal mask")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.tokens < 2:
         p.error("--steps must be >= 1, --warmup >= 0 and --tokens >= 2")
@@ -131,7 +136,8 @@ def main(argv=None):
         cfg_dict.pop(k, None)
     model_type = cfg_dict.pop("model_type")
     cfg = AutoConfig.for_model(model_type, **cfg_dict)
-    attn = "flash_attention_2" if args.device == "cuda" and flash_attn_works() else "sdpa"
+    attn = ("flash_attention_2" if args.packing == "auto" and args.device == "cuda" and flash_attn_works()
+            else "sdpa")
     cfg._attn_implementation = attn
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
@@ -156,12 +162,19 @@ def main(argv=None):
     labels[torch.tensor(starts[1:], dtype=torch.long, device=dev)] = -100  # nothing predicts the next document
     ntargets = ntok - len(lens)
     varlen = attn == "flash_attention_2"
+    mask = None
+    if args.packing == "mask":
+        doc = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens)).to(dev)
+        idx = torch.arange(ntok, device=dev)
+        # (1, 1, T, T): True where query i may attend key j (same document, j <= i).
+        mask = ((doc[:, None] == doc[None, :]) & (idx[None, :] <= idx[:, None]))[None, None]
 
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=bf16):
-            if varlen:
-                out = model(input_ids=ids[None], position_ids=pos[None], labels=labels[None])
+            if varlen or mask is not None:
+                out = model(input_ids=ids[None], position_ids=pos[None], labels=labels[None],
+                            attention_mask=mask)
                 out.loss.backward()
             else:
                 for a, n in zip(starts, lens):
@@ -203,7 +216,7 @@ def main(argv=None):
         peak = next((tf * 1e12 for key, tf in PEAKS if key in name), None)
     res = {
         "engine": "transformers", "device": name, "model": Path(args.config).stem + (" (tiny)" if args.tiny else ""),
-        "params": nparams, "attn": attn + (" varlen" if varlen else " per document"), "docs": len(lens),
+        "params": nparams, "attn": attn + (" varlen" if varlen else " block mask" if mask is not None else " per document"), "docs": len(lens),
         "optimizer": opt_name, "autocast": "bf16" if bf16 else None,
         "tokens_per_step": ntok, "ms_per_step": 1e3 * seconds, "tokens_per_s": ntok / seconds,
         "flops_per_step": flops, "mfu": flops / seconds / peak if peak else None,

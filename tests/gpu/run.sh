@@ -185,7 +185,7 @@ ops() { "$BUILD/tests/test_cuda_ops" "$DEV"; }
 note_ops() { ok_of ops; }
 
 attn_tc() { "$BUILD/perf/bench_attention_cuda"; }
-note_attn_tc() { awk '($1 == "default" || $1 == "tc") && NF == 5 {printf "%s%s fwd %s bwd %s TF/s", s, $1, $3, $5; s = "; "}' "$WORK/attn_tc.out"; }
+note_attn_tc() { awk '($1 == "simple" || $1 == "tc") && NF == 5 {printf "%s%s fwd %s bwd %s TF/s", s, $1, $3, $5; s = "; "}' "$WORK/attn_tc.out"; }
 
 model() { "$BUILD/tests/test_cuda_model" "$DEV"; }
 note_model() {
@@ -252,27 +252,38 @@ note_torch() { grep -Eo '[0-9]+ of [0-9]+ cases ok|skipped.*' "$WORK/torch.out" 
 # bench_one LABEL MODEL: both engines on one shape; essence's numbers alone
 # when transformers cannot run here.
 bench_one() {
-    local label=$1 model=$2 hf_args=(--tokens 8192) es_args=()
+    local label=$1 model=$2 hf_args=(--tokens 8192) es_args=() hf_files=() packing rc t hf_failed=0
     if [ "$CPU_ONLY" = 1 ]; then
         hf_args=(--tokens 1024 --tiny --device cpu --steps 2 --warmup 1)
         es_args=(--set student.preset=configs/models/qwen3-student-tiny.json --set run.device=cpu
                  --set batch.capacity=1024 --set batch.step_tokens=1024 --steps 2)
     fi
+    t=$SECONDS
     "$BUILD/essence" bench --config "perf/gpu/$model.json" --json "${es_args[@]}" > "$WORK/es-$label.json" ||
         { echo "essence bench $label failed"; return 1; }
-    # Every attention path the build has: the tensor-core kernels too.
-    ESSENCE_ATTN=tc "$BUILD/essence" bench --config "perf/gpu/$model.json" --json "${es_args[@]}" \
-        > "$WORK/es-tc-$label.json" || { echo "essence bench $label (ESSENCE_ATTN=tc) failed"; return 1; }
-    python3 tests/gpu/bench_summary.py "$label-tc" "$WORK/es-tc-$label.json"
-    python3 tools/bench_hf.py --config "configs/models/$model.json" --shard data/gpu/train.bin "${hf_args[@]}" \
-        > "$WORK/hf-$label.json"
-    local rc=$?
-    case $rc in
-        0) python3 tests/gpu/bench_summary.py "$label" "$WORK/es-$label.json" "$WORK/hf-$label.json" ;;
-        77) rm -f "$WORK/hf-$label.json"
-            python3 tests/gpu/bench_summary.py "$label" "$WORK/es-$label.json" ;;
-        *) echo "bench_hf $label: exit $rc"; return 1 ;;
-    esac
+    echo "bench $label: essence $((SECONDS - t)) s"
+    # transformers two ways: its own packing (varlen with flash-attn, else one
+    # document at a time), and one sequence under a block-diagonal mask.
+    for packing in auto mask; do
+        t=$SECONDS
+        python3 tools/bench_hf.py --config "configs/models/$model.json" --shard data/gpu/train.bin \
+            "${hf_args[@]}" --packing $packing > "$WORK/hf-$packing-$label.json"
+        rc=$?
+        echo "bench $label: transformers --packing $packing $((SECONDS - t)) s, exit $rc"
+        case $rc in
+            0) hf_files+=("$WORK/hf-$packing-$label.json") ;;
+            77) rm -f "$WORK/hf-$packing-$label.json" ;;
+            *) echo "bench_hf $label --packing $packing: exit $rc"; hf_failed=1 ;;
+        esac
+    done
+    python3 tests/gpu/bench_summary.py "$label" "$WORK/es-$label.json" "${hf_files[@]}" || return 1
+    # Every attention path the build has: the simple kernels too.
+    t=$SECONDS
+    ESSENCE_ATTN=simple "$BUILD/essence" bench --config "perf/gpu/$model.json" --json "${es_args[@]}" \
+        > "$WORK/es-simple-$label.json" || { echo "essence bench $label (ESSENCE_ATTN=simple) failed"; return 1; }
+    echo "bench $label: essence simple attention $((SECONDS - t)) s"
+    python3 tests/gpu/bench_summary.py "$label-simple" "$WORK/es-simple-$label.json"
+    return $hf_failed
 }
 bench() {
     corpus > "$WORK/corpus.log" 2>&1 || { tail -n 5 "$WORK/corpus.log"; return 1; }
@@ -325,7 +336,7 @@ else
     record fixtures FAIL "$NOT_BUILT"
     record torch skip "needs the fixtures step's logits"
 fi
-if [ $BUILT = 1 ]; then run_step bench 240 bench
+if [ $BUILT = 1 ]; then run_step bench 330 bench
 else record bench FAIL "no essence build"; fi
 # Last: the slowest and least important, on what time is left.
 if have tests/test_cuda_ops; then run_step memcheck 120 memcheck

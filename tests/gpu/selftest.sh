@@ -73,8 +73,8 @@ cat > "$S/perf/bench_attention_cuda" << 'EOF'
 #!/bin/sh
 echo "attention N=8192 (4 docs x 2048), H=16, KVH=8, D=128, median of 5"
 printf '%-8s %10s %10s %10s %10s\n' kernel "fwd ms" "fwd TF/s" "bwd ms" "bwd TF/s"
-printf '%-8s %10.2f %10.1f %10.2f %10.1f\n' default 1.00 100.0 3.00 66.7 tc 0.50 200.0 1.50 133.3
-echo "tc vs default, max rel diff: out 1.00e-03 lse 1.00e-05 dq 2.00e-03 dk 2.00e-03 dv 2.00e-03"
+printf '%-8s %10.2f %10.1f %10.2f %10.1f\n' simple 1.00 100.0 3.00 66.7 tc 0.50 200.0 1.50 133.3
+echo "tc vs simple, max rel diff: out 1.00e-03 lse 1.00e-05 dq 2.00e-03 dk 2.00e-03 dv 2.00e-03"
 EOF
 chmod +x "$T/bin"/* "$S/essence" "$S/tests"/* "$S/perf"/*
 RESULTS_BEFORE=$(ls perf/gpu/results 2> /dev/null)
@@ -141,12 +141,12 @@ check "standin: table printed last" table_last standin
 check "standin: every step ok (torch skipped: no CUDA for torch)" steps_are standin build=skip ops=ok \
     attn_tc=ok model=ok curve=ok hfgen=skip fixtures=ok torch=skip bench=ok memcheck=ok
 check "standin: ops counts its checks" note_has standin ops ' checks, 0 failed'
-check "standin: attn_tc times both kernels" note_has standin attn_tc 'default fwd 100.0 bwd 66.7 TF/s; tc fwd 200.0'
+check "standin: attn_tc times both kernels" note_has standin attn_tc 'simple fwd 100.0 bwd 66.7 TF/s; tc fwd 200.0'
 check "standin: model reports the worst gradient" note_has standin model 'worst grad'
 check "standin: curve compares the two runs" note_has standin curve 'max rel diff'
-check "standin: bench has both shapes and both attention paths" note_has standin bench '0.6B-tc essence only.*0.6B essence only.*1.7B-tc essence only.*1.7B essence only'
+check "standin: bench has both shapes and both attention paths" note_has standin bench '0.6B essence only.*0.6B-simple essence only.*1.7B essence only.*1.7B-simple essence only'
 check "standin: memcheck reads the sanitizer" note_has standin memcheck 'ERROR SUMMARY: 0 errors'
-check "standin: bench JSON in --out" grep -q '^== es-tc-1.7B.json' "$T"/out-standin/bench-*.jsonl.txt
+check "standin: bench JSON in --out" grep -q '^== es-simple-1.7B.json' "$T"/out-standin/bench-*.jsonl.txt
 check "standin: logs in the results folder and in --out" logs_kept standin
 check "standin: temp folder removed" tmp_clean
 

@@ -9,7 +9,11 @@
 //
 // Usage: test_cuda_fixtures [device [dump-dir]]  (default cuda). With a dump
 // dir, each case's logits (N, V) are written there as raw fp32
-// (<case>.logits.f32) for tests/gpu/torch_parity.py.
+// (<case>.logits.f32) and each gradient's error as "name error" lines
+// (<case>.grad_err.txt) for tests/gpu/torch_parity.py, which holds every
+// gradient to 5e-2 or 4x what a PyTorch bf16 backward of the same model makes
+// (tiny random models amplify bf16 rounding); here they are then held only to
+// TOL_GRAD_DUMP, which a wrong gradient (error near 1) still fails.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,18 +27,25 @@
 #define TOL_LOGITS 3e-2
 #define TOL_LOSS 1e-2
 #define TOL_GRAD 5e-2
+#define TOL_GRAD_DUMP 0.25
 
 static const char *const cases[] = T_FIXTURE_CASES;
 
-static int dump(const char *dir, const char *name, const float *x, size_t n) {
+static int dump(const char *dir, const char *name, const char *ext, const void *x, size_t bytes) {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s.logits.f32", dir, name);
-    return es_write_atomic(path, x, n * sizeof *x);
+    snprintf(path, sizeof path, "%s/%s.%s", dir, name, ext);
+    return es_write_atomic(path, x, bytes);
 }
 
 // Worst relative error over the reference gradients that carry our layout's
-// names; *covered counts the elements compared.
-static double compare_grads(const es_st_file *io, const es_model *m, size_t *covered) {
+// names; *covered counts the elements compared. With a dump dir, every
+// tensor's error goes to <case>.grad_err.txt.
+static double compare_grads(const es_st_file *io, const es_model *m, size_t *covered,
+                            const char *dump_dir, const char *case_name) {
+    double tol = dump_dir ? TOL_GRAD_DUMP : TOL_GRAD;
+    size_t cap = 64 * (size_t)m->layout.nparams + 1, len = 0;
+    char *report = es_xmalloc(cap);
+    report[0] = 0;
     size_t total = m->layout.total;
     float *g = es_xmalloc(total * sizeof *g);
     t_poison(g, total);
@@ -52,11 +63,17 @@ static double compare_grads(const es_st_file *io, const es_model *m, size_t *cov
         CHECK(ref, "%s", es_last_error());
         if (!ref) continue;
         double e = t_rel_err(g + p->offset, ref, p->numel, 1e-2 * gmax);
-        CHECK(e <= TOL_GRAD, "%s: gradient %s rel err %.3g > %.3g", io->path, p->name, e, TOL_GRAD);
+        CHECK(e <= tol, "%s: gradient %s rel err %.3g > %.3g", io->path, p->name, e, tol);
+        int w = snprintf(report + len, cap - len, "%s %.6e\n", p->name, e);
+        if (w > 0 && (size_t)w < cap - len) len += (size_t)w;
         if (e > worst || !isfinite(e)) worst = e;
         *covered += p->numel;
         free(ref);
     }
+    if (dump_dir)
+        CHECK(dump(dump_dir, case_name, "grad_err.txt", report, len) == ES_OK, "%s: %s", case_name,
+              es_last_error());
+    free(report);
     free(g);
     return worst;
 }
@@ -104,7 +121,7 @@ static void check_case(es_backend *be, const char *name, const char *dump_dir) {
         double e_logits = t_rel_err(host, logits_ref, NV, 1e-6);
         CHECK(e_logits <= TOL_LOGITS, "%s: logits rel err %.3g", name, e_logits);
         if (dump_dir)
-            CHECK(dump(dump_dir, name, host, NV) == ES_OK, "%s: %s", name, es_last_error());
+            CHECK(dump(dump_dir, name, "logits.f32", host, NV * sizeof *host) == ES_OK, "%s: %s", name, es_last_error());
 
         float sums[2] = {0, 0};
         be->distill_loss(be, sums, d_logits, NULL, d_tgt, d_w, N, V, 1.0f, 1.0f, 1.0f / (float)fb.count);
@@ -117,7 +134,7 @@ static void check_case(es_backend *be, const char *name, const char *dump_dir) {
         be->sync(be);
         size_t covered = 0;
         int all = m.cfg.arch != ES_ARCH_GPT2;
-        double e_grad = all ? compare_grads(&io, &m, &covered) : 0;
+        double e_grad = all ? compare_grads(&io, &m, &covered, dump_dir, name) : 0;
         CHECK(!all || covered == m.layout.total, "%s: %zu of %zu gradient elements compared", name,
               covered, m.layout.total);
         printf("  %-13s %-5s N=%d docs=%d  logits %8.2e  loss %8.2e  grads ", name, be->name, N, ndocs,
@@ -146,10 +163,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "test_cuda_fixtures: %s backend: %s\n", device, es_last_error());
         return 1;
     }
-    printf("transformers fixtures on %s (rel err, tolerances logits %.0e, loss %.0e, grads %.0e)\n", be->name,
-           TOL_LOGITS, TOL_LOSS, TOL_GRAD);
+    printf("transformers fixtures on %s (rel err, tolerances logits %.0e, loss %.0e, grads %.2g%s)\n",
+           be->name, TOL_LOGITS, TOL_LOSS, dump_dir ? TOL_GRAD_DUMP : TOL_GRAD,
+           dump_dir ? "; torch_parity.py holds them to bf16" : "");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(be, cases[i], dump_dir);
-    CHECK(be->mem_now_total == 0, "%zu bytes still allocated", be->mem_now_total);
+    CHECK(T_MEM_HELD(be) == 0, "%zu bytes still allocated", T_MEM_HELD(be));
     be->destroy(be);
     TEST_DONE();
 }

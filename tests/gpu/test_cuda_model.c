@@ -220,8 +220,8 @@ int main(int argc, char **argv) {
            dev->name, TOL_HIDDEN, TOL_LOSS, TOL_GRAD);
     for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
         compare_case(cpu, dev, configs[i][0], configs[i][1]);
-    CHECK(cpu->mem_now_total == 0, "cpu: %zu bytes still allocated", cpu->mem_now_total);
-    CHECK(dev->mem_now_total == 0, "%s: %zu bytes still allocated", dev->name, dev->mem_now_total);
+    CHECK(T_MEM_HELD(cpu) == 0, "cpu: %zu bytes still allocated", T_MEM_HELD(cpu));
+    CHECK(T_MEM_HELD(dev) == 0, "%s: %zu bytes still allocated", dev->name, T_MEM_HELD(dev));
     dev->destroy(dev);
     cpu->destroy(cpu);
     TEST_DONE();

@@ -527,24 +527,24 @@ static void test_attention_kernel(const char *kernel) {
     }
 }
 
-// A second CUDA backend made with ESSENCE_ATTN=tc runs the attention cases
-// with the tensor-core kernels (D=32 falls back to the default ones); an
-// unknown ESSENCE_ATTN is refused at creation.
+// A second CUDA backend made without ESSENCE_ATTN runs the attention cases
+// with the tensor-core kernels, the default (D=32 falls back to the simple
+// ones); the first was made with ESSENCE_ATTN=simple. An unknown
+// ESSENCE_ATTN is refused at creation.
 static void test_attention_tc(void) {
     setenv("ESSENCE_ATTN", "bogus", 1);
     es_backend *bad = es_backend_cuda_create(0);
     CHECK(!bad && strstr(es_last_error(), "ESSENCE_ATTN"), "ESSENCE_ATTN=bogus accepted: %s",
           bad ? "backend made" : es_last_error());
     if (bad) bad->destroy(bad);
-    setenv("ESSENCE_ATTN", "tc", 1);
-    es_backend *tc = es_backend_cuda_create(0), *def = gpu;
     unsetenv("ESSENCE_ATTN");
+    es_backend *tc = es_backend_cuda_create(0), *def = gpu;
     if (!tc) {
-        CHECK(0, "cuda backend with ESSENCE_ATTN=tc: %s", es_last_error());
+        CHECK(0, "cuda backend without ESSENCE_ATTN: %s", es_last_error());
         return;
     }
     CHECK(tc->attention_fwd != def->attention_fwd && tc->attention_bwd != def->attention_bwd,
-          "ESSENCE_ATTN=tc left the default attention in the table");
+          "the default backend has the simple attention in its table");
     gpu = tc;
     test_attention_kernel("tc");
     gpu = def;
@@ -558,8 +558,9 @@ static void test_attention_tc(void) {
 int main(int argc, char **argv) {
     const char *device = argc > 1 ? argv[1] : "cuda";
     cpu = es_backend_cpu_create();
-    unsetenv("ESSENCE_ATTN");  // the first CUDA backend has the default attention
+    setenv("ESSENCE_ATTN", "simple", 1);  // the first CUDA backend has the simple attention
     gpu = es_backend_create(device);
+    unsetenv("ESSENCE_ATTN");
     if (!cpu || !gpu) {
         fprintf(stderr, "test_cuda_ops: %s backend: %s\n", cpu ? device : "cpu", es_last_error());
         if (cpu) cpu->destroy(cpu);
@@ -574,7 +575,7 @@ int main(int argc, char **argv) {
     test_rmsnorm(301 * 16, 128, "rmsnorm qk C=128");
     test_layernorm();
     test_rope();
-    test_attention_kernel("default");
+    test_attention_kernel("simple");
     if (!strcmp(gpu->name, "cuda")) test_attention_tc();
     test_decode(8, 2, 64, "GQA D=64");
     test_decode(16, 4, 128, "GQA D=128");

@@ -10,6 +10,9 @@ and compares three logits arrays over the batch, as max|a - b| / max|ref|:
   cross   -- essence against this forward
 essence passes when its error is within --tol, or within 4x what torch's own
 forward in the same dtype makes: a bf16 engine can do no better than bf16.
+Gradients likewise: where test_cuda_fixtures wrote <case>.grad_err.txt, torch
+runs the fixture's loss backward in --dtype, and each parameter's gradient
+error of essence must be within --grad-tol or 4x torch's for that parameter.
 
 Exit status 0 passed, 1 failed, 77 skipped (no torch/transformers, or no GPU).
     python3 tests/gpu/torch_parity.py --dump DIR [--device cuda --dtype bfloat16]
@@ -30,6 +33,41 @@ def rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-6))
 
 
+def torch_grad_errors(torch, model, io, device):
+    """Per-parameter rel error of a backward in the model's dtype against the
+    fixture's fp32 gradients; the loss is the fixture's (mean CE over the
+    supervised tokens, each document alone), taken in fp32 from the logits."""
+    tokens = torch.as_tensor(io["tokens"].astype(np.int64), device=device)
+    targets = torch.as_tensor(io["targets"].astype(np.int64), device=device)
+    cu = io["cu_seqlens"].astype(np.int64)
+    model.zero_grad(set_to_none=True)
+    logits = torch.cat([model(input_ids=tokens[a:b][None]).logits[0] for a, b in zip(cu[:-1], cu[1:])])
+    count = int((targets >= 0).sum())
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum") / count
+    loss.backward()
+    refs = {n: io["grad." + n] for n, _ in model.named_parameters() if "grad." + n in io}
+    floor = 1e-2 * max(float(np.abs(r).max()) for r in refs.values())
+    errs = {}
+    for n, p in model.named_parameters():
+        if n in refs and p.grad is not None:
+            g, r = p.grad.float().cpu().numpy(), refs[n]
+            errs[n] = float(np.abs(g - r).max() / max(np.abs(r).max(), floor)) if np.isfinite(g).all() else float("inf")
+    return errs
+
+
+def check_grads(torch, model, io, dump, device, tol):
+    """(worst torch error, worst essence error, names out of tolerance) or None without a dump."""
+    if not dump.exists():
+        return None
+    ess = {}
+    for line in dump.read_text().splitlines():
+        name, err = line.split()
+        ess[name] = float(err)
+    mine = torch_grad_errors(torch, model, io, device)
+    bad = [n for n in ess if n not in mine or not ess[n] <= max(tol, 4 * mine[n])]
+    return max(mine.values()), max(ess.values()), bad
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dump", required=True, help="folder of <case>.logits.f32 from test_cuda_fixtures")
@@ -37,6 +75,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--tol", type=float, default=3e-2)
+    p.add_argument("--grad-tol", type=float, default=5e-2)
     args = p.parse_args(argv)
     try:
         import torch
@@ -48,7 +87,8 @@ def main(argv=None):
         print("torch_parity: skipped, torch sees no CUDA device")
         return 77
     dtype = getattr(torch, args.dtype)
-    print(f"logits vs transformers on {args.device} in {args.dtype} (rel err; tol {args.tol:g} or 4x torch's)")
+    print(f"logits vs transformers on {args.device} in {args.dtype} (rel err; tol {args.tol:g} or 4x torch's;"
+          f" gradients {args.grad_tol:g} or 4x torch's, each parameter)")
     print(f"  {'case':<13} {'torch':>9} {'essence':>9} {'cross':>9}")
     failed = 0
     for case in CASES:
@@ -78,8 +118,14 @@ def main(argv=None):
         mine = np.concatenate(parts).reshape(ref.shape)
         e_torch, e_ess, e_cross = rel(mine, ref), rel(ess, ref), rel(ess, mine)
         ok = e_ess <= max(args.tol, 4 * e_torch)
+        grads = check_grads(torch, model, io, Path(args.dump) / f"{case}.grad_err.txt", args.device, args.grad_tol)
+        note = ""
+        if grads:
+            g_torch, g_ess, bad = grads
+            ok = ok and not bad
+            note = f"  grads: torch {g_torch:.2e} essence {g_ess:.2e}" + (f", out of tolerance: {' '.join(bad)}" if bad else "")
         failed += not ok
-        print(f"  {case:<13} {e_torch:9.2e} {e_ess:9.2e} {e_cross:9.2e} {'ok' if ok else 'FAIL'}")
+        print(f"  {case:<13} {e_torch:9.2e} {e_ess:9.2e} {e_cross:9.2e} {'ok' if ok else 'FAIL'}{note}")
     print(f"torch_parity: {len(CASES) - failed} of {len(CASES)} cases ok")
     return 1 if failed else 0
 

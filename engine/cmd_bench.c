@@ -109,7 +109,10 @@ static void print_text(const es_trainer *t, const bench_sum *s, const es_op_time
     printf(" total %.1f MiB; process RSS %.1f MiB\n", be->mem_peak_total / 1048576.0, rss / 1048576.0);
     if (!os->steps) return;
     double total = os->seconds, ops = es_op_timer_total(ot);
-    printf("time per op over %d step(s) (%.1f ms/step with the timer):\n", os->steps, 1e3 * total / os->steps);
+    // The timed step packs its own batch, which may hold fewer tokens than the
+    // timed steps' average: its ms are not comparable with ms/step above.
+    printf("time per op over %d step(s) of %.0f tokens (%.1f ms/step with the timer):\n", os->steps,
+           os->tokens / os->steps, 1e3 * total / os->steps);
     printf("  %-18s %7s %9s %8s %s\n", "op", "share", "ms/step", "calls", "achieved");
     for (int i = 0; i < ES_OP_COUNT; i++) {
         if (!ot->calls[i]) continue;
@@ -136,8 +139,8 @@ static void print_json(const es_trainer *t, const bench_sum *s, const es_op_time
            s->tokens / s->steps, s->nsup / s->steps, s->tokens / s->seconds, s->flops / s->steps, fl_s, peak,
            peak_src, fl_s / (peak * t->dist->size));
     for (int k = 0; k < ES_MEM_KINDS; k++) printf("%s\"%s\": %zu", k ? ", " : "", es_mem_kind_names[k], be->mem_peak[k]);
-    printf("}, \"mem_peak_total\": %zu, \"rss_peak\": %.0f, \"op_steps\": %d, \"ops\": {", be->mem_peak_total, rss,
-           os->steps);
+    printf("}, \"mem_peak_total\": %zu, \"rss_peak\": %.0f, \"op_steps\": %d, \"op_tokens_per_step\": %.0f, "
+           "\"ops\": {", be->mem_peak_total, rss, os->steps, os->steps ? os->tokens / os->steps : 0.0);
     int first = 1;
     double ops = es_op_timer_total(ot);
     for (int i = 0; i < ES_OP_COUNT && os->steps; i++) {

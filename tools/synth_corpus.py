@@ -8,7 +8,15 @@ evaluates to it. Levels 1..5 grow from one person and two events (CoT of
 about 50 tokens) to five people, many events and a second checking pass
 (about 1500 tokens). Splits never share a prompt.
 
+--style chain makes reasoning-trace analogs for the truncation experiments
+(perf/science): a short prompt, a chain of small additions and subtractions
+("Start at 7: +5 -3 +8 +2."), and a CoT at least 5x the prompt whose answer
+is fixed in its first half: the computation, then a check of every step and a
+restatement. With --late the CoT first restates the problem and plans, and the
+decisive computation comes in its last part: where truncation hurts.
+
   python3 tools/synth_corpus.py --out data/synth --seed 0
+  python3 tools/synth_corpus.py --out data/chain --style chain [--late]
 """
 import argparse
 import json
@@ -131,12 +139,54 @@ def problem(rng, level):
             "answer": f"{answer}", "value": value, "expr": expr}
 
 
-def split(seed, index, count, taken):
+def chain_problem(rng, late):
+    """A chain of 3 to 5 single-digit additions and subtractions on values in [0, 40]."""
+    start = rng.randint(1, 20)
+    value, deltas, steps = start, [], []
+    for _ in range(rng.randint(3, 5)):
+        d = rng.randint(1, 9)
+        if value - d < 0 or (value + d <= 40 and rng.random() < 0.5):
+            steps.append((value, "+", d, value + d))
+            value += d
+        else:
+            steps.append((value, "-", d, value - d))
+            value -= d
+        deltas.append(f"{steps[-1][1]}{d}")
+    changes = " ".join(deltas)
+    compute = [f"{a} {op} {d} = {c}" for a, op, d, c in steps] + [f"So the result is {value}."]
+    words = {"+": "add", "-": "subtract"}
+    if late:
+        count = ["one", "two", "three", "four", "five"][len(steps) - 1]
+        cot = [f"Let me restate the problem. The start is {start}.",
+               f"The changes are {changes}, {count} in all."]
+        cot += [f"{'First' if i == 0 else 'Then'} {words[op]} {d}." for i, (_, op, d, _) in enumerate(steps)]
+        cot += ["I will apply each change in order, one line per change,",
+                "and keep the running value on the left of each line.",
+                "Additions make it larger and subtractions make it smaller.",
+                "No change may be skipped, and the order must stay as given.",
+                "The answer is the running value after the last change.",
+                "Now compute."] + compute
+    else:
+        undo = {"+": "-", "-": "+"}
+        cot = ["Step by step."] + compute + ["Let me check each step."]
+        cot += [f"{a} {op} {d} is {c}. Correct." for a, op, d, c in steps]
+        cot += ["Going back from the result should give the start."]
+        cot += [f"{c} {undo[op]} {d} = {a}" for a, op, d, c in reversed(steps)]
+        cot += [f"That is the start, {start}, so the forward steps are right.",
+                f"All steps check out: from {start}, the changes {changes} give {value}.",
+                f"The final value is {value}."]
+    # The two variants word their prompts apart, so one teacher can learn both.
+    return {"level": 0, "prompt": f"{'Begin' if late else 'Start'} {start}: {changes}",
+            "reasoning": "\n".join(cot), "answer": f"The result is \\boxed{{{value}}}.", "value": value,
+            "expr": str(start) + "".join(f" {op} {d}" for _, op, d, _ in steps)}
+
+
+def split(seed, index, count, taken, style="story", late=False):
     """count records for split number index, skipping prompts already taken."""
     rng = random.Random(seed * 1000 + index)
     out = []
     while len(out) < count:
-        rec = problem(rng, rng.randint(1, 5))
+        rec = chain_problem(rng, late) if style == "chain" else problem(rng, rng.randint(1, 5))
         if rec["prompt"] in taken:
             continue
         taken.add(rec["prompt"])
@@ -159,13 +209,18 @@ def main(argv=None):
     ap.add_argument("--train", type=cli_args.int_at_least(0), default=3000)
     ap.add_argument("--val", type=cli_args.int_at_least(0), default=200)
     ap.add_argument("--test", type=cli_args.int_at_least(0), default=200)
+    ap.add_argument("--style", choices=["story", "chain"], default="story",
+                    help="story: word problems of levels 1-5; chain: short prompts, long checked CoT")
+    ap.add_argument("--late", action="store_true", help="chain: the decisive computation at the end of the CoT")
     args = ap.parse_args(argv)
+    if args.late and args.style != "chain":
+        ap.error("--late needs --style chain")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     taken = set()
     # Held-out splits first, so that train is the one that skips their prompts.
     for index, name in ((1, "test"), (2, "val"), (0, "train")):
-        write_jsonl(out / f"{name}.jsonl", split(args.seed, index, getattr(args, name), taken))
+        write_jsonl(out / f"{name}.jsonl", split(args.seed, index, getattr(args, name), taken, args.style, args.late))
     print(f"wrote {args.train} train, {args.val} val, {args.test} test problems to {out}")
 
 

@@ -88,8 +88,8 @@ static char *state_json(const es_train_state *st, const char *config_json, int n
     cJSON_AddNumberToObject(root, "optim_step", st->optim_step);
     snprintf(num, sizeof num, "%llu", (unsigned long long)st->data.epoch);
     cJSON_AddStringToObject(root, "data_epoch", num);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st->data.step);
-    cJSON_AddStringToObject(root, "data_step", num);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st->data.pos);
+    cJSON_AddStringToObject(root, "data_pos", num);
     snprintf(num, sizeof num, "%llu", (unsigned long long)st->seed);  // exact: a JSON number would round
     cJSON_AddStringToObject(root, "seed", num);
     cJSON_AddNumberToObject(root, "bad_steps", st->bad_steps);
@@ -97,7 +97,6 @@ static char *state_json(const es_train_state *st, const char *config_json, int n
     cJSON_AddNumberToObject(root, "flops", st->flops);
     cJSON_AddNumberToObject(root, "seconds", st->seconds);
     if (nparts) cJSON_AddNumberToObject(root, "optim_parts", nparts);
-    if (st->nranks > 1) cJSON_AddNumberToObject(root, "ranks", st->nranks);
     cJSON *cfg = config_json ? cJSON_Parse(config_json) : NULL;
     if (cfg) cJSON_AddItemToObject(root, "config", cfg);
     char *s = cJSON_Print(root);
@@ -228,8 +227,11 @@ static int load_trainer_state(es_train_state *st, int *nparts, const char *path)
     free(txt);
     if (!root) return es_fail("%s: not valid JSON (corrupt checkpoint)", path);
     double step = 0, ostep = 0, bad = 0;
+    // "data_pos" counts the epoch's micro-batches of all ranks; older checkpoints
+    // have "data_step", the micro-batches of each of their "ranks"
+    int legacy = !cJSON_GetObjectItemCaseSensitive(root, "data_pos");
     int r = get_num(&step, root, "step", path) || get_num(&ostep, root, "optim_step", path) || get_u64(&st->data.epoch, root, "data_epoch", path) ||
-            get_u64(&st->data.step, root, "data_step", path) || get_u64(&st->seed, root, "seed", path) ||
+            get_u64(&st->data.pos, root, legacy ? "data_step" : "data_pos", path) || get_u64(&st->seed, root, "seed", path) ||
             get_num(&bad, root, "bad_steps", path) || get_num(&st->tokens, root, "tokens", path) ||
             get_num(&st->flops, root, "flops", path) || get_num(&st->seconds, root, "seconds", path);
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(root, "optim_parts");
@@ -247,7 +249,7 @@ static int load_trainer_state(es_train_state *st, int *nparts, const char *path)
     if (np < 0 || np > 1 << 20 || np != (int)np || nr < 1 || nr > 1 << 20 || nr != (int)nr)
         return es_fail("%s: bad 'optim_parts' %g or 'ranks' %g (corrupt checkpoint)", path, np, nr);
     *nparts = (int)np;
-    st->nranks = (int)nr;
+    if (legacy) st->data.pos *= (uint64_t)nr;
     return ES_OK;
 }
 

@@ -19,7 +19,6 @@ typedef struct {
     double tokens;             // kept tokens trained on
     double flops;              // FLOPs spent
     double seconds;            // training time so far
-    int nranks;                // ranks that trained it: `data` counts micro-batches per rank
 } es_train_state;
 
 // Writes checkpoint `st->step` under out_dir and keeps the newest `keep`.

@@ -97,9 +97,10 @@ static void print_text(const es_trainer *t, const bench_sum *s, const es_op_time
     format_rate(rate, sizeof rate, fl_s);
     format_rate(prate, sizeof prate, peak);
     printf("bench: %s, student %s (%lld parameters)%s, r = %.3g (%s), %d rank(s), capacity %d tokens, %d "
-           "micro-batch(es) per step\n",
+           "micro-batch(es) per step (at most %d per rank)\n",
            be->name, t->student.cfg.model_type, es_config_param_count(&t->student.cfg),
-           t->has_teacher ? " + online teacher" : "", t->rc.lsp, t->rc.trunc_mode, ranks, t->capacity, t->accum);
+           t->has_teacher ? " + online teacher" : "", t->rc.lsp, t->rc.trunc_mode, ranks, t->capacity, t->step_mbs,
+           t->accum);
     printf("%d steps: %.1f ms/step, %.0f tokens/step (%.0f supervised), %.0f tokens/s, %s, MFU %.1f%% of %s "
            "(%s)\n",
            s->steps, 1e3 * s->seconds / s->steps, s->tokens / s->steps, s->nsup / s->steps, s->tokens / s->seconds,

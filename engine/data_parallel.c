@@ -112,18 +112,6 @@ double es_dp_grad_norm(const es_dp *dp, const es_dist *d, es_model *m) {
     return sqrt(ss);
 }
 
-int es_dp_data_position(es_packer_state *pos, int saved_ranks, int nranks, const char *ckpt) {
-    if (saved_ranks == nranks) return ES_OK;
-    // micro-batches of the epoch are dealt round-robin: all ranks together took step * ranks
-    uint64_t taken = pos->step * (uint64_t)saved_ranks;
-    if (taken % (uint64_t)nranks)
-        return es_fail("%s: written by %d ranks after %llu micro-batches of the epoch, which %d ranks cannot split "
-                       "evenly; resume with %d ranks",
-                       ckpt, saved_ranks, (unsigned long long)taken, nranks, saved_ranks);
-    pos->step = taken / (uint64_t)nranks;
-    return ES_OK;
-}
-
 int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, double grad_norm) {
     if (!dp->sharded) {
         es_optim_step(o, m, hp, grad_norm);

@@ -8,7 +8,6 @@
 #include "dist.h"
 #include "model.h"
 #include "optim.h"
-#include "packer.h"
 
 // Without ZeRO-1 the gradients are all-reduced in buckets: contiguous runs of
 // the flat layout, from its end (final norm and LM head, then the last layer)
@@ -47,10 +46,6 @@ void es_dp_buckets(int *all, int *during, const es_dp *dp, const es_model *m);
 int es_dp_reduce_grads(es_dp *dp, es_model *m);
 // Global L2 norm of the reduced gradients.
 double es_dp_grad_norm(const es_dp *dp, const es_dist *d, es_model *m);
-// A checkpoint's data position counts micro-batches per rank of the
-// `saved_ranks` that wrote it; converts it for `nranks`, or refuses when
-// those ranks cannot continue from exactly there.
-int es_dp_data_position(es_packer_state *pos, int saved_ranks, int nranks, const char *ckpt);
 // Clips and applies one AdamW update (to this rank's part, then all-gathers
 // the parameters when sharded).
 int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, double grad_norm);

@@ -21,7 +21,7 @@ struct es_packer {
     size_t kept_total, sup_total;
     int capacity;
     // plan of the current epoch: bin b holds docs bin_docs[bin_start[b] .. bin_start[b+1])
-    uint64_t epoch, step;
+    uint64_t epoch, pos;          // pos: micro-batches of the epoch taken, all ranks together
     size_t nbins;
     size_t *bin_start;            // (ndocs + 1)
     size_t *bin_docs;             // (ndocs)
@@ -352,14 +352,19 @@ size_t es_packer_steps_per_epoch(const es_packer *p) {
     return (p->nbins + (size_t)p->pc.nranks - 1) / (size_t)p->pc.nranks;
 }
 
-void es_packer_next(es_packer *p, es_microbatch *mb) {
-    if (es_packer_steps_per_epoch(p) <= p->step) {
-        p->epoch++;
-        p->step = 0;
-        plan_epoch(p);
-    }
-    size_t b = (size_t)p->pc.rank + p->step * (size_t)p->pc.nranks;
-    p->step++;
+size_t es_packer_epoch_batches(const es_packer *p) { return p->nbins; }
+
+// Moves to the next epoch once every micro-batch of this one is taken.
+static void roll_epoch(es_packer *p) {
+    if (p->pos < p->nbins) return;
+    p->epoch++;
+    p->pos = 0;
+    plan_epoch(p);
+}
+
+// Fills mb with micro-batch b of the epoch's plan, or leaves it empty when
+// b is past the plan's end.
+static void fill_bin(es_packer *p, es_microbatch *mb, size_t b) {
     mb->n = 0;
     mb->ndocs = 0;
     mb->nsup = 0;
@@ -376,20 +381,37 @@ void es_packer_next(es_packer *p, es_microbatch *mb) {
     }
 }
 
+void es_packer_next(es_packer *p, es_microbatch *mb) {
+    roll_epoch(p);
+    size_t left = p->nbins - p->pos, round = left < (size_t)p->pc.nranks ? left : (size_t)p->pc.nranks;
+    fill_bin(p, mb, p->pos + (size_t)p->pc.rank);
+    p->pos += round;
+}
+
+size_t es_packer_next_step(es_packer *p, es_microbatch *mbs, size_t count) {
+    size_t nr = (size_t)p->pc.nranks, share = (count + nr - 1) / nr;
+    for (size_t a = 0; a < share; a++) fill_bin(p, &mbs[a], SIZE_MAX);
+    for (size_t j = 0; j < count; j++) {
+        roll_epoch(p);
+        if (j % nr == (size_t)p->pc.rank) fill_bin(p, &mbs[j / nr], p->pos);
+        p->pos++;
+    }
+    return share;
+}
+
 es_packer_state es_packer_get_state(const es_packer *p) {
-    es_packer_state st = {p->epoch, p->step};
+    es_packer_state st = {p->epoch, p->pos};
     return st;
 }
 
 int es_packer_set_state(es_packer *p, es_packer_state st) {
     p->epoch = st.epoch;
-    p->step = 0;
+    p->pos = 0;
     plan_epoch(p);
-    size_t steps = es_packer_steps_per_epoch(p);
-    if (st.step > steps)
+    if (st.pos > p->nbins)
         return es_fail("packer: saved position %llu is past the %zu micro-batches of epoch %llu",
-                       (unsigned long long)st.step, steps, (unsigned long long)st.epoch);
-    p->step = st.step;
+                       (unsigned long long)st.pos, p->nbins, (unsigned long long)st.epoch);
+    p->pos = st.pos;
     return ES_OK;
 }
 

@@ -5,9 +5,10 @@
 // A document is an es_doc_info (sections) plus its tokens. Each document is
 // reduced to its kept tokens (one or two spans of the original), then the
 // documents of a shuffle window are packed best-fit-decreasing into
-// micro-batches of `capacity` tokens. All micro-batches of an epoch are dealt
-// round-robin to the ranks, so every example is used exactly once per epoch
-// and the ranks' shares are disjoint.
+// micro-batches of `capacity` tokens. The epochs' micro-batches form one
+// stream that does not depend on the number of ranks; it is dealt to the ranks
+// round-robin, so every example is used exactly once per epoch and the ranks'
+// shares are disjoint.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -73,10 +74,11 @@ typedef struct {
     int nsup;           // positions with weight > 0
 } es_microbatch;
 
-// Iterator position, saved in checkpoints.
+// Iterator position, saved in checkpoints. The same on every rank and for
+// any number of ranks.
 typedef struct {
     uint64_t epoch;
-    uint64_t step;  // micro-batches of this rank already returned in this epoch
+    uint64_t pos;  // micro-batches of the epoch already taken, all ranks together
 } es_packer_state;
 
 typedef struct es_packer es_packer;
@@ -91,17 +93,26 @@ int es_packer_from_dataset(es_packer **out, const es_dataset *ds, const es_pack_
 void es_packer_free(es_packer *p);
 
 int es_packer_capacity(const es_packer *p);
-// Micro-batches this rank gets in the current epoch (packing differs a little
+// Rounds of es_packer_next in the current epoch (packing differs a little
 // between epochs). The same on every rank: the last round may hand some ranks
 // an empty micro-batch (n == 0) so that collectives stay in step.
 size_t es_packer_steps_per_epoch(const es_packer *p);
+// Micro-batches of the current epoch, all ranks together.
+size_t es_packer_epoch_batches(const es_packer *p);
 // Tokens kept, and labels supervised, over the whole dataset for one epoch.
 size_t es_packer_kept_tokens(const es_packer *p);
 size_t es_packer_supervised_tokens(const es_packer *p);
 
-// Fills mb with the next micro-batch of this rank; moves to the next epoch
-// after the last one.
+// One round: rank r takes the r-th of the next nranks micro-batches of the
+// epoch, or an empty one (n == 0) where the epoch has fewer left. Moves to
+// the next epoch after its last micro-batch.
 void es_packer_next(es_packer *p, es_microbatch *mb);
+// One optimizer step of `count` micro-batches of the stream, which may run on
+// into the next epoch: micro-batch j of the step goes to rank j % nranks, into
+// mbs[j / nranks]. Fills the ceil(count / nranks) entries of mbs (empty where
+// this rank's share is shorter) and returns that number. Whatever the number
+// of ranks, step k takes the same micro-batches.
+size_t es_packer_next_step(es_packer *p, es_microbatch *mbs, size_t count);
 es_packer_state es_packer_get_state(const es_packer *p);
 int es_packer_set_state(es_packer *p, es_packer_state st);
 

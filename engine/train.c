@@ -78,6 +78,23 @@ static int check_teacher_tokenizer(const es_trainer *t, uint64_t fp) {
     return ES_OK;
 }
 
+// Micro-batches per optimizer step, all ranks together: the step target over
+// the average micro-batch of epoch 0, so that neither the number of ranks nor
+// the epoch a run resumes in changes the batch, the steps or the schedule.
+static void plan_steps(es_trainer *t) {
+    const es_run_config *rc = &t->rc;
+    size_t all_mb = es_packer_epoch_batches(t->packer);
+    double items = rc->step_tokens ? (double)es_packer_kept_tokens(t->packer) : (double)t->train.ndocs;
+    double target = rc->step_tokens ? rc->step_tokens : rc->step_examples;
+    long g = lround(target / (items / (double)all_mb));
+    if (g < 1) g = 1;
+    if ((size_t)g > all_mb) g = (long)all_mb;
+    t->step_mbs = (int)g;
+    t->accum = (t->step_mbs + t->dist->size - 1) / t->dist->size;
+    t->steps_per_epoch = (int)(all_mb / (size_t)t->step_mbs);
+    t->total_steps = rc->steps ? rc->steps : rc->epochs * t->steps_per_epoch;
+}
+
 static void print_plan(const es_trainer *t) {
     const es_backend *be = t->be;
     printf("run config:\n%s\n", t->config_json);
@@ -89,9 +106,9 @@ static void print_plan(const es_trainer *t) {
     printf("data: %zu training examples, %zu tokens; r = %.3g keeps %zu tokens, %zu supervised (per epoch, all ranks)\n",
            t->train.ndocs, t->train.ntokens, t->pack.ratio, es_packer_kept_tokens(t->packer),
            es_packer_supervised_tokens(t->packer));
-    printf("batching: micro-batch capacity %d tokens, %d micro-batches per step per rank, %d rank(s); "
+    printf("batching: micro-batch capacity %d tokens, %d micro-batches per step (at most %d per rank), %d rank(s); "
            "%d steps per epoch, %d steps\n",
-           t->capacity, t->accum, t->dist->size, t->steps_per_epoch, t->total_steps);
+           t->capacity, t->step_mbs, t->accum, t->dist->size, t->steps_per_epoch, t->total_steps);
     int buckets, during;
     es_dp_buckets(&buckets, &during, &t->dp, &t->student);
     if (buckets) printf("gradient all-reduce: %d buckets, %d of them during backward\n", buckets, during);
@@ -143,6 +160,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
                        "the kept spans hold none of the supervised sections",
                        rc->supervise, rc->lsp, rc->trunc_mode);
     t->capacity = es_packer_capacity(t->packer);
+    plan_steps(t);
     int max_tokens = t->capacity;
     if (t->has_val) {  // validation runs whole sequences: size the activations for them
         es_packer *vp;
@@ -199,12 +217,9 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
         if (t->st.seed != rc->seed)
             return es_fail("%s: run.seed %llu differs from the checkpoint's %llu (the data order would change)", ckpt,
                            rc->seed, (unsigned long long)t->st.seed);
-        if (es_dp_data_position(&t->st.data, t->st.nranks, dist->size, ckpt) ||
-            es_packer_set_state(t->packer, t->st.data))
-            return ES_ERR;
+        if (es_packer_set_state(t->packer, t->st.data)) return ES_ERR;
     }
     t->st.seed = rc->seed;
-    t->st.nranks = dist->size;
 
     // batch buffers on the device
     es_backend *be = t->be;
@@ -214,17 +229,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     t->dhidden = be->alloc(be, (size_t)t->capacity * (size_t)sc->hidden, ES_DT_COMPUTE, ES_MEM_ACTS);
     if (!t->d_tokens || !t->d_pos || !t->d_cu || !t->dhidden) return ES_ERR;
 
-    // micro-batches per step: the step target over the average micro-batch
-    size_t mb_epoch = es_packer_steps_per_epoch(t->packer);  // per rank
-    double all_mb = (double)mb_epoch * dist->size;
-    double per_mb = rc->step_tokens ? (double)es_packer_kept_tokens(t->packer) / all_mb : (double)t->train.ndocs / all_mb;
-    double target = rc->step_tokens ? rc->step_tokens : rc->step_examples;
-    t->accum = (int)lround(target / (per_mb * dist->size));
-    if (t->accum < 1) t->accum = 1;
-    if ((size_t)t->accum > mb_epoch) t->accum = (int)mb_epoch;
-    t->steps_per_epoch = (int)(mb_epoch / (size_t)t->accum);
-    t->total_steps = rc->steps ? rc->steps : rc->epochs * t->steps_per_epoch;
-    t->mbs = es_xcalloc((size_t)t->accum, sizeof *t->mbs);
+    t->mbs = es_xcalloc((size_t)t->accum, sizeof *t->mbs);  // this rank's share of a step
     for (int a = 0; a < t->accum; a++) es_microbatch_alloc(&t->mbs[a], t->capacity);
     if (verbose && dist->rank == 0) print_plan(t);
     return ES_OK;
@@ -274,8 +279,8 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
     // fetch the whole step first: the loss is normalised by its supervised tokens
     double sums[5] = {0, 0, 0, 0, 0};  // nsup, tokens, docs, ce, kd
     int last = -1;  // the last micro-batch with tokens: its backward reduces gradients as it goes
+    es_packer_next_step(t->packer, t->mbs, (size_t)t->step_mbs);
     for (int a = 0; a < t->accum; a++) {
-        es_packer_next(t->packer, &t->mbs[a]);
         if (t->mbs[a].n) last = a;
         sums[0] += t->mbs[a].nsup;
         sums[1] += t->mbs[a].n;
@@ -289,7 +294,7 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
     double flops = 0;
     for (int a = 0; a < t->accum; a++) {
         const es_microbatch *mb = &t->mbs[a];
-        if (mb->n == 0) continue;  // this rank's share ran out in the last round
+        if (mb->n == 0) continue;  // this rank's share of the step is shorter
         es_model_batch b;
         if (forward_student(t, &t->student, &b, mb)) return ES_ERR;
         if (t->has_teacher && es_model_forward(&t->teacher, &b)) return ES_ERR;

@@ -33,7 +33,8 @@ typedef struct {
     int resumed;
     char resumed_from[600];
     int capacity;          // tokens per micro-batch
-    int accum;             // micro-batches per optimizer step, per rank
+    int step_mbs;          // micro-batches per optimizer step, all ranks together
+    int accum;             // this rank's share of them at most: ceil(step_mbs / ranks)
     int steps_per_epoch;   // optimizer steps
     int total_steps;
     es_microbatch *mbs;    // (accum) micro-batches of the current step

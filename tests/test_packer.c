@@ -1,5 +1,6 @@
 // Packer: truncation of every mode and window, supervision weights, packing
-// properties (coverage, capacity, document isolation), rank shares,
+// properties (coverage, capacity, document isolation), rank shares of
+// rounds and of optimizer steps,
 // determinism and resume.
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +245,56 @@ static int same_batch(const es_microbatch *a, const es_microbatch *b) {
            !memcmp(a->doc_ids, b->doc_ids, (size_t)a->ndocs * 8);
 }
 
+// Steps of 7 micro-batches over 1, 2 and 3 ranks, past an epoch boundary:
+// micro-batch j of a step is the 1-rank step's j-th, on rank j % N (the
+// rest of a shorter share empty), and every rank's position is the 1-rank one.
+static void test_step_shares(const corpus *c) {
+    enum { STEP = 7, NSTEPS = 12 };
+    es_pack_config pc;
+    es_pack_config_defaults(&pc);
+    pc.ratio = 0.5;
+    pc.capacity = 1024;
+    pc.seed = 9;
+    es_packer *ref = make(c, &pc);
+    CHECK(NSTEPS * STEP > es_packer_epoch_batches(ref), "the steps cross an epoch boundary");
+    int cap = es_packer_capacity(ref);
+    es_microbatch want[STEP], got[STEP];
+    for (int j = 0; j < STEP; j++) {
+        es_microbatch_alloc(&want[j], cap);
+        es_microbatch_alloc(&got[j], cap);
+    }
+    es_packer *ranks[6];
+    int nr[6] = {1, 2, 2, 3, 3, 3}, rk[6] = {0, 0, 1, 0, 1, 2};
+    for (int k = 0; k < 6; k++) {
+        pc.nranks = nr[k];
+        pc.rank = rk[k];
+        ranks[k] = make(c, &pc);
+    }
+    for (int s = 0; s < NSTEPS; s++) {
+        CHECK(es_packer_next_step(ref, want, STEP) == STEP, "one rank takes the whole step");
+        es_packer_state st = es_packer_get_state(ref);
+        for (int k = 0; k < 6; k++) {
+            int n = nr[k], r = rk[k];
+            size_t share = es_packer_next_step(ranks[k], got, STEP);
+            CHECK(share == (size_t)(STEP + n - 1) / (size_t)n, "share of rank %d of %d", r, n);
+            for (size_t a = 0; a < share; a++) {
+                size_t j = a * (size_t)n + (size_t)r;
+                CHECK(j < STEP ? same_batch(&got[a], &want[j]) : got[a].n == 0 && got[a].ndocs == 0,
+                      "step %d: rank %d of %d, micro-batch %zu", s, r, n, a);
+            }
+            es_packer_state rs = es_packer_get_state(ranks[k]);
+            CHECK(rs.epoch == st.epoch && rs.pos == st.pos, "step %d: rank %d of %d is at %llu/%llu", s, r, n,
+                  (unsigned long long)rs.epoch, (unsigned long long)rs.pos);
+        }
+    }
+    for (int k = 0; k < 6; k++) es_packer_free(ranks[k]);
+    for (int j = 0; j < STEP; j++) {
+        es_microbatch_free(&want[j]);
+        es_microbatch_free(&got[j]);
+    }
+    es_packer_free(ref);
+}
+
 // Same seed: same batches. Different epochs: different order. A restored state
 // continues exactly where the saved one was, across an epoch boundary.
 static void test_determinism_resume(const corpus *c) {
@@ -436,6 +487,7 @@ int main(void) {
     corpus_make(&c, 400, 1234);
     test_truncation_coverage(&c);
     test_ranks(&c);
+    test_step_shares(&c);
     test_determinism_resume(&c);
     test_label_mask(&c);
     test_presets();

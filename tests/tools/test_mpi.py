@@ -3,6 +3,9 @@
 N ranks with one micro-batch each must give the update of one rank
 accumulating N micro-batches: losses and weights agree to 1e-6 relative (the
 gradient sum order differs, so not bit for bit), with and without ZeRO-1.
+The same holds for steps that 2 or 3 ranks cannot split evenly (some ranks
+then take one micro-batch fewer), by examples or by tokens, across epochs, and
+for a run checkpointed on N ranks and resumed on M.
 Gradients all-reduced in per-layer buckets during backward give the weights
 of one all-reduce after it, bit for bit, also when a rank has no micro-batch.
 ZeRO-1 checkpoints resume on the same or another number of ranks; ranks with
@@ -86,9 +89,15 @@ def train(setup, n, out, *sets):
     return p
 
 
+def plan_of(stdout):
+    """(micro-batches per step, at most per rank, steps per epoch) from the start-up plan."""
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("batching:"))
+    step = int(line.split("tokens, ")[1].split()[0])
+    return step, int(line.split("at most ")[1].split()[0]), int(line.split("; ")[1].split()[0])
+
+
 def accum_of(stdout):
-    line = next(ln for ln in stdout.splitlines() if "micro-batches per step per rank" in ln)
-    return int(line.split("tokens, ")[1].split()[0])
+    return plan_of(stdout)[1]
 
 
 def losses(out):
@@ -105,16 +114,16 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
 
 
-def assert_same_run(ref, got):
+def assert_same_run(ref, got, tol=1e-6):
     la, lb = losses(ref), losses(got)
     assert len(la) == len(lb) == 10
     assert np.all(np.isfinite(la)) and np.all(np.isfinite(lb))
-    assert np.max(np.abs(la - lb) / np.abs(la)) < 1e-6, (la, lb)
+    assert np.max(np.abs(la - lb) / np.abs(la)) < tol, (la, lb)
     wa, wb = weights(ref), weights(got)
     assert wa.keys() == wb.keys()
     for k in wa:
         assert np.all(np.isfinite(wb[k])), k
-        assert rel(wa[k], wb[k]) < 1e-6, (k, rel(wa[k], wb[k]))
+        assert rel(wa[k], wb[k]) < tol, (k, rel(wa[k], wb[k]))
 
 
 @pytest.fixture(scope="module")
@@ -178,19 +187,19 @@ def test_buckets_merge_below_the_bucket_size(setup):
 
 
 def test_rank_without_backward_issues_the_same_buckets(setup):
-    # 40 micro-batches over 3 ranks: in the epoch's last step only rank 0 has
-    # one, so the others issue every bucket after an empty step; a mismatch
-    # would hang the collectives (timeout) or change the weights
-    common = ["run.comm_bucket=1", "batch.step_examples=3", "run.steps=14"]
+    # steps of 2 micro-batches over 3 ranks: rank 2 never has one, so it
+    # issues every bucket after an empty step; a mismatch would hang the
+    # collectives (timeout) or change the weights
+    common = ["run.comm_bucket=1", "batch.step_examples=2", "run.steps=14"]
     out = setup / "np3-buckets"
     p = train(setup, 3, out, *common)
-    assert accum_of(p.stdout) == 1 and "14 steps per epoch" in p.stdout, p.stdout
+    assert plan_of(p.stdout) == (2, 1, 20), p.stdout
     off = setup / "np3-overlap-off"
     train(setup, 3, off, *common, "run.overlap_comm=false")
     la, lb = losses(off), losses(out)
     assert len(la) == len(lb) == 14 and np.all(np.isfinite(lb))
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["step"] == 14 and last["docs"] == 1, last
+    assert last["step"] == 14 and last["docs"] == 2, last
     assert np.max(np.abs(la - lb) / np.abs(la)) < 1e-6, (la, lb)
     wa, wb = weights(off), weights(out)
     for k in wa:
@@ -212,6 +221,46 @@ def test_zero1_checkpoint_resumes(setup, one_rank, resume_ranks):
     la = losses(one_rank)
     lb = losses(out)[-5:]  # the resumed run appends steps 6..10
     assert np.max(np.abs(la[5:] - lb) / np.abs(la[5:])) < 1e-6, (la, lb)
+
+
+# Steps that 2 and 3 ranks cannot split evenly; 10 steps run into the second epoch.
+UNEVEN = {
+    "examples": ["batch.step_examples=5"],  # 5 micro-batches of one example, 8 steps per epoch
+    "tokens": ["batch.capacity=80", "batch.step_tokens=350"],  # 5 micro-batches of 2-3 examples, 3 per epoch
+}
+
+
+@pytest.fixture(scope="module")
+def uneven_one_rank(setup):
+    runs = {}
+    for name, sets in UNEVEN.items():
+        out = setup / f"uneven-{name}-np1"
+        p = train(setup, 1, out, *sets)
+        step, _, per_epoch = plan_of(p.stdout)
+        assert step == 5 and per_epoch < 10, p.stdout
+        runs[name] = (out, plan_of(p.stdout))
+    return runs
+
+
+@pytest.mark.parametrize("zero1", ["false", "true"])
+@pytest.mark.parametrize("name", list(UNEVEN))
+def test_uneven_steps_match_one_rank(setup, uneven_one_rank, name, zero1):
+    ref, plan = uneven_one_rank[name]
+    for n in (2, 3):
+        out = setup / f"uneven-{name}-np{n}-zero{zero1}"
+        p = train(setup, n, out, f"run.zero1={zero1}", *UNEVEN[name])
+        assert plan_of(p.stdout) == (plan[0], -(-plan[0] // n), plan[2]), p.stdout
+        assert_same_run(ref, out, tol=1e-5)
+
+
+@pytest.mark.parametrize("name,first,then,zero1", [("examples", 2, 3, "true"), ("tokens", 3, 2, "false")])
+def test_checkpoint_resumes_on_another_number_of_ranks(setup, uneven_one_rank, name, first, then, zero1):
+    # after 5 steps of 5 micro-batches neither 2 nor 3 ranks have taken equal shares
+    out = setup / f"uneven-resume-{name}-{first}-{then}"
+    train(setup, first, out, f"run.zero1={zero1}", "run.steps=5", *UNEVEN[name])
+    p = train(setup, then, out, f"run.zero1={zero1}", *UNEVEN[name])
+    assert "resuming from" in p.stdout and "at step 5" in p.stdout, p.stdout
+    assert_same_run(uneven_one_rank[name][0], out, tol=1e-5)
 
 
 def test_ranks_with_different_configs_are_refused(setup):

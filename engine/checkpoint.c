@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt_files.h"
 #include "common.h"
 #include "safetensors.h"
 
@@ -81,7 +82,8 @@ static int save_optim(const char *path, const es_model *m, const es_optim *o, si
     return r;
 }
 
-static char *state_json(const es_train_state *st, const char *config_json, int nparts) {
+// `files` (taken over) lists the other files of the checkpoint with their checksums.
+static char *state_json(const es_train_state *st, const char *config_json, int nparts, cJSON *files) {
     cJSON *root = cJSON_CreateObject();
     char num[32];
     cJSON_AddNumberToObject(root, "step", st->step);
@@ -99,6 +101,7 @@ static char *state_json(const es_train_state *st, const char *config_json, int n
     if (nparts) cJSON_AddNumberToObject(root, "optim_parts", nparts);
     cJSON *cfg = config_json ? cJSON_Parse(config_json) : NULL;
     if (cfg) cJSON_AddItemToObject(root, "config", cfg);
+    cJSON_AddItemToObject(root, "files", files);
     char *s = cJSON_Print(root);
     cJSON_Delete(root);
     return s;
@@ -114,8 +117,10 @@ static int commit(const char *out_dir, const char *tmp, const es_model *m, const
     int r = es_model_save_hf(m, tmp, 0);
     snprintf(path, sizeof path, "%s/optim.safetensors", tmp);
     if (!r && o) r = save_optim(path, m, o, m->layout.total);
+    cJSON *files = NULL;
+    if (!r) r = es_ckpt_files_record(&files, tmp);  // read back: what is on disk is what resume checks
     if (!r) {
-        char *js = state_json(st, config_json, nparts);
+        char *js = state_json(st, config_json, nparts, files);
         snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
         r = es_write_atomic(path, js, strlen(js));
         free(js);
@@ -195,13 +200,6 @@ int es_ckpt_clean(const char *out_dir, int all) {
     return r;
 }
 
-int es_ckpt_latest(char *path, size_t size, const char *out_dir) {
-    int *steps, n = list_ckpts(&steps, out_dir);
-    if (n) snprintf(path, size, "%s/ckpt-%08d", out_dir, steps[n - 1]);
-    free(steps);
-    return n > 0;
-}
-
 static int get_u64(uint64_t *out, const cJSON *root, const char *key, const char *path) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     char *end;
@@ -219,13 +217,16 @@ static int get_num(double *out, const cJSON *root, const char *key, const char *
     return ES_OK;
 }
 
-// *nparts: ranks that wrote the optimizer state in parts (0: one file).
-static int load_trainer_state(es_train_state *st, int *nparts, const char *path) {
+static int read_state(cJSON **root, const char *path) {
     char *txt;
     if (es_read_file(&txt, NULL, path)) return ES_ERR;
-    cJSON *root = cJSON_Parse(txt);
+    *root = cJSON_Parse(txt);
     free(txt);
-    if (!root) return es_fail("%s: not valid JSON (corrupt checkpoint)", path);
+    return *root ? ES_OK : es_fail("%s: not valid JSON (corrupt checkpoint)", path);
+}
+
+// *nparts: ranks that wrote the optimizer state in parts (0: one file).
+static int state_from_json(es_train_state *st, int *nparts, const cJSON *root, const char *path) {
     double step = 0, ostep = 0, bad = 0;
     // "data_pos" counts the epoch's micro-batches of all ranks; older checkpoints
     // have "data_step", the micro-batches of each of their "ranks"
@@ -239,7 +240,6 @@ static int load_trainer_state(es_train_state *st, int *nparts, const char *path)
     double np = cJSON_IsNumber(parts) ? parts->valuedouble : 0, nr = cJSON_IsNumber(ranks) ? ranks->valuedouble : 1;
     if (!r && ((parts && !cJSON_IsNumber(parts)) || (ranks && !cJSON_IsNumber(ranks))))
         r = es_fail("%s: 'optim_parts' or 'ranks' is not a number", path);
-    cJSON_Delete(root);
     if (r) return ES_ERR;
     if (step < 0 || bad < 0 || ostep < 0 || ostep > step)
         return es_fail("%s: inconsistent step counts (corrupt checkpoint)", path);
@@ -250,6 +250,119 @@ static int load_trainer_state(es_train_state *st, int *nparts, const char *path)
         return es_fail("%s: bad 'optim_parts' %g or 'ranks' %g (corrupt checkpoint)", path, np, nr);
     *nparts = (int)np;
     if (legacy) st->data.pos *= (uint64_t)nr;
+    return ES_OK;
+}
+
+static int load_trainer_state(es_train_state *st, int *nparts, const char *path) {
+    cJSON *root;
+    if (read_state(&root, path)) return ES_ERR;
+    int r = state_from_json(st, nparts, root, path);
+    cJSON_Delete(root);
+    return r;
+}
+
+// A checkpoint is intact when its trainer state is valid and every file it
+// lists has its recorded size and checksum. *unlisted: the state lists no
+// files (written before they were recorded), so nothing could be checked.
+static int verify(int *unlisted, const char *ckpt_dir) {
+    char path[PATH_MAX];
+    cJSON *root;
+    es_train_state st;
+    int nparts;
+    snprintf(path, sizeof path, "%s/trainer_state.json", ckpt_dir);
+    if (read_state(&root, path)) return ES_ERR;
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
+    *unlisted = files == NULL;
+    int r = state_from_json(&st, &nparts, root, path);
+    if (!r && files) r = es_ckpt_files_verify(files, ckpt_dir);
+    cJSON_Delete(root);
+    return r;
+}
+
+// Moves damaged checkpoints out of the list of checkpoints (pruning would
+// otherwise count them and could delete the intact ones), keeping them for
+// inspection; --fresh removes them.
+static int set_aside(const char *ckpt_dir) {
+    char to[PATH_MAX];
+    struct stat sb;
+    snprintf(to, sizeof to, "%s.damaged", ckpt_dir);
+    if (stat(to, &sb) == 0 && rm_tree(to)) return ES_ERR;
+    if (rename(ckpt_dir, to) != 0) return es_fail("%s: cannot set the damaged checkpoint aside: %s", ckpt_dir, strerror(errno));
+    return ES_OK;
+}
+
+int es_ckpt_pick(char *path, size_t size, const char *out_dir) {
+    int *steps, n = list_ckpts(&steps, out_dir), good = -1;
+    char dir[PATH_MAX];
+    for (int i = n - 1; i >= 0 && good < 0; i--) {
+        int unlisted;
+        snprintf(dir, sizeof dir, "%s/ckpt-%08d", out_dir, steps[i]);
+        if (verify(&unlisted, dir)) {
+            fprintf(stderr, "essence: %s\n", es_last_error());
+            continue;
+        }
+        good = i;
+        if (unlisted) fprintf(stderr, "essence: %s: no checksums recorded (an older checkpoint): resuming unverified\n", dir);
+    }
+    int r = n > 0;
+    if (n > 0 && good < 0)
+        r = es_fail("%s: no intact checkpoint to resume from; repair it or start over with --fresh", out_dir);
+    for (int i = good + 1; good >= 0 && i < n && r > 0; i++) {
+        snprintf(dir, sizeof dir, "%s/ckpt-%08d", out_dir, steps[i]);
+        if (set_aside(dir)) r = ES_ERR;
+    }
+    if (r > 0) {
+        snprintf(path, size, "%s/ckpt-%08d", out_dir, steps[good]);
+        if (good < n - 1)
+            fprintf(stderr, "essence: resuming from the previous complete checkpoint %s instead (%d damaged one(s) set aside as ckpt-*.damaged)\n",
+                    path, n - 1 - good);
+    }
+    free(steps);
+    return r;
+}
+
+// First difference between the checkpoint's layout and the run's, as text;
+// "" when they hold the same tensors (layouts have a fixed order).
+static void layout_diff(char *why, size_t size, const es_layout *ck, const es_layout *run) {
+    why[0] = 0;
+    for (int i = 0; i < ck->nparams || i < run->nparams; i++) {
+        const es_param *p = i < ck->nparams ? &ck->params[i] : NULL, *q = i < run->nparams ? &run->params[i] : NULL;
+        if (!p || !q || strcmp(p->name, q->name)) {
+            snprintf(why, size, "tensor '%s' where the run's student has '%s'", p ? p->name : "(none)",
+                     q ? q->name : "(none)");
+            return;
+        }
+        if (p->shape[0] != q->shape[0] || p->shape[1] != q->shape[1]) {  // 1-D tensors have shape[1] == 0
+            snprintf(why, size, "tensor '%s' is %dx%d, %dx%d in the run's student", p->name, p->shape[0],
+                     p->shape[1] ? p->shape[1] : 1, q->shape[0], q->shape[1] ? q->shape[1] : 1);
+            return;
+        }
+    }
+}
+
+int es_ckpt_check_model(const char *ckpt_dir, const es_config *run) {
+    char path[PATH_MAX], why[256];
+    es_config cc;
+    es_layout ck, lo;
+    snprintf(path, sizeof path, "%s/config.json", ckpt_dir);
+    if (es_config_load(&cc, path)) return ES_ERR;
+    if (strcmp(cc.model_type, run->model_type)) {
+        snprintf(why, sizeof why, "a %s model, the run's student is %s", cc.model_type, run->model_type);
+    } else if (cc.layers != run->layers) {
+        snprintf(why, sizeof why, "%d layers, %d in the run's student", cc.layers, run->layers);
+    } else {
+        if (es_layout_build(&ck, &cc)) return ES_ERR;
+        if (es_layout_build(&lo, run)) {
+            es_layout_free(&ck);
+            return ES_ERR;
+        }
+        layout_diff(why, sizeof why, &ck, &lo);
+        es_layout_free(&ck);
+        es_layout_free(&lo);
+    }
+    if (why[0])
+        return es_fail("%s: a checkpoint of another model (%s): use another run.out, or start over with --fresh",
+                       path, why);
     return ES_OK;
 }
 

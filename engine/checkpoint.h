@@ -27,8 +27,16 @@ int es_ckpt_save(const char *out_dir, const es_model *m, const es_optim *o, cons
 // Removes temporaries left by a checkpoint write that was killed; with
 // `all`, also every checkpoint (a fresh start).
 int es_ckpt_clean(const char *out_dir, int all);
-// Finds the newest complete checkpoint; returns 1 and fills path, 0 if none.
-int es_ckpt_latest(char *path, size_t size, const char *out_dir);
+// Finds the newest intact checkpoint (trainer state valid, every file of the
+// size and CRC-32C recorded in it): returns 1 and fills path, 0 if there is
+// no checkpoint at all. Each damaged one gets a line on stderr naming the
+// file and the problem; when an older one is intact the newer damaged ones
+// are renamed to ckpt-NNNNNNNN.damaged (out of pruning's way) and a line says
+// which checkpoint resumes instead. ES_ERR when none is intact.
+int es_ckpt_pick(char *path, size_t size, const char *out_dir);
+// Refuses (one line naming config.json and the first differing tensor) a
+// checkpoint whose model has other tensors than the run's student.
+int es_ckpt_check_model(const char *ckpt_dir, const es_config *run);
 // Restores the optimizer and trainer state of a checkpoint into an already
 // loaded model (load the weights with es_model_load_hf on the same directory).
 int es_ckpt_load_state(es_optim *o, es_train_state *st, const es_model *m, const char *ckpt_dir);

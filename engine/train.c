@@ -39,10 +39,15 @@ static int load_student(es_trainer *t, const char *dir, int max_tokens) {
     const es_run_config *rc = &t->rc;
     int mode;  // trainable, at the run's recompute level
     if (es_model_train_mode(&mode, rc->recompute)) return ES_ERR;
-    if (dir) return es_model_load_hf(&t->student, dir, t->be, max_tokens, mode);
+    char path[PATH_MAX];
+    es_config cfg;  // the run's student: a checkpoint of another model is refused before it is loaded
+    snprintf(path, sizeof path, "%s/config.json", rc->student_path);
+    if (es_config_load(&cfg, rc->student_path[0] ? path : rc->student_preset)) return ES_ERR;
+    if (dir) {
+        if (es_ckpt_check_model(dir, &cfg)) return ES_ERR;
+        return es_model_load_hf(&t->student, dir, t->be, max_tokens, mode);
+    }
     if (rc->student_path[0]) return es_model_load_hf(&t->student, rc->student_path, t->be, max_tokens, mode);
-    es_config cfg;
-    if (es_config_load(&cfg, rc->student_preset)) return ES_ERR;
     if (es_model_create(&t->student, &cfg, t->be, max_tokens, mode)) return ES_ERR;
     es_model_init_random(&t->student, rc->seed);
     return ES_OK;
@@ -171,10 +176,15 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     }
 
     // resume from the newest checkpoint of the run directory
+    // (rank 0 verifies the checkpoints of the shared run directory)
     char ckpt[600];
-    if (dist->rank == 0 && es_ckpt_clean(rc->out, fresh)) return ES_ERR;
-    es_dist_barrier(dist);
-    if (!fresh && es_ckpt_latest(ckpt, sizeof ckpt, rc->out)) {
+    double found = 0;  // es_ckpt_pick's answer, sent to every rank
+    if (dist->rank == 0)
+        found = es_ckpt_clean(rc->out, fresh) ? ES_ERR : fresh ? 0 : es_ckpt_pick(ckpt, sizeof ckpt, rc->out);
+    es_dist_bcast(dist, &found, sizeof found);
+    if (found < 0) return dist->rank == 0 ? ES_ERR : es_fail("rank 0 could not resume from %s (see its message)", rc->out);
+    if (found) {
+        es_dist_bcast(dist, ckpt, sizeof ckpt);
         t->resumed = 1;
         snprintf(t->resumed_from, sizeof t->resumed_from, "%s", ckpt);
     }

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int t_failures = 0, t_checks = 0;
 
@@ -44,3 +45,14 @@ static inline void t_poison(float *x, size_t n) {
         printf("%d checks, %d failed\n", t_checks, t_failures);          \
         return t_failures ? 1 : 0;                                         \
     } while (0)
+
+// Exit status of a GPU test whose backend could not be created (why: the
+// error): 77, meson's "skipped", when the machine has no usable GPU; 1 for any
+// other failure, and also for no GPU under ESSENCE_REQUIRE_GPU=1 (set by
+// tests/gpu/run.sh, which runs where a GPU must be).
+static inline int t_no_backend_status(const char *why) {
+    const char *require = getenv("ESSENCE_REQUIRE_GPU");
+    if (!strstr(why, "no usable GPU") || (require && strcmp(require, "") && strcmp(require, "0"))) return 1;
+    fprintf(stderr, "skipped: no usable GPU on this machine\n");
+    return 77;
+}

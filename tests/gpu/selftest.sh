@@ -10,7 +10,8 @@
 # expected status per step, logs in the results folder and in --out, nothing
 # left in the temp folder):
 #   nogpu    a real -Dcuda=enabled build; every GPU step fails ("no usable
-#            GPU") as a FAIL row and the next step still runs
+#            GPU") as a FAIL row and the next step still runs; the same test
+#            programs run outside run.sh exit 77 (skipped, as meson counts it)
 #   standin  --no-build on the stand-ins: every step's success path
 #   budget   a hanging step in a 45 s budget: TIMEOUT, then "no time left"
 #   signal   SIGTERM during a hanging step: the table still comes, exit 1
@@ -131,6 +132,17 @@ check "nogpu: bench runs both shapes" grep -q 'essence bench 1.7B failed' "$T/no
 check "nogpu: logs in the results folder and in --out" logs_kept nogpu
 check "nogpu: temp folder removed" tmp_clean
 [ -x "$REAL/tests/test_cuda_ops" ] || { echo "selftest: no CUDA build in $BUILD; the other runs need it"; exit 1; }
+# Outside run.sh (a plain `meson test`) the same programs report skipped.
+skip_without_gpu() {
+    local t rc ok=0
+    for t in ops model fixtures; do
+        env -u ESSENCE_REQUIRE_GPU "$REAL/tests/test_cuda_$t" > /dev/null 2>&1
+        rc=$?
+        [ $rc = 77 ] || { echo "  test_cuda_$t exited $rc, expected 77"; ok=1; }
+    done
+    return $ok
+}
+check "nogpu: the GPU test programs exit 77 (skipped) outside run.sh" skip_without_gpu
 
 # ---- standin: every success path -----------------------------------------------
 echo "selftest: standin run"

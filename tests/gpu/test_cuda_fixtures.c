@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
     es_backend *be = es_backend_create(device);
     if (!be) {
         fprintf(stderr, "test_cuda_fixtures: %s backend: %s\n", device, es_last_error());
-        return 1;
+        return t_no_backend_status(es_last_error());
     }
     printf("transformers fixtures on %s (rel err, tolerances logits %.0e, loss %.0e, grads %.2g%s)\n",
            be->name, TOL_LOGITS, TOL_LOSS, dump_dir ? TOL_GRAD_DUMP : TOL_GRAD,

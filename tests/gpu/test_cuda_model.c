@@ -214,7 +214,7 @@ int main(int argc, char **argv) {
     if (!cpu || !dev) {
         fprintf(stderr, "test_cuda_model: %s backend: %s\n", cpu ? device : "cpu", es_last_error());
         if (cpu) cpu->destroy(cpu);
-        return 1;
+        return t_no_backend_status(es_last_error());
     }
     printf("model forward/backward, %s vs cpu (rel err, tolerances hidden %.0e, loss %.0e, grads %.0e)\n",
            dev->name, TOL_HIDDEN, TOL_LOSS, TOL_GRAD);

@@ -564,7 +564,7 @@ int main(int argc, char **argv) {
     if (!cpu || !gpu) {
         fprintf(stderr, "test_cuda_ops: %s backend: %s\n", cpu ? device : "cpu", es_last_error());
         if (cpu) cpu->destroy(cpu);
-        return 1;
+        return t_no_backend_status(es_last_error());
     }
     es_rng_seed(&rng, 20240611);
     size_t base = gpu->mem_now_total;

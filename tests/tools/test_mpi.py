@@ -207,6 +207,24 @@ def test_rank_without_backward_issues_the_same_buckets(setup):
         assert rel(wa[k], wb[k]) < 1e-6, (k, rel(wa[k], wb[k]))  # three ranks: MPI may pick another sum order by size
 
 
+def test_zero1_damaged_optimizer_part_falls_back(setup, one_rank):
+    # a flipped byte in one rank's optimizer part of the newest checkpoint is
+    # named on resume, which goes on from the previous checkpoint instead
+    out = setup / "zero1-damaged"
+    train(setup, 2, out, "run.zero1=true", "run.steps=4", "run.ckpt_every=2", "run.keep=3")
+    part = out / "ckpt-00000004" / "optim-00001-of-00002.safetensors"
+    b = bytearray(part.read_bytes())
+    b[len(b) - 10] ^= 0x01
+    part.write_bytes(bytes(b))
+    p = train(setup, 2, out, "run.zero1=true", "run.steps=10")
+    assert f"essence: {part}: checksum mismatch: CRC-32C " in p.stderr, p.stderr
+    assert f"resuming from the previous complete checkpoint {out}/ckpt-00000002 instead" in p.stderr, p.stderr
+    assert f"resuming from {out}/ckpt-00000002 at step 2" in p.stdout
+    wa, wb = weights(one_rank), weights(out)
+    for k in wa:
+        assert rel(wa[k], wb[k]) < 1e-6, (k, rel(wa[k], wb[k]))
+
+
 @pytest.mark.parametrize("resume_ranks", [2, 1])
 def test_zero1_checkpoint_resumes(setup, one_rank, resume_ranks):
     out = setup / f"zero1-resume-{resume_ranks}"

@@ -94,12 +94,13 @@ struct es_backend {
 
     // ---- rotary embedding (Hugging Face rotate_half convention) ---------
     // out (N, H, D) = rope(inp, pos); in place allowed. Rotates pairs (j, j + D/2)
-    // by angle pos * theta^(-2j/D).
+    // by angle pos * inv_freq[j], the product formed in fp32; inv_freq (D/2) is an
+    // fp32 buffer (the model's scaled frequencies, es_rope_inv_freq).
     void (*rope_fwd)(es_backend *be, void *out, const void *inp, const void *pos,
-                     int N, int H, int D, float theta);
+                     const float *inv_freq, int N, int H, int D);
     // dinp = rope^-1(dout); in place allowed.
     void (*rope_bwd)(es_backend *be, void *dinp, const void *dout, const void *pos,
-                     int N, int H, int D, float theta);
+                     const float *inv_freq, int N, int H, int D);
 
     // ---- attention over packed documents --------------------------------
     // q (N, H, D), k/v (N, KVH, D), out (N, H, D), lse (N, H) fp32 saved.

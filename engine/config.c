@@ -40,14 +40,21 @@ static int get_size(int *out, const reader *r, const char *key, int def) {
     return ES_OK;
 }
 
-static int get_float(float *out, const reader *r, const cJSON *v, const char *key, float def) {
+static int get_number(double *out, const reader *r, const cJSON *v, const char *key, double def) {
     if (!v || cJSON_IsNull(v)) {
         *out = def;
         return ES_OK;
     }
     if (!cJSON_IsNumber(v) || !(v->valuedouble > 0))
         return es_fail("%s: key '%s' must be a positive number", r->path, key);
-    *out = (float)v->valuedouble;
+    *out = v->valuedouble;
+    return ES_OK;
+}
+
+static int get_float(float *out, const reader *r, const cJSON *v, const char *key, float def) {
+    double d = def;
+    if (get_number(&d, r, v, key, def)) return ES_ERR;
+    *out = (float)d;
     return ES_OK;
 }
 
@@ -84,18 +91,104 @@ static int get_string(char *out, size_t cap, const reader *r, const char *key, c
     return ES_OK;
 }
 
-// rope_scaling / rope_parameters: null or the plain "default" rotation only.
-static int check_rope(float *theta, const reader *r, const char *key) {
+// Number `name` of the rope object `key` (required when def <= 0).
+static int rope_number(double *out, const reader *r, const cJSON *obj, const char *key,
+                       const char *name, double def) {
+    char full[64];
+    snprintf(full, sizeof full, "%s.%s", key, name);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    if ((!v || cJSON_IsNull(v)) && def <= 0)
+        return es_fail("%s: required key '%s' missing", r->path, full);
+    return get_number(out, r, v, full, def);
+}
+
+// The keys of a scaled rope object: anything else (partial_rotary_factor,
+// attention_factor, ...) would change the numerics, so it is refused by name.
+static int rope_keys_known(const reader *r, const cJSON *obj, const char *key, const char *type) {
+    static const char *const known[] = {"rope_type", "type", "rope_theta", "partial_rotary_factor",
+        "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+    for (const cJSON *e = obj->child; e; e = e->next) {
+        int k = 0, n = strcmp(type, "llama3") ? 5 : 8;
+        while (k < n && strcmp(e->string, known[k])) k++;
+        if (k == n)
+            return es_fail("%s: key '%s.%s' is not implemented for rope_type '%s'", r->path, key,
+                           e->string, type);
+    }
+    return ES_OK;
+}
+
+// One rope_scaling / rope_parameters object into *s (*present = 0 when the key
+// is absent or null). Its rope_theta overrides the top-level one. rope_type
+// default, linear or llama3 (read as transformers' modeling_rope_utils does);
+// any other type is refused naming it.
+static int read_rope(es_rope_scaling *s, int *present, float *theta, const es_config *c,
+                     const reader *r, const char *key) {
+    memset(s, 0, sizeof *s);
     const cJSON *v = item(r, key);
-    if (!v || cJSON_IsNull(v)) return ES_OK;
+    *present = v && !cJSON_IsNull(v);
+    if (!*present) return ES_OK;
     if (!cJSON_IsObject(v)) return es_fail("%s: key '%s' must be an object or null", r->path, key);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "rope_theta");
+    if (t && get_float(theta, r, t, key, *theta)) return ES_ERR;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(v, "rope_type");
     if (!type) type = cJSON_GetObjectItemCaseSensitive(v, "type");
-    if (type && !cJSON_IsNull(type) && !(cJSON_IsString(type) && !strcmp(type->valuestring, "default")))
-        return es_fail("%s: key '%s': only the default rotary embedding is implemented "
-                       "(no scaled variants)", r->path, key);
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "rope_theta");
-    if (t) return get_float(theta, r, t, key, *theta);
+    const char *name = "default";
+    if (type && !cJSON_IsNull(type)) {
+        if (!cJSON_IsString(type))
+            return es_fail("%s: key '%s.rope_type' must be a string", r->path, key);
+        name = type->valuestring;
+    }
+    double partial;
+    if (rope_number(&partial, r, v, key, "partial_rotary_factor", 1.0)) return ES_ERR;
+    if (partial != 1.0)
+        return es_fail("%s: key '%s.partial_rotary_factor' other than 1 is not implemented",
+                       r->path, key);
+    if (!strcmp(name, "default")) return ES_OK;
+    int llama3 = !strcmp(name, "llama3");
+    if (!llama3 && strcmp(name, "linear"))
+        return es_fail("%s: key '%s': rope_type '%s' is not implemented (default, linear and "
+                       "llama3 are)", r->path, key, name);
+    if (rope_keys_known(r, v, key, name) || rope_number(&s->factor, r, v, key, "factor", 0))
+        return ES_ERR;
+    s->type = ES_ROPE_LINEAR;
+    if (!llama3) return ES_OK;
+    s->type = ES_ROPE_LLAMA3;
+    if (rope_number(&s->low_freq_factor, r, v, key, "low_freq_factor", 0) ||
+        rope_number(&s->high_freq_factor, r, v, key, "high_freq_factor", 0))
+        return ES_ERR;
+    if (!(s->high_freq_factor > s->low_freq_factor))
+        return es_fail("%s: key '%s.high_freq_factor' must exceed low_freq_factor", r->path, key);
+    // transformers prefers a top-level original_max_position_embeddings, then
+    // the object's, then max_position_embeddings.
+    const char *okey = "original_max_position_embeddings";
+    if (has(r, okey)) return get_size(&s->orig_max_pos, r, okey, 0);
+    double orig;
+    if (rope_number(&orig, r, v, key, okey, c->max_pos)) return ES_ERR;
+    if (orig > 1 << 30 || orig != (double)(int)orig)
+        return es_fail("%s: key '%s.%s' must be a positive integer", r->path, key, okey);
+    s->orig_max_pos = (int)orig;
+    return ES_OK;
+}
+
+static int same_rope(const es_rope_scaling *a, const es_rope_scaling *b) {
+    return a->type == b->type && a->factor == b->factor &&
+           a->low_freq_factor == b->low_freq_factor && a->high_freq_factor == b->high_freq_factor &&
+           a->orig_max_pos == b->orig_max_pos;
+}
+
+// rope_scaling (transformers 4) and rope_parameters (5) may both be present;
+// transformers 5 then reads rope_scaling, 4 only ever did, so two objects that
+// disagree are refused rather than guessed at.
+static int parse_rope(es_config *c, const reader *r) {
+    es_rope_scaling a, b;
+    int has_a, has_b;
+    if (read_rope(&a, &has_a, &c->rope_theta, c, r, "rope_scaling") ||
+        read_rope(&b, &has_b, &c->rope_theta, c, r, "rope_parameters"))
+        return ES_ERR;
+    if (has_a && has_b && !same_rope(&a, &b))
+        return es_fail("%s: keys 'rope_scaling' and 'rope_parameters' describe different "
+                       "rotary embeddings", r->path);
+    c->rope_scaling = has_a ? a : b;
     return ES_OK;
 }
 
@@ -150,8 +243,7 @@ static int parse_rope_family(es_config *c, const reader *r) {
                        r->path, c->kv_heads, c->heads);
     c->rope_theta = 10000.0f;
     if (get_float(&c->rope_theta, r, item(r, "rope_theta"), "rope_theta", c->rope_theta) ||
-        check_rope(&c->rope_theta, r, "rope_scaling") ||
-        check_rope(&c->rope_theta, r, "rope_parameters"))
+        parse_rope(c, r))
         return ES_ERR;
     char act[32];
     if (get_string(act, sizeof act, r, "hidden_act", "silu")) return ES_ERR;
@@ -265,6 +357,19 @@ static void save_gpt2(cJSON *o, const es_config *c) {
     cJSON_AddStringToObject(o, "activation_function", "gelu_new");
 }
 
+static void add_rope(cJSON *o, const es_config *c) {
+    static const char *const types[] = {"default", "linear", "llama3"};
+    const es_rope_scaling *s = &c->rope_scaling;
+    add_float(o, "rope_theta", c->rope_theta);
+    cJSON_AddStringToObject(o, "rope_type", types[s->type]);
+    if (s->type == ES_ROPE_DEFAULT) return;
+    cJSON_AddNumberToObject(o, "factor", s->factor);
+    if (s->type != ES_ROPE_LLAMA3) return;
+    cJSON_AddNumberToObject(o, "low_freq_factor", s->low_freq_factor);
+    cJSON_AddNumberToObject(o, "high_freq_factor", s->high_freq_factor);
+    cJSON_AddNumberToObject(o, "original_max_position_embeddings", s->orig_max_pos);
+}
+
 static void save_rope_family(cJSON *o, const es_config *c) {
     static const char *const archs[] = {"Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM"};
     add_arch(o, archs[c->arch]);
@@ -278,11 +383,11 @@ static void save_rope_family(cJSON *o, const es_config *c) {
     cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
     cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_pos);
     add_float(o, "rms_norm_eps", c->norm_eps);
-    // Both spellings: transformers 5 reads rope_parameters, older readers rope_theta.
+    // Both spellings: transformers 5 reads rope_parameters, older readers rope_theta
+    // and rope_scaling.
     add_float(o, "rope_theta", c->rope_theta);
-    cJSON *rp = cJSON_AddObjectToObject(o, "rope_parameters");
-    add_float(rp, "rope_theta", c->rope_theta);
-    cJSON_AddStringToObject(rp, "rope_type", "default");
+    add_rope(cJSON_AddObjectToObject(o, "rope_parameters"), c);
+    if (c->rope_scaling.type != ES_ROPE_DEFAULT) add_rope(cJSON_AddObjectToObject(o, "rope_scaling"), c);
     cJSON_AddStringToObject(o, "hidden_act", "silu");
     if (c->arch != ES_ARCH_QWEN2) cJSON_AddBoolToObject(o, "attention_bias", c->o_bias);
     if (c->arch == ES_ARCH_LLAMA) cJSON_AddBoolToObject(o, "mlp_bias", 0);

@@ -146,6 +146,17 @@ int es_model_train_mode(int *trainable, const char *recompute) {
     return es_fail("model: recompute level '%s' is not none, mlp or full", recompute);
 }
 
+// The rotary frequencies of the config, computed once and kept on the device.
+static int alloc_inv_freq(es_model *m) {
+    size_t half = (size_t)m->cfg.head_dim / 2;
+    if (own_f32(m, &m->inv_freq, half, ES_MEM_WEIGHTS)) return ES_ERR;
+    float *host = es_xmalloc(half * sizeof *host);
+    es_rope_inv_freq(host, &m->cfg);
+    m->be->upload(m->be, m->inv_freq, host, half, ES_DT_F32);
+    free(host);
+    return ES_OK;
+}
+
 // A model with its own parameters, or (shared != NULL, forward only) one that
 // reads another model's parameters.
 static int create(es_model *m, const es_config *cfg, es_backend *be, int max_tokens, int trainable,
@@ -165,6 +176,7 @@ static int create(es_model *m, const es_config *cfg, es_backend *be, int max_tok
     if (cfg->arch != ES_ARCH_GPT2 && cfg->head_dim % 2)
         return es_fail("model: rotary embedding needs an even head_dim (got %d)", cfg->head_dim);
     if (es_layout_build(&m->layout, cfg)) return ES_ERR;
+    if (!is_gpt2(m) && alloc_inv_freq(m)) goto fail;
     if (shared) m->params = shared;
     else if (own(m, &m->params, m->layout.total, ES_DT_COMPUTE, ES_MEM_WEIGHTS)) goto fail;
     if (trainable) {
@@ -294,8 +306,8 @@ static void attention_block_fwd(es_model *m, es_layer_acts *a, int layer, const 
                         c->norm_eps);
     }
     if (!is_gpt2(m)) {
-        be->rope_fwd(be, a->q, a->q, pos, N, H, D, c->rope_theta);
-        be->rope_fwd(be, a->k, a->k, pos, N, KVH, D, c->rope_theta);
+        be->rope_fwd(be, a->q, a->q, pos, m->inv_freq, N, H, D);
+        be->rope_fwd(be, a->k, a->k, pos, m->inv_freq, N, KVH, D);
     }
     attend(ctx, m, a, layer, N);
     be->matmul_fwd(be, m->scratch[0], a->att, P(m, lp->o_w), P(m, lp->o_b), N, H * D, C);
@@ -389,8 +401,8 @@ static void attention_block_bwd(es_model *m, const es_layer_acts *a, const es_la
     be->attention_bwd(be, dq, dk, dv, datt, a->q, a->k, a->v, a->att, a->lse, b->cu_seqlens,
                       b->ndocs, N, H, KVH, D);
     if (!is_gpt2(m)) {
-        be->rope_bwd(be, dq, dq, b->pos, N, H, D, c->rope_theta);
-        be->rope_bwd(be, dk, dk, b->pos, N, KVH, D, c->rope_theta);
+        be->rope_bwd(be, dq, dq, b->pos, m->inv_freq, N, H, D);
+        be->rope_bwd(be, dk, dk, b->pos, m->inv_freq, N, KVH, D);
     }
     void *dln = m->scratch[0];  // datt is dead after attention_bwd
     if (c->qk_norm) {  // move dq, dk down one scratch so each norm's output is distinct

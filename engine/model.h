@@ -7,6 +7,19 @@
 
 typedef enum { ES_ARCH_QWEN3 = 0, ES_ARCH_QWEN2, ES_ARCH_LLAMA, ES_ARCH_GPT2 } es_arch;
 
+// rope_scaling / rope_parameters "rope_type"; anything else is refused.
+typedef enum { ES_ROPE_DEFAULT = 0, ES_ROPE_LINEAR, ES_ROPE_LLAMA3 } es_rope_type;
+
+// The rotary scaling of a config, as transformers reads it (doubles, as in
+// Python, so that the frequencies round exactly as there). Zero for default.
+typedef struct {
+    es_rope_type type;
+    double factor;            // linear: every frequency / factor; llama3: the long wavelengths'
+    double low_freq_factor;   // llama3: wavelengths above orig_max_pos / low_freq_factor are scaled
+    double high_freq_factor;  // llama3: below orig_max_pos / high_freq_factor kept; smooth between
+    int orig_max_pos;         // llama3: original_max_position_embeddings
+} es_rope_scaling;
+
 typedef struct {
     es_arch arch;
     char model_type[32];  // as in config.json
@@ -19,6 +32,7 @@ typedef struct {
     int ffn;              // intermediate_size (4 * hidden for gpt2 when n_inner is null)
     int max_pos;          // max_position_embeddings / n_positions
     float rope_theta;     // 0 for gpt2 (learned positions)
+    es_rope_scaling rope_scaling;  // rope_scaling / rope_parameters beyond rope_theta
     float norm_eps;       // rms_norm_eps / layer_norm_epsilon
     int tied;             // tie_word_embeddings
     int qkv_bias;         // qwen2: q/k/v biases; gpt2: every linear has a bias
@@ -30,7 +44,8 @@ typedef struct {
 } es_config;
 
 // Parses config.json text; refuses unknown model_type and unimplemented options
-// (rope_scaling, sliding window, ...) with one line naming the key. `path` only
+// (rope scalings other than linear and llama3, sliding window, ...) with one
+// line naming the key. `path` only
 // names the file in messages.
 int es_config_parse(es_config *cfg, const char *json, const char *path);
 int es_config_load(es_config *cfg, const char *path);
@@ -38,6 +53,9 @@ int es_config_load(es_config *cfg, const char *path);
 int es_config_save(const es_config *cfg, const char *path);
 // Number of parameters the config describes.
 long long es_config_param_count(const es_config *cfg);
+// inv_freq (head_dim / 2) = the rotary frequencies of the config: theta^(-2j/D)
+// and its scaling, rounded step by step in float as transformers computes them.
+void es_rope_inv_freq(float *inv_freq, const es_config *cfg);
 
 // One named parameter tensor inside the flat parameter buffer. Names are the
 // Hugging Face names of the qwen3/llama family ("model.layers.3.mlp.up_proj.weight");
@@ -134,6 +152,7 @@ typedef struct {
     es_layout layout;
     es_backend *be;
     void *params;  // compute dtype, layout.total elements
+    float *inv_freq;  // (head_dim / 2) fp32: rotary frequencies (NULL for gpt2)
     float *grads;  // fp32, NULL for a forward-only (teacher) model
     int max_tokens;  // activation capacity
     es_recompute recompute;

@@ -71,13 +71,13 @@ static void w_layernorm_bwd(es_backend *be, void *dinp, void *dw, void *db, cons
                             const void *w, const float *mean, const float *rstd, int N, int C, int accumulate) {
     TIMED(layernorm_bwd, 0, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate);
 }
-static void w_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos, int N, int H, int D,
-                       float theta) {
-    TIMED(rope_fwd, 0, out, inp, pos, N, H, D, theta);
+static void w_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos, const float *inv_freq,
+                       int N, int H, int D) {
+    TIMED(rope_fwd, 0, out, inp, pos, inv_freq, N, H, D);
 }
-static void w_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos, int N, int H, int D,
-                       float theta) {
-    TIMED(rope_bwd, 0, dinp, dout, pos, N, H, D, theta);
+static void w_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos, const float *inv_freq,
+                       int N, int H, int D) {
+    TIMED(rope_bwd, 0, dinp, dout, pos, inv_freq, N, H, D);
 }
 static void w_attention_fwd(es_backend *be, void *out, float *lse, const void *q, const void *k, const void *v,
                             const void *cu, int ndocs, int N, int H, int KVH, int D) {

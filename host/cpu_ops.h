@@ -36,10 +36,10 @@ void cpu_layernorm_bwd(es_backend *be, void *dinp, void *dw, void *db, const voi
                        const void *inp, const void *w, const float *mean, const float *rstd, int N,
                        int C, int accumulate);
 
-void cpu_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos, int N, int H, int D,
-                  float theta);
-void cpu_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos, int N, int H,
-                  int D, float theta);
+void cpu_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos,
+                  const float *inv_freq, int N, int H, int D);
+void cpu_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos,
+                  const float *inv_freq, int N, int H, int D);
 
 void cpu_attention_fwd(es_backend *be, void *out, float *lse, const void *q, const void *k,
                        const void *v, const void *cu_seqlens, int ndocs, int N, int H, int KVH,

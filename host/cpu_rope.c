@@ -1,5 +1,5 @@
 // Rotary position embedding, Hugging Face rotate_half convention: pairs
-// (j, j + D/2) rotate by pos * theta^(-2j/D). The angle is formed in float
+// (j, j + D/2) rotate by pos * inv_freq[j]. The angle is formed in float
 // exactly as transformers does (float inv_freq, float product) so that long
 // positions round the same way; only cos/sin are taken in double.
 #include <math.h>
@@ -8,15 +8,14 @@
 #include "cpu_ops.h"
 
 // sign = +1 rotates forward, -1 applies the inverse rotation (the backward).
-static void rope_apply(float *out, const float *inp, const int32_t *pos, int N, int H, int D,
-                       float theta, float sign) {
+static void rope_apply(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
+                       int N, int H, int D, float sign) {
     int half = D / 2;
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         float p = (float)pos[i];
         for (int j = 0; j < half; j++) {
-            float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)D);
-            double angle = (double)(p * inv_freq);
+            double angle = (double)(p * inv_freq[j]);
             float c = (float)cos(angle), s = sign * (float)sin(angle);
             for (int h = 0; h < H; h++) {
                 size_t base = ((size_t)i * H + h) * D;
@@ -28,14 +27,14 @@ static void rope_apply(float *out, const float *inp, const int32_t *pos, int N, 
     }
 }
 
-void cpu_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos, int N, int H, int D,
-                  float theta) {
+void cpu_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos,
+                  const float *inv_freq, int N, int H, int D) {
     (void)be;
-    rope_apply(out, inp, pos, N, H, D, theta, 1.0f);
+    rope_apply(out, inp, pos, inv_freq, N, H, D, 1.0f);
 }
 
-void cpu_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos, int N, int H,
-                  int D, float theta) {
+void cpu_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos,
+                  const float *inv_freq, int N, int H, int D) {
     (void)be;
-    rope_apply(dinp, dout, pos, N, H, D, theta, -1.0f);
+    rope_apply(dinp, dout, pos, inv_freq, N, H, D, -1.0f);
 }

@@ -301,10 +301,10 @@ static void test_norm(int layer, int N, int C) {
 }
 
 // ---- rope ---------------------------------------------------------------------
-static struct { float *out, *inp, *R; int32_t *pos; int N, H, D; } rp;
+static struct { float *out, *inp, *R, *inv_freq; int32_t *pos; int N, H, D; } rp;
 
 static double rope_loss(void) {
-    be->rope_fwd(be, rp.out, rp.inp, rp.pos, rp.N, rp.H, rp.D, 10000.0f);
+    be->rope_fwd(be, rp.out, rp.inp, rp.pos, rp.inv_freq, rp.N, rp.H, rp.D);
     return proj(rp.out, rp.R, (size_t)rp.N * rp.H * rp.D);
 }
 
@@ -315,15 +315,22 @@ static void test_rope(void) {
     int32_t *pos = ibuf(N);
     const int32_t positions[6] = {0, 1, 7, 130, 4095, 31999};
     memcpy(pos, positions, sizeof positions);
+    // The default frequencies 1 / theta^(2j/D), every third one scaled down as
+    // a rope scaling does: the op must rotate by the table, not by theta.
+    float *inv_freq = fbuf(half);
+    double *inv_d = es_xmalloc(half * sizeof(double));
+    for (int j = 0; j < half; j++) {
+        inv_freq[j] = 1.0f / powf(theta, (float)(2 * j) / (float)D) / (j % 3 ? 1.0f : 4.0f);
+        inv_d[j] = pow(theta, -2.0 * j / D) / (j % 3 ? 1.0 : 4.0);
+    }
     float *inp = frand(n, 1), *out = fnan(n);
-    be->rope_fwd(be, out, inp, pos, N, H, D, theta);
-    // transformers forms the angle in float: inv_freq = 1 / theta^(2j/D), angle = pos * inv_freq
+    be->rope_fwd(be, out, inp, pos, inv_freq, N, H, D);
+    // transformers forms the angle in float: angle = pos * inv_freq
     double *ref = es_xmalloc(n * sizeof(double)), *refd = es_xmalloc(n * sizeof(double));
     for (int i = 0; i < N; i++)
         for (int j = 0; j < half; j++) {
-            float inv = 1.0f / powf(theta, (float)(2 * j) / (float)D);
-            double a = (double)((float)pos[i] * inv);
-            double ad = pos[i] * pow(theta, -2.0 * j / D);
+            double a = (double)((float)pos[i] * inv_freq[j]);
+            double ad = pos[i] * inv_d[j];
             for (int h = 0; h < H; h++) {
                 size_t o = ((size_t)i * H + h) * D;
                 double x1 = inp[o + j], x2 = inp[o + j + half];
@@ -340,19 +347,21 @@ static void test_rope(void) {
     CHECK(ed < 1e-5, "rope_fwd small positions vs double angles rel err %.3g", ed);
     free(ref);
     free(refd);
+    free(inv_d);
 
     // backward is the inverse rotation: bwd(fwd(x)) == x, in place allowed
     float *x = fcopy(out, n);
-    be->rope_bwd(be, x, x, pos, N, H, D, theta);
+    be->rope_bwd(be, x, x, pos, inv_freq, N, H, D);
     e = t_rel_err(x, inp, n, 1e-6);
     CHECK(e < 1e-5, "rope_bwd(rope_fwd(x)) != x: rel err %.3g", e);
     float *y = fcopy(inp, n);
-    be->rope_fwd(be, y, y, pos, N, H, D, theta);
+    be->rope_fwd(be, y, y, pos, inv_freq, N, H, D);
     CHECK(!memcmp(y, out, n * sizeof(float)), "rope_fwd in place differs from out of place");
 
     rp.out = out; rp.inp = inp; rp.pos = pos; rp.N = N; rp.H = H; rp.D = D; rp.R = frand(n, 1);
+    rp.inv_freq = inv_freq;
     float *dinp = fnan(n);
-    be->rope_bwd(be, dinp, rp.R, pos, N, H, D, theta);
+    be->rope_bwd(be, dinp, rp.R, pos, inv_freq, N, H, D);
     check_fd("rope dinp", dinp, inp, n, 1e-2f, rope_loss);
     free_all();
 }

@@ -127,6 +127,33 @@ static double compare_grads(const es_st_file *io, const es_model *m, const char 
     return worst;
 }
 
+// Forward and the full LM head into d_logits (N, V), copied into host; the
+// relative error against ref.
+static double logits_err(float *host, es_model *m, const es_model_batch *b, void *d_logits,
+                         const float *ref, const char *name) {
+    es_backend *be = m->be;
+    size_t n = (size_t)b->N * m->cfg.vocab;
+    CHECK(es_model_forward(m, b) == ES_OK, "%s: forward: %s", name, es_last_error());
+    be->matmul_fwd(be, d_logits, m->hidden, es_model_lm_head(m), NULL, b->N, m->cfg.hidden,
+                   m->cfg.vocab);
+    be->download(be, host, d_logits, n, ES_DT_COMPUTE);
+    return t_rel_err(host, ref, n, 1e-6);
+}
+
+// A scaled rope case must exercise its scaling: with the default frequencies
+// in its place the logits leave the reference by far more than TOL.
+static void check_scaling_matters(es_model *m, const es_model_batch *b, void *d_logits,
+                                  float *host, const float *ref, const char *name) {
+    es_config plain = m->cfg;
+    memset(&plain.rope_scaling, 0, sizeof plain.rope_scaling);
+    float inv_freq[256];
+    es_rope_inv_freq(inv_freq, &plain);
+    m->be->upload(m->be, m->inv_freq, inv_freq, (size_t)plain.head_dim / 2, ES_DT_F32);
+    double e = logits_err(host, m, b, d_logits, ref, name);
+    CHECK(e > 100 * TOL, "%s: unscaled rope gives the same logits (rel err %g)", name, e);
+    printf("%-13s unscaled rope: rel err logits %.2g\n", name, e);
+}
+
 // Forward, full LM head, cross-entropy and backward on the CPU backend, each
 // compared with the reference.
 static void run_case(es_model *m, const es_st_file *io, const t_fixture_batch *fb,
@@ -155,10 +182,7 @@ static void run_case(es_model *m, const es_st_file *io, const t_fixture_batch *f
         be->upload(be, d_logits, host, (size_t)N * V, ES_DT_COMPUTE);
         be->upload(be, d_dh, host, (size_t)N * C, ES_DT_COMPUTE);
 
-        CHECK(es_model_forward(m, &b) == ES_OK, "%s: forward: %s", name, es_last_error());
-        be->matmul_fwd(be, d_logits, m->hidden, es_model_lm_head(m), NULL, N, C, V);
-        be->download(be, host, d_logits, (size_t)N * V, ES_DT_COMPUTE);
-        double e_logits = t_rel_err(host, logits_ref, (size_t)N * V, 1e-6);
+        double e_logits = logits_err(host, m, &b, d_logits, logits_ref, name);
         CHECK(e_logits <= TOL, "%s: logits rel err %g", name, e_logits);
 
         float sums[2] = {0, 0};
@@ -175,6 +199,8 @@ static void run_case(es_model *m, const es_st_file *io, const t_fixture_batch *f
         double worst = compare_grads(io, m, name);
         printf("%-13s N=%d docs=%d: rel err logits %.2g, loss %.2g, gradients (worst) %.2g\n",
                name, N, fb->ndocs, e_logits, e_loss, worst);
+        if (m->cfg.rope_scaling.type != ES_ROPE_DEFAULT)
+            check_scaling_matters(m, &b, d_logits, host, logits_ref, name);
     }
     free(host);
     free(logits_ref);

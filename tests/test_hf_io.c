@@ -1,5 +1,6 @@
 // Configs, parameter layout, safetensors and Hugging Face checkpoint I/O:
 // round trips on random data and every kind of bad input.
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,8 +211,21 @@ static void test_config_parse(void) {
 
     static const struct { const char *extra, *key; } bad[] = {
         {",\"model_type\":\"mistral\"", "model_type"},
-        {",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}", "rope_scaling"},
-        {",\"rope_parameters\":{\"rope_type\":\"llama3\",\"rope_theta\":5}", "rope_parameters"},
+        {",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}", "'yarn'"},
+        {",\"rope_parameters\":{\"rope_type\":\"dynamic\",\"factor\":4}", "'dynamic'"},
+        {",\"rope_parameters\":{\"rope_type\":\"llama3\",\"rope_theta\":5}", "rope_parameters.factor"},
+        {",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":4,"
+         "\"high_freq_factor\":1}", "rope_scaling.high_freq_factor"},
+        {",\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":2,\"attention_factor\":2}",
+         "rope_scaling.attention_factor"},
+        {",\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":-2}", "rope_scaling.factor"},
+        {",\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":2,\"partial_rotary_factor\":0.5}",
+         "rope_scaling.partial_rotary_factor"},
+        {",\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":2},"
+         "\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":3}", "rope_parameters"},
+        {",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":1,"
+         "\"high_freq_factor\":4,\"original_max_position_embeddings\":64.5}",
+         "rope_scaling.original_max_position_embeddings"},
         {",\"use_sliding_window\":true,\"sliding_window\":4096", "use_sliding_window"},
         {",\"hidden_act\":\"gelu\"", "hidden_act"},
         {",\"num_key_value_heads\":3", "num_key_value_heads"},
@@ -236,6 +250,88 @@ static void test_config_parse(void) {
                               "\"n_positions\":8}", "g") == ES_ERR && mentions("g", "n_head"),
           "gpt2 missing n_head: %s", es_last_error());
     CHECK(es_config_parse(&c, "{\"model_type\":", "x.json") == ES_ERR && mentions("x.json", "JSON"), "bad JSON");
+}
+
+// meta-llama/Llama-3.2-1B config.json as published.
+static const char LLAMA32_1B[] =
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"attention_bias\": false, "
+    "\"attention_dropout\": 0.0, \"bos_token_id\": 128000, \"eos_token_id\": 128001, "
+    "\"head_dim\": 64, \"hidden_act\": \"silu\", \"hidden_size\": 2048, "
+    "\"initializer_range\": 0.02, \"intermediate_size\": 8192, "
+    "\"max_position_embeddings\": 131072, \"mlp_bias\": false, \"model_type\": \"llama\", "
+    "\"num_attention_heads\": 32, \"num_hidden_layers\": 16, \"num_key_value_heads\": 8, "
+    "\"pretraining_tp\": 1, \"rms_norm_eps\": 1e-05, \"rope_scaling\": {\"factor\": 32.0, "
+    "\"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0, "
+    "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}, "
+    "\"rope_theta\": 500000.0, \"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\", "
+    "\"transformers_version\": \"4.45.0.dev0\", \"use_cache\": true, \"vocab_size\": 128256}";
+
+// meta-llama/Llama-3.1-8B (and DeepSeek-R1-Distill-Llama-8B): the same rope
+// scaling with factor 8, untied.
+static const char LLAMA31_8B[] =
+    "{\"model_type\": \"llama\", \"hidden_size\": 4096, \"intermediate_size\": 14336, "
+    "\"num_hidden_layers\": 32, \"num_attention_heads\": 32, \"num_key_value_heads\": 8, "
+    "\"max_position_embeddings\": 131072, \"vocab_size\": 128256, \"rms_norm_eps\": 1e-05, "
+    "\"rope_theta\": 500000.0, \"rope_scaling\": {\"factor\": 8.0, \"low_freq_factor\": 1.0, "
+    "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192, "
+    "\"rope_type\": \"llama3\"}, \"tie_word_embeddings\": false, \"mlp_bias\": false, "
+    "\"attention_bias\": false, \"hidden_act\": \"silu\", \"bos_token_id\": 128000, "
+    "\"eos_token_id\": 128001, \"torch_dtype\": \"bfloat16\"}";
+
+// Llama 3.x configs are read with their llama3 rope scaling, give transformers'
+// frequencies bit for bit, and are written back so that they read the same.
+static void test_llama3_configs(void) {
+    // transformers 5.24 _compute_llama3_parameters for Llama-3.2-1B: j <= 14
+    // kept, 15..17 smoothed, from 18 on divided by 32.
+    static const float ref[32] = {
+        1.0f, 0.663601279f, 0.440366626f, 0.292227834f, 0.193922758f, 0.128687382f,
+        0.0853971019f, 0.0566696189f, 0.0376060307f, 0.0249554086f, 0.0165604409f, 0.0109895291f,
+        0.00729266508f, 0.00483942125f, 0.00321144611f, 0.00129054801f, 0.000429556705f, 9.70828623e-05f,
+        1.94616387e-05f, 1.29147675e-05f, 8.57025589e-06f, 5.68723226e-06f, 3.77405445e-06f, 2.50446715e-06f,
+        1.66196742e-06f, 1.10288363e-06f, 7.31874934e-07f, 4.85673127e-07f, 3.22293289e-07f, 2.1387423e-07f,
+        1.41927202e-07f, 9.41830649e-08f,
+    };
+    es_config c, back;
+    int rc = es_config_parse(&c, LLAMA32_1B, "llama-3.2-1b.json");
+    CHECK(rc == ES_OK, "Llama-3.2-1B refused: %s", es_last_error());
+    if (rc) return;
+    const es_rope_scaling *s = &c.rope_scaling;
+    CHECK(c.tied && c.head_dim == 64 && c.rope_theta == 5e5f && s->type == ES_ROPE_LLAMA3 &&
+              s->factor == 32 && s->low_freq_factor == 1 && s->high_freq_factor == 4 &&
+              s->orig_max_pos == 8192, "Llama-3.2-1B fields");
+    CHECK(es_config_param_count(&c) == 1235814400LL, "Llama-3.2-1B params %lld",
+          es_config_param_count(&c));
+    float inv[32];
+    es_rope_inv_freq(inv, &c);
+    int same = 0;
+    for (int j = 0; j < 32; j++) same += inv[j] == ref[j];
+    CHECK(same == 32, "Llama-3.2-1B frequencies: %d of 32 equal transformers'", same);
+
+    char path[256];
+    path_in(path, sizeof path, "llama3.json");
+    CHECK(es_config_save(&c, path) == ES_OK && es_config_load(&back, path) == ES_OK,
+          "llama3 save/load: %s", es_last_error());
+    CHECK(!memcmp(&back.rope_scaling, s, sizeof *s) && back.rope_theta == c.rope_theta,
+          "llama3 scaling not written back");
+
+    CHECK(es_config_parse(&c, LLAMA31_8B, "llama-3.1-8b.json") == ES_OK, "Llama-3.1-8B refused: %s",
+          es_last_error());
+    CHECK(c.rope_scaling.factor == 8 && es_config_param_count(&c) == 8030261248LL,
+          "Llama-3.1-8B params %lld", es_config_param_count(&c));
+
+    // linear: every frequency divided by the factor; read back the same
+    CHECK(parse_with(&c, QWEN3, ",\"rope_scaling\":{\"type\":\"linear\",\"factor\":4}") == ES_OK &&
+              c.rope_scaling.type == ES_ROPE_LINEAR && c.rope_scaling.factor == 4,
+          "linear: %s", es_last_error());
+    es_rope_inv_freq(inv, &c);
+    CHECK(inv[0] == 0.25f && inv[1] == 1.0f / powf(1e6f, 2.0f / 12.0f) / 4.0f, "linear frequencies");
+    CHECK(es_config_save(&c, path) == ES_OK && es_config_load(&back, path) == ES_OK &&
+              !memcmp(&back.rope_scaling, &c.rope_scaling, sizeof c.rope_scaling),
+          "linear save/load: %s", es_last_error());
+    // without original_max_position_embeddings transformers takes max_position_embeddings
+    CHECK(parse_with(&c, QWEN3, ",\"rope_parameters\":{\"rope_type\":\"llama3\",\"factor\":2,"
+                                "\"low_freq_factor\":1,\"high_freq_factor\":4}") == ES_OK &&
+              c.rope_scaling.orig_max_pos == 128, "llama3 default original context: %s", es_last_error());
 }
 
 static void test_presets(void) {
@@ -551,6 +647,7 @@ int main(void) {
     test_st_f16();
     test_st_bad_input();
     test_config_parse();
+    test_llama3_configs();
     test_presets();
     test_layout();
     es_backend *be = es_backend_cpu_create();

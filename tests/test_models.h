@@ -131,7 +131,8 @@ static inline void t_batch_free(es_backend *be, es_model_batch *b) {
 // ---- transformers fixtures (tools/make_fixtures.py) ---------------------------
 
 // The fixture models, each a directory tests/fixtures/<name>.
-#define T_FIXTURE_CASES {"qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2"}
+#define T_FIXTURE_CASES \
+    {"qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2", "llama3_rope", "llama_linear"}
 
 // Tensor `name` of io as fp32 if it holds n elements: a fresh array, or NULL
 // (es_fail says why).

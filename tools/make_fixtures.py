@@ -14,6 +14,9 @@ Then tests/fixtures/generate/<case>.json holds greedy continuations that
 `transformers` generate() makes from each saved model for a few prompts: the
 reference for `essence generate`. --generate-only rewrites just those.
 
+New cases go at the end of cases(): the models are drawn in order from one
+seeded generator, so the earlier fixtures come out byte-identical.
+
 Needs torch and transformers; run once by hand (never by tests):
     python3 tools/make_fixtures.py [--out tests/fixtures] [--generate-only]
 """
@@ -52,6 +55,19 @@ def cases():
                     initializer_range=0.1, layer_norm_epsilon=1e-5,
                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
                     attn_pdrop=0.0, bos_token_id=95, eos_token_id=95)),
+        # Llama 3 rope scaling, tied as Llama 3.2: with head_dim 16 and an original
+        # context of 64 the wavelengths 6.3 (kept), 20 and 63 (smoothed) and 199 on
+        # (divided by 8) meet all three branches.
+        ("llama3_rope", LlamaForCausalLM,
+         LlamaConfig(**{**COMMON, "max_position_embeddings": 256}, head_dim=16,
+                     tie_word_embeddings=True,
+                     rope_parameters=dict(rope_type="llama3", rope_theta=COMMON["rope_theta"],
+                                          factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                          original_max_position_embeddings=64))),
+        ("llama_linear", LlamaForCausalLM,
+         LlamaConfig(**COMMON, tie_word_embeddings=False,
+                     rope_parameters=dict(rope_type="linear", rope_theta=COMMON["rope_theta"],
+                                          factor=4.0))),
     ]
 
 

@@ -12,6 +12,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "model.h"
 #include "test.h"
 
 #define TOL 2e-2   // bf16 outputs: ~3 significant digits, plus fp32-vs-double sums
@@ -218,21 +219,29 @@ static void test_layernorm(void) {
     for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
 }
 
+// The frequencies of a Llama 3.1 8B config (llama3 scaling: kept, smoothed and
+// divided wavelengths), as the model hands them to the rope ops.
 static void test_rope(void) {
     int N = 256, H = 8, D = 128;
     size_t n = (size_t)N * H * D;
-    buf pos = rand_ints(N, 4096);
+    es_config c = {.head_dim = D, .rope_theta = 5e5f,
+                   .rope_scaling = {ES_ROPE_LLAMA3, 8.0, 1.0, 4.0, 8192}};
+    float host[64];
+    es_rope_inv_freq(host, &c);
+    buf inv_freq = mk(D / 2, ES_DT_F32, ES_MEM_WEIGHTS);
+    put(inv_freq, host);
+    buf pos = rand_ints(N, 131072);
     buf inp = rnd(n, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf out = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
-    cpu->rope_fwd(cpu, out.c, inp.c, pos.c, N, H, D, 1e6f);
-    gpu->rope_fwd(gpu, out.g, inp.g, pos.g, N, H, D, 1e6f);
+    cpu->rope_fwd(cpu, out.c, inp.c, pos.c, inv_freq.c, N, H, D);
+    gpu->rope_fwd(gpu, out.g, inp.g, pos.g, inv_freq.g, N, H, D);
     compare("rope_fwd", out);
     // In place, the way the model applies the backward.
-    cpu->rope_bwd(cpu, out.c, out.c, pos.c, N, H, D, 1e6f);
-    gpu->rope_bwd(gpu, out.g, out.g, pos.g, N, H, D, 1e6f);
+    cpu->rope_bwd(cpu, out.c, out.c, pos.c, inv_freq.c, N, H, D);
+    gpu->rope_bwd(gpu, out.g, out.g, pos.g, inv_freq.g, N, H, D);
     compare("rope_bwd in place", out);
-    buf b[] = {pos, inp, out};
-    for (size_t i = 0; i < 3; i++) drop(b[i]);
+    buf b[] = {pos, inp, out, inv_freq};
+    for (size_t i = 0; i < 4; i++) drop(b[i]);
 }
 
 // Documents cu (ndocs + 1) packed into N rows; rows past the last document

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-CASES = ["qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2"]
+CASES = ["qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2", "llama3_rope", "llama_linear"]
 
 
 def rel(a, b):

@@ -93,6 +93,8 @@ def make_corpus(cfg, data, py):
                "--train", n_t + n_b + n_d, "--val", 64, "--test", cfg["test_n"]]
         if variant == "late":
             gen.append("--late")
+        if cfg.get("mod"):
+            gen += ["--mod", cfg["mod"]]
         run(gen, f"synth_corpus ({variant})")
         # The same seed gives both variants the same problems: each split holds
         # the same problems in both wordings, and no split shares a prompt.
@@ -370,10 +372,12 @@ def main(argv=None):
     ap.add_argument("--essence", default=str(ROOT / "build" / "essence"))
     ap.add_argument("--fresh", action="store_true", help="retrain everything")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: every core)")
+    ap.add_argument("--mod", type=int, default=0, help="chain arithmetic modulo this (0: plain)")
     args = ap.parse_args(argv)
     name = "quick" if args.quick else "cuda" if args.device == "cuda" else "full"
-    cfg = MODES[name]
-    work = Path(args.work) if args.work else ROOT / "runs" / ("science" if name == "full" else f"science-{name}")
+    cfg = dict(MODES[name], mod=args.mod)
+    tag = ("science" if name == "full" else f"science-{name}") + (f"-mod{args.mod}" if args.mod else "")
+    work = Path(args.work) if args.work else ROOT / "runs" / tag
     out = Path(args.out) if args.out else (ROOT / "perf" / "results" if name == "full" else work / "results")
     data, runs = work / "data", work / "runs"
     for d in (data, runs, out):

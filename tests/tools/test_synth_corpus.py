@@ -9,7 +9,8 @@ import pytest
 
 import synth_corpus
 
-OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+       ast.Mod: operator.mod}
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
 
@@ -78,3 +79,26 @@ def test_cot_token_lengths_span_the_range(corpus, tmp_path):
     cot = sorted(e.cot_end - e.cot_begin for e in examples)
     assert len(examples) == 600
     assert 30 <= cot[0] <= 80 and 1000 <= cot[-1] <= 2000, (cot[0], cot[-1])
+
+
+@pytest.mark.parametrize("mod", [0, 10])
+def test_chain_traces(tmp_path, mod):
+    """--style chain: checkable steps, the answer fixed early in the CoT (late
+    with --late), and the same problems in both variants, worded apart."""
+    early, late = tmp_path / "early", tmp_path / "late"
+    extra = ["--mod", str(mod)] if mod else []
+    for out, flags in ((early, []), (late, ["--late"])):
+        synth_corpus.main(["--out", str(out), "--style", "chain", "--seed", "3", "--train", "200", "--val", "1",
+                           "--test", "1"] + flags + extra)
+    for e, l in zip(load(early / "train.jsonl"), load(late / "train.jsonl")):
+        assert e["value"] == l["value"] and e["prompt"].split(" ", 1)[1] == l["prompt"].split(" ", 1)[1]
+        assert e["prompt"].startswith("Start") and l["prompt"].startswith("Begin")
+        assert evaluate(ast.parse(e["expr"], mode="eval")) == e["value"]
+        for a, op, b, c in STEP.findall(e["reasoning"]):
+            v = int(a) + int(b) if op == "+" else int(a) - int(b)
+            assert (v % mod if mod else v) == int(c)
+        assert not mod or 0 <= e["value"] < mod
+        fixed = e["reasoning"].index("So the result is")
+        assert fixed < 0.25 * len(e["reasoning"])
+        assert l["reasoning"].index("So the result is") > 0.85 * len(l["reasoning"])
+        assert len(e["reasoning"]) > 5 * len(e["prompt"]) and len(l["reasoning"]) > 5 * len(l["prompt"])

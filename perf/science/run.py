@@ -397,18 +397,24 @@ def main(argv=None):
     tok = str(model)
     common = [f"tokenizer={model}", dev, threads]
 
-    log("teacher: full traces of both variants")
-    teacher_dir = runs / "teacher"
-    t_sum = train(essence, teacher_dir, common + [
-        f"student.preset={HERE / cfg['teacher']}", f"data.train=[\"{data}/early/teacher.bin\", \"{data}/late/teacher.bin\"]",
-        f"run.epochs={cfg['teacher_epochs']}", "optim.lr=3e-3", "loss.alpha=1"], "the teacher", args.fresh)
     rows = []
-    for variant in ("early", "late"):
-        p, unf = evaluate(essence, teacher_dir / "final", tok, data / variant / "test.jsonl",
-                          teacher_dir / f"eval-{variant}.jsonl", cfg, args.fresh)
-        rows.append(dict(role="teacher", variant=variant, pass1=p, unfinished=unf, flops=t_sum["flops"],
-                         tokens=t_sum["tokens"], step_ms=step_ms(teacher_dir), seconds=t_sum["seconds"]))
-        log(f"teacher pass@1 on {variant}: {pct(p)}")
+
+    def pretrain(role, preset, split, epochs):
+        """The teacher or the base: full traces of both variants, then pass@1 on each."""
+        d = runs / role
+        s = train(essence, d, common + [
+            f"student.preset={HERE / preset}", f"data.train=[\"{data}/early/{split}.bin\", \"{data}/late/{split}.bin\"]",
+            f"run.epochs={epochs}", "optim.lr=3e-3", "loss.alpha=1"], f"the {role}", args.fresh)
+        for variant in ("early", "late"):
+            p, unf = evaluate(essence, d / "final", tok, data / variant / "test.jsonl", d / f"eval-{variant}.jsonl",
+                              cfg, args.fresh)
+            rows.append(dict(role=role, variant=variant, pass1=p, unfinished=unf, flops=s["flops"], tokens=s["tokens"],
+                             step_ms=step_ms(d), seconds=s["seconds"]))
+            log(f"{role} pass@1 on {variant}: {pct(p)}")
+        return d
+
+    log("teacher: full traces of both variants")
+    teacher_dir = pretrain("teacher", cfg["teacher"], "teacher", cfg["teacher_epochs"])
     for variant in ("early", "late"):
         topk = data / variant / f"distill-top{cfg['topk']}.bin"
         if args.fresh or not topk.exists():
@@ -416,16 +422,7 @@ def main(argv=None):
                  "--device", cfg["device"], data / variant / "distill.bin"], f"essence teacher ({variant})")
 
     log("base student: full traces of other problems")
-    base_dir = runs / "base"
-    b_sum = train(essence, base_dir, common + [
-        f"student.preset={HERE / cfg['student']}", f"data.train=[\"{data}/early/base.bin\", \"{data}/late/base.bin\"]",
-        f"run.epochs={cfg['base_epochs']}", "optim.lr=3e-3", "loss.alpha=1"], "the base student", args.fresh)
-    for variant in ("early", "late"):
-        p, unf = evaluate(essence, base_dir / "final", tok, data / variant / "test.jsonl",
-                          base_dir / f"eval-{variant}.jsonl", cfg, args.fresh)
-        rows.append(dict(role="base", variant=variant, pass1=p, unfinished=unf, flops=b_sum["flops"],
-                         tokens=b_sum["tokens"], step_ms=step_ms(base_dir), seconds=b_sum["seconds"]))
-        log(f"base pass@1 on {variant}: {pct(p)}")
+    base_dir = pretrain("base", cfg["student"], "base", cfg["base_epochs"])
 
     # The r sweep and the late variant carry the headline numbers: all seeds;
     # the r = 0.5 ablations fewer where time is short.

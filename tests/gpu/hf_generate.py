@@ -22,7 +22,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shard_io  # noqa: E402
+import torch_env  # noqa: E402
 
 
 def main(argv=None):
@@ -35,15 +37,10 @@ def main(argv=None):
     p.add_argument("--max-new", type=int, default=48)
     p.add_argument("--margin", type=float, default=0.05)
     args = p.parse_args(argv)
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM
-    except ImportError as e:
-        print(f"hf_generate: skipped ({e})")
+    libs = torch_env.load("hf_generate", args.device)
+    if libs is None:
         return 77
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("hf_generate: skipped (torch sees no GPU)")
-        return 77
+    torch, AutoModelForCausalLM = libs
 
     _, examples = shard_io.read(args.shard)
     prompts = [e.tokens[: e.cot_begin + 1] for e in examples[: args.n]]

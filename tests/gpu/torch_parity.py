@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch_env  # noqa: E402
+
 CASES = ["qwen3_tied", "qwen3_untied", "qwen2", "llama", "gpt2", "llama3_rope", "llama_linear"]
 
 
@@ -77,15 +80,10 @@ def main(argv=None):
     p.add_argument("--tol", type=float, default=3e-2)
     p.add_argument("--grad-tol", type=float, default=5e-2)
     args = p.parse_args(argv)
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM
-    except ImportError as e:
-        print(f"torch_parity: skipped, needs torch and transformers ({e})")
+    libs = torch_env.load("torch_parity", args.device)
+    if libs is None:
         return 77
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("torch_parity: skipped, torch sees no CUDA device")
-        return 77
+    torch, AutoModelForCausalLM = libs
     dtype = getattr(torch, args.dtype)
     print(f"logits vs transformers on {args.device} in {args.dtype} (rel err; tol {args.tol:g} or 4x torch's;"
           f" gradients {args.grad_tol:g} or 4x torch's, each parameter)")

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "json.h"
 #include "safetensors.h"
 
 static int fsync_path(const char *path) {
@@ -223,8 +224,9 @@ static int get_num(double *out, const cJSON *root, const char *key, const char *
 // *nparts: ranks that wrote the optimizer state in parts (0: one file).
 static int load_trainer_state(es_train_state *st, int *nparts, const char *path) {
     char *txt;
-    if (es_read_file(&txt, NULL, path)) return ES_ERR;
-    cJSON *root = cJSON_Parse(txt);
+    size_t len;
+    if (es_read_file(&txt, &len, path)) return ES_ERR;
+    cJSON *root = es_json_parse(txt, len);
     free(txt);
     if (!root) return es_fail("%s: not valid JSON (corrupt checkpoint)", path);
     double step = 0, ostep = 0, bad = 0;

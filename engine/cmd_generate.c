@@ -12,6 +12,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "json.h"
 #include "generate.h"
 
 #define MAX_STOP 16
@@ -61,7 +62,7 @@ static void prompts_free(prompt_set *ps) {
 
 // Parses one line into request slot i.
 static int parse_line(prompt_set *ps, const char *line, const char *path, int lineno, int vocab) {
-    cJSON *o = cJSON_Parse(line);
+    cJSON *o = es_json_parse(line, strlen(line));
     if (!o || !cJSON_IsObject(o)) {
         cJSON_Delete(o);
         return es_fail("%s:%d: not a JSON object", path, lineno);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "json.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -183,7 +184,7 @@ static int parse_rope_family(es_config *c, const reader *r) {
 
 int es_config_parse(es_config *cfg, const char *json, const char *path) {
     memset(cfg, 0, sizeof *cfg);
-    cJSON *root = cJSON_Parse(json);
+    cJSON *root = es_json_parse(json, strlen(json));
     if (!root) return es_fail("%s: not valid JSON", path);
     reader r = {root, path};
     int rc = ES_ERR;

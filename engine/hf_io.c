@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "json.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -190,8 +191,9 @@ static int open_shard(weight_files *w, const char *dir, const char *file) {
 // the shard the index says.
 static int open_index(weight_files *w, const char *dir, const char *index_path) {
     char *text;
-    if (es_read_file(&text, NULL, index_path)) return ES_ERR;
-    cJSON *root = cJSON_Parse(text);
+    size_t len;
+    if (es_read_file(&text, &len, index_path)) return ES_ERR;
+    cJSON *root = es_json_parse(text, len);
     free(text);
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     int rc = ES_OK;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "json.h"
 #include "packer.h"
 
 typedef enum { F_STR, F_INT, F_FLOAT, F_BOOL, F_U64, F_LIST } field_type;
@@ -146,7 +147,7 @@ static int set_text(es_run_config *rc, const field *f, const char *val, const ch
         // paths, comma-separated or as a JSON list: "a,b" or '["a", "b"]'
         cJSON *arr = NULL;
         if (val[0] == '[') {
-            arr = cJSON_Parse(val);
+            arr = es_json_parse(val, strlen(val));
             if (!arr || !cJSON_IsArray(arr)) {
                 cJSON_Delete(arr);
                 return es_fail("%s: '%s' is '%s', not a JSON list", src, f->key, val);
@@ -237,8 +238,9 @@ static int apply_object(es_run_config *rc, const cJSON *obj, const char *prefix,
 
 int es_run_config_load(es_run_config *rc, const char *path) {
     char *txt;
-    if (es_read_file(&txt, NULL, path)) return ES_ERR;
-    cJSON *root = cJSON_Parse(txt);
+    size_t len;
+    if (es_read_file(&txt, &len, path)) return ES_ERR;
+    cJSON *root = es_json_parse(txt, len);
     free(txt);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "json.h"
 
 static const char *const dtype_names[] = {"F32", "BF16", "F16", "I32", "I64"};
 static const size_t dtype_sizes[] = {4, 2, 2, 4, 8};
@@ -106,7 +107,7 @@ static int check_disjoint(const es_st_file *f) {
 }
 
 static int parse_header(es_st_file *f, const char *text, size_t len) {
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = es_json_parse(text, len);
     if (!root) return es_fail("%s: header is not valid JSON", f->path);
     int rc = ES_OK;
     if (!cJSON_IsObject(root)) {

@@ -58,6 +58,7 @@ def bad(tmp_path, corpus, model):
     (d / "prompts_bad.jsonl").write_text('{"id": 0, "prompt_ids": [1, 2, 3]}\n{"id": 1, "prompt_ids": [1,\n')
     (d / "problems_bad.jsonl").write_text('{"prompt": "What is 1+1?", "answer": "2"}\n{"prompt": 3}\n')
     (d / "array.json").write_text("[1, 2]\n")
+    (d / "prompts_two.jsonl").write_text('{"id": 0, "prompt_ids": [1]}{"id": 1, "prompt_ids": [2]}\n')
     # model directories with one thing wrong each
     for name in ("no_weights", "bad_config", "cut_weights"):
         shutil.copytree(model, d / name)
@@ -270,6 +271,36 @@ def test_eval_with_a_wrong_tokenizer(bad, corpus, model):
     refused(essence(*args, "--tokenizer", ROOT / "tests" / "data" / "tiny_model"), "tiny_model", prog="essence eval")
     refused(essence(*args, "--tokenizer", bad / "empty"), "empty", prog="essence eval")
     refused(essence(*args, "--tokenizer", bad / "dir"), "dir", prog="essence eval")
+    assert_empty(bad / "w")
+
+
+def test_json_with_trailing_data(bad, corpus, model):
+    """Every JSON the engine reads is one value and nothing after it."""
+    out = bad / "w" / "out.jsonl"
+    refused(essence("generate", "--model", model, "--in", bad / "prompts_two.jsonl", "--out", out, "--device", "cpu"),
+            "prompts_two.jsonl:1")
+    run = run_config(bad, corpus, bad / "w" / "run")
+    trailing = bad / "trailing.json"
+    trailing.write_text(run.read_text() + " {}")
+    refused(essence("train", "--config", trailing), "trailing.json")
+    refused(essence("train", "--config", run, "--set", 'data.val=["x"] y'), "data.val")
+    m = bad / "m"
+    shutil.copytree(model, m)
+    (m / "config.json").write_text((model / "config.json").read_text() + " trailing")
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out, "--device", "cpu"),
+            "config.json")
+    shutil.copytree(model, m, dirs_exist_ok=True)
+    (m / "tokenizer.json").write_text((model / "tokenizer.json").read_text() + "]")
+    refused(essence("data", "check", "--model", m, corpus / "train.bin"), "tokenizer.json")
+    shutil.copytree(model, m, dirs_exist_ok=True)
+    w = bytearray((model / "model.safetensors").read_bytes())
+    n = int.from_bytes(w[:8], "little")
+    header = w[8:8 + n].rstrip(b" ")
+    assert len(header) + 2 <= n, "no padding to put trailing bytes in"
+    w[8:8 + n] = (header + b"{}").ljust(n, b" ")
+    (m / "model.safetensors").write_bytes(w)
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out, "--device", "cpu"),
+            "model.safetensors")
     assert_empty(bad / "w")
 
 

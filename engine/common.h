@@ -9,7 +9,8 @@
 #define ES_OK 0
 #define ES_ERR (-1)
 
-// Records the message (printf-style) and returns ES_ERR.
+// Records the message (printf-style) and returns ES_ERR. An argument may be
+// es_last_error(), to wrap the last message with context.
 int es_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // The last recorded message ("" if none).
 const char *es_last_error(void);

@@ -152,6 +152,8 @@ def test_run_config_mistakes(bad, corpus):
         refused(essence(*cmd, "--config", run, "--set", "run.steps"), "run.steps", "key=value")
     refused(essence("train", "--config", run, "--set", "student.preset=" + str(bad / "dir")), "dir")
     refused(essence("train", "--config", run, "--set", "run.out=" + NOT_A_DIR + "/run"), NOT_A_DIR)
+    line = refused(essence("train", "--config", run, "--set", "supervise=1,2"), "'supervise'", "'1,2'")
+    assert line.count("supervise") == 2, line  # the key, then the value's own message, each once
     assert_empty(bad / "w")
 
 

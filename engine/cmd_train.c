@@ -181,6 +181,11 @@ static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
         }
     }
     if (mx->tty && rank0) fputc('\n', stderr);
+    // A student no step has updated is not a trained one: no final/, no exit 0.
+    if (t->st.optim_step == 0)
+        return es_fail("%d steps ran and none updated the weights (each had a non-finite loss or gradient norm, "
+                       "or no supervised token); no final/ written",
+                       t->st.step);
     if (validate_and_log(t, mx, &val)) return ES_ERR;
     if (es_trainer_checkpoint(t)) return ES_ERR;
     double rss = rss_peak_bytes();

@@ -4,6 +4,7 @@
 // (in, out) and fuses q/k/v into c_attn, so its tensors are transposed and
 // split on load, and joined and transposed back on save.
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -272,6 +273,13 @@ static int load_tensor(float *flat, char *found, const hf_map *map, const es_mod
         return es_fail("%s: tensor '%s' holds integers, expected F32, BF16 or F16", f->path, st->name);
     float *hf = es_xmalloc(map_numel(t) * sizeof *hf);
     es_st_read_f32(hf, f, i);
+    // A NaN or Inf weight would only show later as skipped steps or garbage tokens.
+    for (size_t e = 0; e < map_numel(t); e++)
+        if (!isfinite(hf[e])) {
+            free(hf);
+            return es_fail("%s: tensor '%s' holds a non-finite value (NaN or Inf) at element %zu", f->path,
+                           st->name, e);
+        }
     map_move(hf, flat, &m->layout, t, 1);
     free(hf);
     found[k] = 1;

@@ -217,6 +217,48 @@ def test_bad_model_dir(bad, corpus, name, named):
     assert_empty(bad / "w")
 
 
+def scaled_model(src, dst, tensor, value):
+    """A copy of model directory src with every element of one tensor (or of all, tensor None) set or scaled."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+    shutil.copytree(src, dst)
+    w = load_file(str(src / "model.safetensors"))
+    for name in w:
+        if tensor is None:
+            w[name] = (w[name] * value).astype(w[name].dtype)
+        elif name == tensor:
+            w[name] = np.full_like(w[name], value)
+    save_file(w, str(dst / "model.safetensors"))
+    return dst
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_weights(bad, corpus, model, value):
+    m = scaled_model(model, bad / "m", "model.norm.weight", value)
+    out = bad / "w" / "out"
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out, "--device", "cpu"),
+            "model.safetensors", "model.norm.weight", "non-finite")
+    run = run_config(bad, corpus, bad / "w" / "run", student={})
+    cfg = json.loads(run.read_text())
+    cfg["student"] = {"path": str(m)}
+    run.write_text(json.dumps(cfg))
+    refused(essence("train", "--config", run), "model.norm.weight", "non-finite")
+    run = run_config(bad, corpus, bad / "w" / "run", teacher={"path": str(m)})
+    refused(essence("train", "--config", run), "model.norm.weight", "non-finite")
+    assert_empty(bad / "w")
+
+
+def test_run_without_a_successful_step(bad, corpus, model):
+    """A teacher whose logits overflow makes every step non-finite: no final/, no exit 0."""
+    teacher = scaled_model(model, bad / "t", None, 1e30)
+    out = bad / "w" / "run"
+    run = run_config(bad, corpus, out, teacher={"path": str(teacher)}, run={"steps": 2})
+    p = essence("train", "--config", run, "--fresh")
+    assert p.returncode == 1, p.stderr
+    assert "none updated the weights" in p.stderr.strip().splitlines()[-1], p.stderr
+    assert not (out / "final").exists()
+
+
 # ---- outputs ------------------------------------------------------------------
 
 def test_output_that_cannot_be_written(bad, corpus, model):

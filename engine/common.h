@@ -25,7 +25,8 @@ void *es_xcalloc(size_t n, size_t size);
 int es_read_file(char **out, size_t *out_len, const char *path);
 
 // Writes `len` bytes to `path` atomically (tmp file, fsync, rename, fsync
-// dir): readers see the old file or the new one, never a part.
+// dir): readers see the old file or the new one, never a part. '-', a device
+// or a FIFO is written straight through (engine/out_file.h).
 int es_write_atomic(const char *path, const void *data, size_t len);
 
 // Creates a directory and its missing parents (like mkdir -p).

@@ -5,6 +5,7 @@ where the output was to go."""
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -271,6 +272,45 @@ def test_output_that_cannot_be_written(bad, corpus, model):
                         "--limit", "1", "--max-new", "2", "--device", "cpu"), NOT_A_DIR if out.parent == Path(NOT_A_DIR)
                 else out, prog="essence eval")
     assert_empty(bad / "dir")
+
+
+WRITERS = {
+    "generate": lambda m, c, out: essence("generate", "--model", m, "--in", c["prompts"], "--out", out, "--max-new",
+                                           "2", "--device", "cpu"),
+    "teacher": lambda m, c, out: essence("teacher", "--model", m, "--k", "4", "--out", out, "--device", "cpu",
+                                         c["corpus"] / "val.bin"),
+    "eval": lambda m, c, out: essence("eval", "--model", m, "--tokenizer", m, "--data", c["corpus"] / "test.jsonl",
+                                      "--out", out, "--limit", "1", "--max-new", "2", "--device", "cpu"),
+    "prep_data": lambda m, c, out: tool("prep_data", "--model", c["corpus"] / "model", "--out", out,
+                                        c["corpus"] / "val.jsonl"),
+    "plot_metrics": lambda m, c, out: tool("plot_metrics", "--out", out, m.parent),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_output_to_a_fifo(bad, corpus, model, writer):
+    """A FIFO (like /dev/null, not a regular file) is written through, never renamed over."""
+    fifo = bad / "w" / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    p = WRITERS[writer](model, {"prompts": bad / "prompts.jsonl", "corpus": corpus}, fifo)
+    try:
+        got, _ = reader.communicate(timeout=20)
+    except subprocess.TimeoutExpired:  # the FIFO was replaced: nobody writes to the one cat opened
+        reader.kill()
+        got, _ = reader.communicate()
+    assert p.returncode == 0, p.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced"
+    assert got, "nothing came through the FIFO"
+    assert sorted(q.name for q in (bad / "w").iterdir()) == ["fifo"]
+
+
+def test_output_to_stdout(bad, model):
+    p = essence("generate", "--model", model, "--in", bad / "prompts.jsonl", "--out", "-", "--max-new", "2",
+                "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(l)["id"] for l in p.stdout.splitlines()] == [0]
+    assert not (ROOT / "-").exists()
 
 
 def test_failed_generation_keeps_the_old_output(bad, model):

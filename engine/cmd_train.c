@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "run_lock.h"
 #include "train.h"
 
 static volatile sig_atomic_t g_stop = 0;
@@ -239,6 +240,16 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "essence: run.out: %s\n", es_last_error());
         return 1;
     }
+    // Rank 0 locks run.out for the whole job; every rank learns whether it could.
+    int lock_fd = -1;
+    double lock_failed = dist.rank == 0 && es_run_lock(&lock_fd, rc.out) != ES_OK;
+    es_dist_max_f64(&dist, &lock_failed, 1);
+    if (lock_failed) {
+        if (dist.rank == 0) fprintf(stderr, "essence: %s\n", es_last_error());
+        es_dist_finalize(&dist);
+        if (made_out) rmdir(rc.out);
+        return 1;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -261,6 +272,12 @@ int cmd_train(int argc, char **argv) {
     es_metrics_close(&mx);
     es_trainer_free(&t);
     es_dist_finalize(&dist);
-    if (r != ES_OK && made_out) rmdir(rc.out);  // only when still empty
+    if (r != ES_OK && made_out) {  // the folder goes only when nothing else is in it
+        char lock[sizeof rc.out + 8];
+        snprintf(lock, sizeof lock, "%s/.lock", rc.out);
+        if (lock_fd >= 0) unlink(lock);
+        rmdir(rc.out);
+    }
+    if (lock_fd >= 0) close(lock_fd);
     return r == ES_OK ? 0 : 1;
 }

@@ -5,14 +5,16 @@ where the output was to go."""
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from train_env import ROOT, TOOLS, run_config, run_essence
+from train_env import ROOT, TOOLS, essence_bin, run_config, run_essence
 
 NOT_A_DIR = "/etc/hostname"  # a regular file: a path under it cannot be created, even by root
 
@@ -156,6 +158,28 @@ def test_run_config_mistakes(bad, corpus):
     line = refused(essence("train", "--config", run, "--set", "supervise=1,2"), "'supervise'", "'1,2'")
     assert line.count("supervise") == 2, line  # the key, then the value's own message, each once
     assert_empty(bad / "w")
+
+
+def test_two_trainers_on_one_run_folder(bad, corpus):
+    """The second trainer on a run.out is refused, naming the first one's PID and host."""
+    out = bad / "w" / "run"
+    run = run_config(bad, corpus, out, data={"val": []}, run={"steps": 100000})
+    first = subprocess.Popen([str(essence_bin()), "train", "--config", str(run), "--fresh"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+            assert first.poll() is None and time.time() - t0 < 120, "the first run did not start training"
+            time.sleep(0.05)
+        other = run_config(bad, corpus, out, data={"val": []}, trunc={"lsp": 0.5}, run={"steps": 1})
+        for extra in ([], ["--fresh"]):
+            refused(essence("train", "--config", other, *extra), out, f"pid {first.pid}", socket.gethostname())
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    p = essence("train", "--config", other, "--fresh")  # a dead holder's lock is gone with it
+    assert p.returncode == 0, p.stderr
 
 
 @pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="a GPU is present")

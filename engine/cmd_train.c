@@ -24,7 +24,8 @@ static void usage(FILE *f) {
             "checkpoint in run.out unless --fresh (which deletes the old checkpoints).\n"
             "--stop-at STEP checkpoints and exits after STEP steps (a time slice): the\n"
             "same command resumes. SIGINT/SIGTERM finish the step, write a checkpoint\n"
-            "and exit. Under mpirun every rank runs this same command.\n");
+            "and exit with status 75 (checkpointed, resumable: requeue the same command);\n"
+            "0 means finished, 1 an error. Under mpirun every rank runs this same command.\n");
 }
 
 // Parses the command line into a run config; returns 0 to go on, or an exit code + 1.
@@ -127,7 +128,8 @@ static int validate_and_log(es_trainer *t, es_metrics *mx, double *val) {
     return ES_OK;
 }
 
-static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
+// *interrupted: stopped by a signal after a checkpoint (resumable, not finished).
+static int train_loop(int *interrupted, es_trainer *t, es_metrics *mx, int stop_at) {
     const es_run_config *rc = &t->rc;
     const es_dist *dist = t->dist;
     double session_s = 0;
@@ -175,8 +177,9 @@ static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
             if (stop) {
                 if (rank0)
                     fprintf(stderr, "%sstopped by signal %d at step %d: checkpoint written to %s; run the same "
-                                    "command to resume\n",
-                            mx->tty ? "\n" : "", (int)stop, t->st.step, rc->out);
+                                    "command to resume (exit status %d: checkpointed, resumable)\n",
+                            mx->tty ? "\n" : "", (int)stop, t->st.step, rc->out, ES_EXIT_RESUMABLE);
+                *interrupted = 1;
                 return ES_OK;
             }
         }
@@ -264,7 +267,8 @@ int cmd_train(int argc, char **argv) {
         if (fresh) unlink(path);  // a fresh start begins a fresh record
         r = es_metrics_open(&mx, path);
     }
-    if (r == ES_OK) r = train_loop(&t, &mx, stop_at);
+    int interrupted = 0;
+    if (r == ES_OK) r = train_loop(&interrupted, &t, &mx, stop_at);
     if (r != ES_OK && dist.size > 1)
         fprintf(stderr, "%sessence: rank %d: %s\n", mx.tty ? "\n" : "", dist.rank, es_last_error());
     else if (r != ES_OK)
@@ -279,5 +283,5 @@ int cmd_train(int argc, char **argv) {
         rmdir(rc.out);
     }
     if (lock_fd >= 0) close(lock_fd);
-    return r == ES_OK ? 0 : 1;
+    return r != ES_OK ? 1 : interrupted ? ES_EXIT_RESUMABLE : 0;
 }

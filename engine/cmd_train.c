@@ -264,8 +264,7 @@ int cmd_train(int argc, char **argv) {
     if (r == ES_OK && dist.rank == 0) {
         char path[600];
         snprintf(path, sizeof path, "%s/metrics.jsonl", rc.out);
-        if (fresh) unlink(path);  // a fresh start begins a fresh record
-        r = es_metrics_open(&mx, path);
+        r = es_metrics_open(&mx, path, t.resumed ? t.st.step : -1);
     }
     int interrupted = 0;
     if (r == ES_OK) r = train_loop(&interrupted, &t, &mx, stop_at);

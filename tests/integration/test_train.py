@@ -153,6 +153,21 @@ def test_kill9_during_checkpoints_leaves_a_resumable_one(tmp_path, corpus):
     assert not list(out.glob(".ckpt-tmp-*")), "temporaries of killed writes are cleaned up"
 
 
+def test_metrics_after_kill9_and_resume_hold_each_step_once(tmp_path, corpus):
+    out = tmp_path / "out"
+    cfg = run_config(tmp_path, corpus, out, data={"val": []}, run={"steps": 10000, "ckpt_every": 0})
+    run_essence(["train", "--config", cfg, "--fresh", "--stop-at", "2"])
+    proc = _start(cfg)  # resumes at 2; killed after more steps, with no checkpoint past 2
+    _wait_for_steps(out, 5, proc)
+    proc.kill()
+    proc.wait()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "st')  # a line torn by the kill
+    run_essence(["train", "--config", cfg, "--stop-at", "6"])
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert all(json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines())
+
+
 @pytest.mark.parametrize("damage", ["truncate-model", "flip-optim", "state-json", "missing-optim"])
 def test_corrupt_checkpoint_is_refused(tmp_path, corpus, damage):
     out = tmp_path / "out"

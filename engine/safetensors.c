@@ -84,20 +84,30 @@ static int cmp_name(const void *a, const void *b) {
     return strcmp(((const es_st_tensor *)a)->name, ((const es_st_tensor *)b)->name);
 }
 
-// Rejects overlapping byte ranges and repeated names (cJSON keeps duplicates).
-static int check_disjoint(const es_st_file *f) {
+// Rejects overlapping byte ranges, a data section the tensors do not cover
+// exactly (a gap, or bytes after the last tensor), and repeated names (cJSON
+// keeps duplicates).
+static int check_disjoint(const es_st_file *f, size_t data_len) {
     int n = f->ntensors;
     es_st_tensor *s = es_xmalloc((size_t)(n ? n : 1) * sizeof *s);
     memcpy(s, f->tensors, (size_t)n * sizeof *s);
     int rc = ES_OK;
     qsort(s, (size_t)n, sizeof *s, cmp_begin);
     int last = -1;  // the non-empty tensor reaching furthest so far
+    size_t covered = 0;
     for (int i = 0; i < n && rc == ES_OK; i++) {
         if (s[i].begin == s[i].end) continue;
         if (last >= 0 && s[i].begin < s[last].end)
             rc = es_fail("%s: tensors '%s' and '%s' overlap", f->path, s[last].name, s[i].name);
+        if (rc == ES_OK && s[i].begin > covered)
+            rc = es_fail("%s: %zu bytes before tensor '%s' belong to no tensor", f->path, s[i].begin - covered,
+                         s[i].name);
         if (last < 0 || s[i].end > s[last].end) last = i;
+        covered = s[last].end;
     }
+    if (rc == ES_OK && covered != data_len)
+        rc = es_fail("%s: %zu bytes after the last tensor's data (the tensors must cover the data exactly)",
+                     f->path, data_len - covered);
     qsort(s, (size_t)n, sizeof *s, cmp_name);
     for (int i = 1; i < n && rc == ES_OK; i++)
         if (!strcmp(s[i].name, s[i - 1].name))
@@ -133,7 +143,7 @@ static int parse_header(es_st_file *f, const char *text, size_t len) {
         if ((rc = parse_entry(t, f, e, data_len))) goto done;
         f->ntensors++;
     }
-    rc = check_disjoint(f);
+    rc = check_disjoint(f, data_len);
 done:
     cJSON_Delete(root);
     return rc;

@@ -412,6 +412,44 @@ def test_json_with_trailing_data(bad, corpus, model):
     assert_empty(bad / "w")
 
 
+def test_small_config_and_model_mistakes(bad, corpus, model):
+    shard = corpus / "train.bin"
+    run = run_config(bad, corpus, bad / "w" / "run")
+    for cmd in (["train"], ["data", "stats"]):
+        refused(essence(*cmd, "--config", run, "--set", f"data.train={shard},{shard}"), "data.train", "twice")
+        refused(essence(*cmd, "--config", run, "--set", f'data.train=["{shard}", "{corpus}/../{corpus.name}/train.bin"]'),
+                "data.train", "twice")
+    out = bad / "w" / "m"
+    (out).mkdir()
+    for name, change in (("eos", lambda m: m.__setitem__("eos_token_id", m["vocab_size"])),
+                         ("bos", lambda m: m.__setitem__("bos_token_id", m["vocab_size"] + 5))):
+        m = bad / name
+        shutil.copytree(model, m)
+        cfg = json.loads((m / "config.json").read_text())
+        change(cfg)
+        (m / "config.json").write_text(json.dumps(cfg))
+        refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out / "o", "--device", "cpu"),
+                "config.json", f"{name}_token_id", "outside the vocabulary")
+    m = bad / "tail"
+    shutil.copytree(model, m)
+    with open(m / "model.safetensors", "ab") as f:
+        f.write(bytes(8))
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out / "o", "--device", "cpu"),
+            "model.safetensors", "8 bytes after the last tensor")
+    assert_empty(out)
+
+
+def test_quoted_string_in_set(bad, corpus):
+    """--set run.out="/x" means /x, as a list value in JSON is parsed as JSON."""
+    out = bad / "w" / "quoted"
+    run = run_config(bad, corpus, bad / "w" / "run", data={"val": []}, run={"steps": 1})
+    p = essence("train", "--config", run, "--set", f'run.out="{out}"', "--fresh")
+    assert p.returncode == 0, p.stderr
+    assert sorted(q.name for q in (bad / "w").iterdir()) == ["quoted"]
+    assert (out / "final" / "config.json").exists()
+    refused(essence("train", "--config", run, "--set", 'run.out="x'), "run.out", "not a JSON string")
+
+
 # ---- Python tools -------------------------------------------------------------
 
 @pytest.mark.parametrize("name,args,named", [

@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "config_change.h"
 #include "run_lock.h"
 #include "train.h"
 
@@ -19,13 +20,17 @@ static void on_signal(int sig) { g_stop = sig; }
 static void usage(FILE *f) {
     fprintf(f,
             "usage: essence train --config RUN.json [--set key=value ...] [--fresh] [--stop-at STEP]\n"
+            "                     [--allow-config-change]\n"
             "       essence train --help-config\n\n"
             "Trains (distils) a student as the run config says; resumes from the newest\n"
             "checkpoint in run.out unless --fresh (which deletes the old checkpoints).\n"
             "--stop-at STEP checkpoints and exits after STEP steps (a time slice): the\n"
             "same command resumes. SIGINT/SIGTERM finish the step, write a checkpoint\n"
             "and exit with status 75 (checkpointed, resumable: requeue the same command);\n"
-            "0 means finished, 1 an error. Under mpirun every rank runs this same command.\n");
+            "0 means finished, 1 an error. Under mpirun every rank runs this same command.\n"
+            "A resume whose config changes the training (any key but run.*, or run.seed)\n"
+            "is refused naming the keys; --allow-config-change resumes anyway and records\n"
+            "the change in metrics.jsonl.\n");
 }
 
 // Parses the command line into a run config; returns 0 to go on, or an exit code + 1.
@@ -210,7 +215,7 @@ static int train_loop(int *interrupted, es_trainer *t, es_metrics *mx, int stop_
 
 int cmd_train(int argc, char **argv) {
     // --stop-at is not part of the run config: a resumed run must see the same config
-    int stop_at = 0, nargs = 0;
+    int stop_at = 0, nargs = 0, allow_change = 0;
     char **args = es_xcalloc((size_t)argc + 1, sizeof *args);
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--stop-at") && i + 1 < argc) {
@@ -222,6 +227,8 @@ int cmd_train(int argc, char **argv) {
                 return 2;
             }
             stop_at = (int)v;
+        } else if (!strcmp(argv[i], "--allow-config-change")) {
+            allow_change = 1;
         } else {
             args[nargs++] = argv[i];
         }
@@ -261,10 +268,21 @@ int cmd_train(int argc, char **argv) {
     es_trainer t;
     es_metrics mx = {0};
     int r = es_trainer_init(&t, &rc, &dist, fresh, dist.rank == 0);
+    char changed[2048] = "";
+    if (r == ES_OK && t.resumed)
+        r = es_config_changes(changed, sizeof changed, t.resumed_from, t.config_json);
+    if (r == ES_OK && changed[0] && !allow_change)
+        r = es_fail("%s: the run config changed since this checkpoint (%s): resuming would mix two trainings; "
+                    "restore them, start over with --fresh, or pass --allow-config-change",
+                    t.resumed_from, changed);
     if (r == ES_OK && dist.rank == 0) {
         char path[600];
         snprintf(path, sizeof path, "%s/metrics.jsonl", rc.out);
         r = es_metrics_open(&mx, path, t.resumed ? t.st.step : -1);
+        if (r == ES_OK && changed[0]) {
+            es_metrics_note(&mx, "config_change", t.st.step, "changed", changed);
+            fprintf(stderr, "warning: resuming with a changed config (--allow-config-change): %s\n", changed);
+        }
     }
     int interrupted = 0;
     if (r == ES_OK) r = train_loop(&interrupted, &t, &mx, stop_at);

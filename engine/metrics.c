@@ -59,6 +59,19 @@ void es_metrics_write(es_metrics *mx, const char *kind, int nkv, const char *con
     fflush(mx->f);
 }
 
+void es_metrics_note(es_metrics *mx, const char *kind, int step, const char *key, const char *text) {
+    if (!mx->f) return;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "kind", kind);
+    cJSON_AddNumberToObject(o, "step", step);
+    cJSON_AddStringToObject(o, key, text);
+    char *line = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (line) fprintf(mx->f, "%s\n", line);
+    cJSON_free(line);
+    fflush(mx->f);
+}
+
 void es_format_duration(char *buf, size_t size, double s) {
     if (!isfinite(s) || s < 0) snprintf(buf, size, "?");
     else if (s >= 3600) snprintf(buf, size, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));

@@ -16,5 +16,7 @@ void es_metrics_close(es_metrics *mx);
 // Appends {"kind": kind, k1: v1, ...} with nkv numeric fields and flushes.
 void es_metrics_write(es_metrics *mx, const char *kind, int nkv, const char *const *keys,
                       const double *vals);
+// Appends {"kind": kind, "step": step, key: text} and flushes.
+void es_metrics_note(es_metrics *mx, const char *kind, int step, const char *key, const char *text);
 // Formats seconds as "1h02m", "3m05s" or "12s".
 void es_format_duration(char *buf, size_t size, double seconds);

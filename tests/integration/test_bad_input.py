@@ -439,6 +439,25 @@ def test_small_config_and_model_mistakes(bad, corpus, model):
     assert_empty(out)
 
 
+def test_resume_with_a_changed_config(bad, corpus):
+    out = bad / "w" / "run"
+    run = run_config(bad, corpus, out, data={"val": []}, run={"steps": 20})
+    assert essence("train", "--config", run, "--fresh", "--stop-at", "2").returncode == 0
+    line = refused(essence("train", "--config", run, "--set", "trunc.lsp=0.5", "--set", "batch.step_examples=4",
+                           "--set", "run.log_every=2"), "ckpt-00000002", "trunc.lsp, batch.step_examples",
+                   "--allow-config-change")
+    assert "log_every" not in line
+    refused(essence("train", "--config", run, "--set", "run.seed=7"), "run.seed")
+    # cadence, threads and a longer run are not changes of the training
+    p = essence("train", "--config", run, "--set", "run.log_every=2", "--set", "run.threads=1", "--set",
+                "run.steps=30", "--stop-at", "3")
+    assert p.returncode == 0, p.stderr
+    p = essence("train", "--config", run, "--set", "trunc.lsp=0.5", "--allow-config-change", "--stop-at", "4")
+    assert p.returncode == 0, p.stderr
+    notes = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"kind": "config_change", "step": 3, "changed": "trunc.lsp"} in notes
+
+
 def test_quoted_string_in_set(bad, corpus):
     """--set run.out="/x" means /x, as a list value in JSON is parsed as JSON."""
     out = bad / "w" / "quoted"

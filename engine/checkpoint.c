@@ -12,6 +12,7 @@
 
 #include "ckpt_files.h"
 #include "common.h"
+#include "json.h"
 #include "safetensors.h"
 
 static int fsync_path(const char *path) {
@@ -219,8 +220,9 @@ static int get_num(double *out, const cJSON *root, const char *key, const char *
 
 static int read_state(cJSON **root, const char *path) {
     char *txt;
-    if (es_read_file(&txt, NULL, path)) return ES_ERR;
-    *root = cJSON_Parse(txt);
+    size_t len;
+    if (es_read_file(&txt, &len, path)) return ES_ERR;
+    *root = es_json_parse(txt, len);
     free(txt);
     return *root ? ES_OK : es_fail("%s: not valid JSON (corrupt checkpoint)", path);
 }

@@ -11,7 +11,10 @@ typedef struct {
 int cmd_data(int argc, char **argv);
 
 // `essence train`: train or distil a student from a run config (engine/cmd_train.c).
+// Exits 0 when finished, ES_EXIT_RESUMABLE when a signal stopped it after a
+// checkpoint (run the same command again to resume), 1 on an error.
 int cmd_train(int argc, char **argv);
+#define ES_EXIT_RESUMABLE 75  // EX_TEMPFAIL: checkpointed, resumable; requeue it
 
 // `essence bench`: time steps of a run config (engine/cmd_bench.c).
 int cmd_bench(int argc, char **argv);

@@ -12,6 +12,8 @@
 
 #include "cli.h"
 #include "common.h"
+#include "out_file.h"
+#include "json.h"
 #include "generate.h"
 
 #define MAX_STOP 16
@@ -61,7 +63,7 @@ static void prompts_free(prompt_set *ps) {
 
 // Parses one line into request slot i.
 static int parse_line(prompt_set *ps, const char *line, const char *path, int lineno, int vocab) {
-    cJSON *o = cJSON_Parse(line);
+    cJSON *o = es_json_parse(line, strlen(line));
     if (!o || !cJSON_IsObject(o)) {
         cJSON_Delete(o);
         return es_fail("%s:%d: not a JSON object", path, lineno);
@@ -222,19 +224,12 @@ static int run(const gen_args *a0) {
     es_backend *be = es_backend_create(a.device);
     es_model m = {0};
     es_gen g = {0};
-    // Samples go to OUT.tmp, renamed to OUT once all are written: a failed run leaves no partial OUT.
-    char tmp[4096 + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", a.out);
-    FILE *f = NULL;
-    if (!be) goto done;
-    f = fopen(tmp, "w");
-    if (!f) {
-        es_fail("%s: cannot open for writing: %s", a.out, strerror(errno));
-        goto done;
-    }
+    // Samples go to a temporary file renamed to OUT once all are written: a failed run leaves no partial OUT.
+    es_out out = {0};
+    if (!be || es_out_open(&out, a.out)) goto done;
     if (es_model_load_hf(&m, a.model, be, cap, 0) || es_gen_create(&g, &m, a.batch, (int)max_len))
         goto done;
-    emitter e = {f, &ps, 0};
+    emitter e = {out.f, &ps, 0};
     double t0 = es_now();
     rc = es_generate(&g, ps.reqs, ps.n, &a.p, emit_line, &e);
     double dt = es_now() - t0;
@@ -242,9 +237,8 @@ static int run(const gen_args *a0) {
         fprintf(stderr, "essence generate: %d samples, %ld tokens in %.1f s (%.1f tok/s, %s)\n",
                 ps.n * a.p.n, e.tokens, dt, e.tokens / (dt > 0 ? dt : 1), be->name);
 done:
-    if (f && fclose(f) && !rc) rc = es_fail("%s: write failed", a.out);
-    if (f && !rc && rename(tmp, a.out) != 0) rc = es_fail("%s: cannot rename into place: %s", a.out, strerror(errno));
-    if (f && rc) unlink(tmp);
+    if (out.f && rc) es_out_abort(&out);
+    else if (out.f) rc = es_out_commit(&out);
     es_gen_free(&g);
     if (m.params) es_model_free(&m);
     if (be) be->destroy(be);

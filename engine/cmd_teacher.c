@@ -83,7 +83,9 @@ int cmd_teacher(int argc, char **argv) {
     double t0 = es_now();
     rc = es_teacher_run(be, &o) == ES_OK ? 0 : 1;
     if (rc) fprintf(stderr, "essence: %s\n", es_last_error());
-    else printf("%s: teacher top-%d written (%s backend, %.1f s)\n", o.out, o.k, be->name, es_now() - t0);
+    else  // not onto a shard written to stdout
+        fprintf(strcmp(o.out, "-") ? stdout : stderr, "%s: teacher top-%d written (%s backend, %.1f s)\n", o.out,
+                o.k, be->name, es_now() - t0);
     be->destroy(be);
 done:
     free(shards);

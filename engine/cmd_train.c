@@ -10,6 +10,8 @@
 
 #include "cli.h"
 #include "common.h"
+#include "config_change.h"
+#include "run_lock.h"
 #include "train.h"
 
 static volatile sig_atomic_t g_stop = 0;
@@ -18,12 +20,17 @@ static void on_signal(int sig) { g_stop = sig; }
 static void usage(FILE *f) {
     fprintf(f,
             "usage: essence train --config RUN.json [--set key=value ...] [--fresh] [--stop-at STEP]\n"
+            "                     [--allow-config-change]\n"
             "       essence train --help-config\n\n"
             "Trains (distils) a student as the run config says; resumes from the newest\n"
             "checkpoint in run.out unless --fresh (which deletes the old checkpoints).\n"
             "--stop-at STEP checkpoints and exits after STEP steps (a time slice): the\n"
             "same command resumes. SIGINT/SIGTERM finish the step, write a checkpoint\n"
-            "and exit. Under mpirun every rank runs this same command.\n");
+            "and exit with status 75 (checkpointed, resumable: requeue the same command);\n"
+            "0 means finished, 1 an error. Under mpirun every rank runs this same command.\n"
+            "A resume whose config changes the training (any key but run.*, or run.seed)\n"
+            "is refused naming the keys; --allow-config-change resumes anyway and records\n"
+            "the change in metrics.jsonl.\n");
 }
 
 // Parses the command line into a run config; returns 0 to go on, or an exit code + 1.
@@ -126,7 +133,8 @@ static int validate_and_log(es_trainer *t, es_metrics *mx, double *val) {
     return ES_OK;
 }
 
-static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
+// *interrupted: stopped by a signal after a checkpoint (resumable, not finished).
+static int train_loop(int *interrupted, es_trainer *t, es_metrics *mx, int stop_at) {
     const es_run_config *rc = &t->rc;
     const es_dist *dist = t->dist;
     double session_s = 0;
@@ -174,13 +182,19 @@ static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
             if (stop) {
                 if (rank0)
                     fprintf(stderr, "%sstopped by signal %d at step %d: checkpoint written to %s; run the same "
-                                    "command to resume\n",
-                            mx->tty ? "\n" : "", (int)stop, t->st.step, rc->out);
+                                    "command to resume (exit status %d: checkpointed, resumable)\n",
+                            mx->tty ? "\n" : "", (int)stop, t->st.step, rc->out, ES_EXIT_RESUMABLE);
+                *interrupted = 1;
                 return ES_OK;
             }
         }
     }
     if (mx->tty && rank0) fputc('\n', stderr);
+    // A student no step has updated is not a trained one: no final/, no exit 0.
+    if (t->st.optim_step == 0)
+        return es_fail("%d steps ran and none updated the weights (each had a non-finite loss or gradient norm, "
+                       "or no supervised token); no final/ written",
+                       t->st.step);
     if (validate_and_log(t, mx, &val)) return ES_ERR;
     if (es_trainer_checkpoint(t)) return ES_ERR;
     double rss = rss_peak_bytes();
@@ -201,7 +215,7 @@ static int train_loop(es_trainer *t, es_metrics *mx, int stop_at) {
 
 int cmd_train(int argc, char **argv) {
     // --stop-at is not part of the run config: a resumed run must see the same config
-    int stop_at = 0, nargs = 0;
+    int stop_at = 0, nargs = 0, allow_change = 0;
     char **args = es_xcalloc((size_t)argc + 1, sizeof *args);
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--stop-at") && i + 1 < argc) {
@@ -213,6 +227,8 @@ int cmd_train(int argc, char **argv) {
                 return 2;
             }
             stop_at = (int)v;
+        } else if (!strcmp(argv[i], "--allow-config-change")) {
+            allow_change = 1;
         } else {
             args[nargs++] = argv[i];
         }
@@ -234,6 +250,16 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "essence: run.out: %s\n", es_last_error());
         return 1;
     }
+    // Rank 0 locks run.out for the whole job; every rank learns whether it could.
+    int lock_fd = -1;
+    double lock_failed = dist.rank == 0 && es_run_lock(&lock_fd, rc.out) != ES_OK;
+    es_dist_max_f64(&dist, &lock_failed, 1);
+    if (lock_failed) {
+        if (dist.rank == 0) fprintf(stderr, "essence: %s\n", es_last_error());
+        es_dist_finalize(&dist);
+        if (made_out) rmdir(rc.out);
+        return 1;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -242,13 +268,24 @@ int cmd_train(int argc, char **argv) {
     es_trainer t;
     es_metrics mx = {0};
     int r = es_trainer_init(&t, &rc, &dist, fresh, dist.rank == 0);
+    char changed[2048] = "";
+    if (r == ES_OK && t.resumed)
+        r = es_config_changes(changed, sizeof changed, t.resumed_from, t.config_json);
+    if (r == ES_OK && changed[0] && !allow_change)
+        r = es_fail("%s: the run config changed since this checkpoint (%s): resuming would mix two trainings; "
+                    "restore them, start over with --fresh, or pass --allow-config-change",
+                    t.resumed_from, changed);
     if (r == ES_OK && dist.rank == 0) {
         char path[600];
         snprintf(path, sizeof path, "%s/metrics.jsonl", rc.out);
-        if (fresh) unlink(path);  // a fresh start begins a fresh record
-        r = es_metrics_open(&mx, path);
+        r = es_metrics_open(&mx, path, t.resumed ? t.st.step : -1);
+        if (r == ES_OK && changed[0]) {
+            es_metrics_note(&mx, "config_change", t.st.step, "changed", changed);
+            fprintf(stderr, "warning: resuming with a changed config (--allow-config-change): %s\n", changed);
+        }
     }
-    if (r == ES_OK) r = train_loop(&t, &mx, stop_at);
+    int interrupted = 0;
+    if (r == ES_OK) r = train_loop(&interrupted, &t, &mx, stop_at);
     if (r != ES_OK && dist.size > 1)
         fprintf(stderr, "%sessence: rank %d: %s\n", mx.tty ? "\n" : "", dist.rank, es_last_error());
     else if (r != ES_OK)
@@ -256,6 +293,12 @@ int cmd_train(int argc, char **argv) {
     es_metrics_close(&mx);
     es_trainer_free(&t);
     es_dist_finalize(&dist);
-    if (r != ES_OK && made_out) rmdir(rc.out);  // only when still empty
-    return r == ES_OK ? 0 : 1;
+    if (r != ES_OK && made_out) {  // the folder goes only when nothing else is in it
+        char lock[sizeof rc.out + 8];
+        snprintf(lock, sizeof lock, "%s/.lock", rc.out);
+        if (lock_fd >= 0) unlink(lock);
+        rmdir(rc.out);
+    }
+    if (lock_fd >= 0) close(lock_fd);
+    return r != ES_OK ? 1 : interrupted ? ES_EXIT_RESUMABLE : 0;
 }

@@ -11,10 +11,14 @@
 static _Thread_local char g_err[1024];
 
 int es_fail(const char *fmt, ...) {
+    // Formatted aside first: an argument may be es_last_error() itself (a
+    // message wrapped with context), and vsnprintf must not read what it writes.
+    char msg[sizeof g_err];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(g_err, msg, sizeof g_err);
     return ES_ERR;
 }
 

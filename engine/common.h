@@ -9,7 +9,8 @@
 #define ES_OK 0
 #define ES_ERR (-1)
 
-// Records the message (printf-style) and returns ES_ERR.
+// Records the message (printf-style) and returns ES_ERR. An argument may be
+// es_last_error(), to wrap the last message with context.
 int es_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // The last recorded message ("" if none).
 const char *es_last_error(void);
@@ -24,7 +25,8 @@ void *es_xcalloc(size_t n, size_t size);
 int es_read_file(char **out, size_t *out_len, const char *path);
 
 // Writes `len` bytes to `path` atomically (tmp file, fsync, rename, fsync
-// dir): readers see the old file or the new one, never a part.
+// dir): readers see the old file or the new one, never a part. '-', a device
+// or a FIFO is written straight through (engine/out_file.h).
 int es_write_atomic(const char *path, const void *data, size_t len);
 
 // Creates a directory and its missing parents (like mkdir -p).

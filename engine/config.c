@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "json.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -275,7 +276,7 @@ static int parse_rope_family(es_config *c, const reader *r) {
 
 int es_config_parse(es_config *cfg, const char *json, const char *path) {
     memset(cfg, 0, sizeof *cfg);
-    cJSON *root = cJSON_Parse(json);
+    cJSON *root = es_json_parse(json, strlen(json));
     if (!root) return es_fail("%s: not valid JSON", path);
     reader r = {root, path};
     int rc = ES_ERR;
@@ -300,6 +301,12 @@ int es_config_parse(es_config *cfg, const char *json, const char *path) {
     if (cfg->arch == ES_ARCH_GPT2 ? parse_gpt2(cfg, &r) : parse_rope_family(cfg, &r)) goto done;
     if (get_token(&cfg->bos_id, &r, "bos_token_id") || get_token(&cfg->eos_id, &r, "eos_token_id"))
         goto done;
+    if (cfg->bos_id >= cfg->vocab || cfg->eos_id >= cfg->vocab) {
+        int bad_bos = cfg->bos_id >= cfg->vocab;
+        es_fail("%s: key '%s' is %d, outside the vocabulary (vocab_size %d)", path,
+                bad_bos ? "bos_token_id" : "eos_token_id", bad_bos ? cfg->bos_id : cfg->eos_id, cfg->vocab);
+        goto done;
+    }
     const char *dtype_key = has(&r, "dtype") ? "dtype" : "torch_dtype";
     if (get_string(cfg->torch_dtype, sizeof cfg->torch_dtype, &r, dtype_key, "float32")) goto done;
     rc = ES_OK;

@@ -4,6 +4,7 @@
 // (in, out) and fuses q/k/v into c_attn, so its tensors are transposed and
 // split on load, and joined and transposed back on save.
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "json.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -190,8 +192,9 @@ static int open_shard(weight_files *w, const char *dir, const char *file) {
 // the shard the index says.
 static int open_index(weight_files *w, const char *dir, const char *index_path) {
     char *text;
-    if (es_read_file(&text, NULL, index_path)) return ES_ERR;
-    cJSON *root = cJSON_Parse(text);
+    size_t len;
+    if (es_read_file(&text, &len, index_path)) return ES_ERR;
+    cJSON *root = es_json_parse(text, len);
     free(text);
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     int rc = ES_OK;
@@ -270,6 +273,13 @@ static int load_tensor(float *flat, char *found, const hf_map *map, const es_mod
         return es_fail("%s: tensor '%s' holds integers, expected F32, BF16 or F16", f->path, st->name);
     float *hf = es_xmalloc(map_numel(t) * sizeof *hf);
     es_st_read_f32(hf, f, i);
+    // A NaN or Inf weight would only show later as skipped steps or garbage tokens.
+    for (size_t e = 0; e < map_numel(t); e++)
+        if (!isfinite(hf[e])) {
+            free(hf);
+            return es_fail("%s: tensor '%s' holds a non-finite value (NaN or Inf) at element %zu", f->path,
+                           st->name, e);
+        }
     map_move(hf, flat, &m->layout, t, 1);
     free(hf);
     found[k] = 1;

@@ -2,12 +2,14 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "json.h"
 #include "packer.h"
 
 typedef enum { F_STR, F_INT, F_FLOAT, F_BOOL, F_U64, F_LIST } field_type;
@@ -146,7 +148,7 @@ static int set_text(es_run_config *rc, const field *f, const char *val, const ch
         // paths, comma-separated or as a JSON list: "a,b" or '["a", "b"]'
         cJSON *arr = NULL;
         if (val[0] == '[') {
-            arr = cJSON_Parse(val);
+            arr = es_json_parse(val, strlen(val));
             if (!arr || !cJSON_IsArray(arr)) {
                 cJSON_Delete(arr);
                 return es_fail("%s: '%s' is '%s', not a JSON list", src, f->key, val);
@@ -237,8 +239,9 @@ static int apply_object(es_run_config *rc, const cJSON *obj, const char *prefix,
 
 int es_run_config_load(es_run_config *rc, const char *path) {
     char *txt;
-    if (es_read_file(&txt, NULL, path)) return ES_ERR;
-    cJSON *root = cJSON_Parse(txt);
+    size_t len;
+    if (es_read_file(&txt, &len, path)) return ES_ERR;
+    cJSON *root = es_json_parse(txt, len);
     free(txt);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
@@ -259,7 +262,27 @@ int es_run_config_set(es_run_config *rc, const char *kv) {
     key[n] = 0;
     const field *f = find_field(key);
     if (!f) return es_fail("--set: unknown key '%s' (essence train --help-config lists them)", key);
-    return set_text(rc, f, eq + 1, "--set");
+    if (f->type != F_STR || eq[1] != '"') return set_text(rc, f, eq + 1, "--set");
+    // a string in JSON quotes, as lists may be given in JSON: run.out="/x" is /x
+    cJSON *v = es_json_parse(eq + 1, strlen(eq + 1));
+    int r = cJSON_IsString(v) ? set_text(rc, f, v->valuestring, "--set")
+                              : es_fail("--set: '%s' is '%s', not a JSON string", key, eq + 1);
+    cJSON_Delete(v);
+    return r;
+}
+
+// The same shard twice would be read twice an epoch: the data mix would change silently.
+static int check_repeats(const char *key, const char (*paths)[512], int n) {
+    for (int i = 0; i < n; i++) {
+        char a[PATH_MAX];
+        if (!realpath(paths[i], a)) snprintf(a, sizeof a, "%s", paths[i]);
+        for (int j = 0; j < i; j++) {
+            char b[PATH_MAX];
+            if (!realpath(paths[j], b)) snprintf(b, sizeof b, "%s", paths[j]);
+            if (!strcmp(a, b)) return es_fail("config: '%s' lists %s twice (items %d and %d)", key, paths[i], j, i);
+        }
+    }
+    return ES_OK;
 }
 
 int es_run_config_validate(const es_run_config *rc) {
@@ -268,6 +291,8 @@ int es_run_config_validate(const es_run_config *rc) {
     if (rc->student_path[0] && rc->student_preset[0])
         return es_fail("config: set only one of 'student.path' and 'student.preset'");
     if (rc->ntrain == 0) return es_fail("config: 'data.train' lists no shard");
+    if (check_repeats("data.train", rc->train, rc->ntrain) || check_repeats("data.val", rc->val, rc->nval))
+        return ES_ERR;
     if (rc->step_examples == 0 && rc->step_tokens == 0)
         return es_fail("config: 'batch.step_examples' and 'batch.step_tokens' are both 0");
     if (rc->label_mask > 0 && (rc->lsp < 1 || rc->drop_answer))

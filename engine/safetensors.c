@@ -1,11 +1,10 @@
 // safetensors reading (mmap, every field validated before use) and writing
-// (streamed to a temporary file, then renamed into place).
+// (streamed through engine/out_file.h: a temporary file renamed into place).
 #include "safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -13,6 +12,8 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "json.h"
+#include "out_file.h"
 
 static const char *const dtype_names[] = {"F32", "BF16", "F16", "I32", "I64"};
 static const size_t dtype_sizes[] = {4, 2, 2, 4, 8};
@@ -83,20 +84,30 @@ static int cmp_name(const void *a, const void *b) {
     return strcmp(((const es_st_tensor *)a)->name, ((const es_st_tensor *)b)->name);
 }
 
-// Rejects overlapping byte ranges and repeated names (cJSON keeps duplicates).
-static int check_disjoint(const es_st_file *f) {
+// Rejects overlapping byte ranges, a data section the tensors do not cover
+// exactly (a gap, or bytes after the last tensor), and repeated names (cJSON
+// keeps duplicates).
+static int check_disjoint(const es_st_file *f, size_t data_len) {
     int n = f->ntensors;
     es_st_tensor *s = es_xmalloc((size_t)(n ? n : 1) * sizeof *s);
     memcpy(s, f->tensors, (size_t)n * sizeof *s);
     int rc = ES_OK;
     qsort(s, (size_t)n, sizeof *s, cmp_begin);
     int last = -1;  // the non-empty tensor reaching furthest so far
+    size_t covered = 0;
     for (int i = 0; i < n && rc == ES_OK; i++) {
         if (s[i].begin == s[i].end) continue;
         if (last >= 0 && s[i].begin < s[last].end)
             rc = es_fail("%s: tensors '%s' and '%s' overlap", f->path, s[last].name, s[i].name);
+        if (rc == ES_OK && s[i].begin > covered)
+            rc = es_fail("%s: %zu bytes before tensor '%s' belong to no tensor", f->path, s[i].begin - covered,
+                         s[i].name);
         if (last < 0 || s[i].end > s[last].end) last = i;
+        covered = s[last].end;
     }
+    if (rc == ES_OK && covered != data_len)
+        rc = es_fail("%s: %zu bytes after the last tensor's data (the tensors must cover the data exactly)",
+                     f->path, data_len - covered);
     qsort(s, (size_t)n, sizeof *s, cmp_name);
     for (int i = 1; i < n && rc == ES_OK; i++)
         if (!strcmp(s[i].name, s[i - 1].name))
@@ -106,7 +117,7 @@ static int check_disjoint(const es_st_file *f) {
 }
 
 static int parse_header(es_st_file *f, const char *text, size_t len) {
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = es_json_parse(text, len);
     if (!root) return es_fail("%s: header is not valid JSON", f->path);
     int rc = ES_OK;
     if (!cJSON_IsObject(root)) {
@@ -132,7 +143,7 @@ static int parse_header(es_st_file *f, const char *text, size_t len) {
         if ((rc = parse_entry(t, f, e, data_len))) goto done;
         f->ntensors++;
     }
-    rc = check_disjoint(f);
+    rc = check_disjoint(f, data_len);
 done:
     cJSON_Delete(root);
     return rc;
@@ -214,82 +225,6 @@ void es_st_read_f32(float *dst, const es_st_file *f, int i) {
         for (size_t j = 0; j < n; j++) memcpy(&i64, src + 8 * j, 8), dst[j] = (float)i64;
         break;
     }
-}
-
-// ---- atomic file writing ---------------------------------------------------
-
-typedef struct {
-    int fd;
-    char tmp[600];
-    const char *path;
-} atomic_file;
-
-static int atomic_begin(atomic_file *a, const char *path) {
-    a->path = path;
-    a->fd = -1;
-    if (snprintf(a->tmp, sizeof a->tmp, "%s.tmp-XXXXXX", path) >= (int)sizeof a->tmp)
-        return es_fail("%s: path too long", path);
-    a->fd = mkstemp(a->tmp);
-    if (a->fd < 0) return es_fail("%s: cannot create a temporary file: %s", path, strerror(errno));
-    if (fchmod(a->fd, 0644) != 0) {
-        int e = errno;
-        close(a->fd);
-        unlink(a->tmp);
-        return es_fail("%s: cannot set permissions: %s", path, strerror(e));
-    }
-    return ES_OK;
-}
-
-static int atomic_write(atomic_file *a, const void *data, size_t len) {
-    const char *p = data;
-    while (len > 0) {
-        ssize_t w = write(a->fd, p, len);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return es_fail("%s: write failed: %s", a->path, strerror(w < 0 ? errno : EIO));
-        p += w;
-        len -= (size_t)w;
-    }
-    return ES_OK;
-}
-
-static void atomic_abort(atomic_file *a) {
-    if (a->fd >= 0) close(a->fd);
-    unlink(a->tmp);
-    a->fd = -1;
-}
-
-// The data reaches the disk before the rename, and the rename before return.
-static int atomic_commit(atomic_file *a) {
-    if (fsync(a->fd) != 0) {
-        int e = errno;
-        atomic_abort(a);
-        return es_fail("%s: fsync failed: %s", a->path, strerror(e));
-    }
-    int rc = close(a->fd);
-    a->fd = -1;
-    if (rc != 0 || rename(a->tmp, a->path) != 0) {
-        int e = errno;
-        unlink(a->tmp);
-        return es_fail("%s: cannot rename into place: %s", a->path, strerror(e));
-    }
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s", a->path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) return es_fail("%s: cannot open its directory: %s", a->path, strerror(errno));
-    rc = fsync(dfd);
-    close(dfd);
-    if (rc != 0) return es_fail("%s: fsync of its directory failed: %s", a->path, strerror(errno));
-    return ES_OK;
-}
-
-int es_write_atomic(const char *path, const void *data, size_t len) {
-    atomic_file a;
-    if (atomic_begin(&a, path)) return ES_ERR;
-    if (atomic_write(&a, data, len)) {
-        atomic_abort(&a);
-        return ES_ERR;
-    }
-    return atomic_commit(&a);
 }
 
 // ---- writer ------------------------------------------------------------------
@@ -389,10 +324,15 @@ static char *writer_header(es_st_writer *w, size_t *len) {
     return h;
 }
 
+static int put(es_out *o, const void *data, size_t len) {
+    if (len && fwrite(data, 1, len, o->f) != len) return es_fail("%s: write failed: %s", o->path, strerror(errno));
+    return ES_OK;
+}
+
 // Converts in chunks so that a bf16 copy of a large tensor is never held whole.
-static int write_entry(atomic_file *a, const writer_entry *e) {
+static int write_entry(es_out *o, const writer_entry *e) {
     size_t n = entry_numel(e);
-    if (e->is_i32 || e->stored == ES_ST_F32) return atomic_write(a, e->data, n * 4);
+    if (e->is_i32 || e->stored == ES_ST_F32) return put(o, e->data, n * 4);
     enum { CHUNK = 1 << 16 };
     uint16_t *buf = es_xmalloc(CHUNK * sizeof *buf);
     const float *src = e->data;
@@ -400,7 +340,7 @@ static int write_entry(atomic_file *a, const writer_entry *e) {
     for (size_t i = 0; i < n && !rc; i += CHUNK) {
         size_t m = n - i < CHUNK ? n - i : CHUNK;
         for (size_t j = 0; j < m; j++) buf[j] = es_f32_to_bf16(src[i + j]);
-        rc = atomic_write(a, buf, m * 2);
+        rc = put(o, buf, m * 2);
     }
     free(buf);
     return rc;
@@ -414,20 +354,20 @@ int es_st_writer_write(es_st_writer *w, const char *path) {
     size_t hlen;
     char *header = writer_header(w, &hlen);
     if (!header) return es_fail("%s: cannot format the header", path);
-    atomic_file a;
-    if (atomic_begin(&a, path)) {
+    es_out o;
+    if (es_out_open(&o, path)) {
         free(header);
         return ES_ERR;
     }
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
-    int rc = atomic_write(&a, len8, 8);
-    if (!rc) rc = atomic_write(&a, header, hlen);
+    int rc = put(&o, len8, 8);
+    if (!rc) rc = put(&o, header, hlen);
     free(header);
-    for (int i = 0; i < w->n && !rc; i++) rc = write_entry(&a, &w->e[i]);
+    for (int i = 0; i < w->n && !rc; i++) rc = write_entry(&o, &w->e[i]);
     if (rc) {
-        atomic_abort(&a);
+        es_out_abort(&o);
         return ES_ERR;
     }
-    return atomic_commit(&a);
+    return es_out_commit(&o);
 }

@@ -7,6 +7,7 @@
 
 #include "checksum.h"
 #include "common.h"
+#include "out_file.h"
 #include "shard.h"
 #include "shard_format.h"
 
@@ -56,43 +57,23 @@ int es_shard_write(const char *path, const es_shard_content *c) {
                        c->ntokens);
     if (c->topk && (!c->topk_ids || !c->topk_logp))
         return es_fail("%s: teacher top-k %u given without its ids and log-probabilities", path, c->topk);
-    size_t n = strlen(path) + 32;
-    char *tmp = es_xmalloc(n);
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    sink k = {fopen(tmp, "wb"), 0};
-    if (!k.f) {
+    es_out o;
+    if (es_out_open(&o, path)) return ES_ERR;
+    sink k = {o.f, 0};
+    if (write_body(&k, c) != ES_OK || fflush(o.f) != 0) {
         int err = errno;
-        free(tmp);
-        return es_fail("%s: cannot create: %s", path, strerror(err));
-    }
-    int ok = write_body(&k, c) == ES_OK && fflush(k.f) == 0 && fsync(fileno(k.f)) == 0;
-    int err = errno;
-    if (fclose(k.f) != 0 && ok) {
-        ok = 0;
-        err = errno;
-    }
-    if (!ok) {
-        unlink(tmp);
-        free(tmp);
+        es_out_abort(&o);
         return es_fail("%s: write failed: %s", path, strerror(err));
     }
     es_shard *s;
-    if (es_shard_open(&s, tmp) != ES_OK) {  // the content itself is invalid; the reader says why
+    if (!o.direct && es_shard_open(&s, o.tmp) != ES_OK) {  // the content itself is invalid; the reader says why
         char why[1024];
         const char *m = es_last_error();
-        size_t tl = strlen(tmp);
-        snprintf(why, sizeof why, "%s%s", strncmp(m, tmp, tl) ? ": " : "", strncmp(m, tmp, tl) ? m : m + tl);
-        unlink(tmp);
-        free(tmp);
+        size_t tl = strlen(o.tmp);
+        snprintf(why, sizeof why, "%s%s", strncmp(m, o.tmp, tl) ? ": " : "", strncmp(m, o.tmp, tl) ? m : m + tl);
+        es_out_abort(&o);
         return es_fail("%s%s", path, why);
     }
-    es_shard_close(s);
-    if (rename(tmp, path) != 0) {
-        err = errno;
-        unlink(tmp);
-        free(tmp);
-        return es_fail("%s: cannot move into place: %s", path, strerror(err));
-    }
-    free(tmp);
-    return ES_OK;
+    if (!o.direct) es_shard_close(s);
+    return es_out_commit(&o);
 }

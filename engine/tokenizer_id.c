@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "json.h"
 
 typedef struct {
     uint32_t id;
@@ -94,7 +95,7 @@ int es_tokenizer_fingerprint(uint64_t *out, uint32_t *vocab_out, const char *mod
         free(path);
         return ES_ERR;
     }
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = es_json_parse(text, len);
     free(text);
     int rc;
     if (!root) {

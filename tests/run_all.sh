@@ -9,6 +9,9 @@ bash tools/setup.sh || { echo "setup failed"; exit 1; }
 
 passed=0
 failed=0
+# Logs of this run only: several checkouts may run the suite at once.
+LOGS=$(mktemp -d "${TMPDIR:-/tmp}/essence-test.XXXXXX") || exit 1
+trap 'rm -rf "$LOGS"' EXIT
 count_meson() {  # adds a meson test run's Ok/Fail counts to the totals
     local log="$1"
     local ok fail
@@ -21,8 +24,8 @@ count_meson() {  # adds a meson test run's Ok/Fail counts to the totals
 echo "== release build"
 if [ ! -d build ]; then meson setup build >/dev/null || exit 1; fi
 ninja -C build >/dev/null || { ninja -C build; exit 1; }
-meson test -C build --no-suite gpu --print-errorlogs 2>&1 | tee /tmp/essence-test-release.log
-count_meson /tmp/essence-test-release.log
+meson test -C build --no-suite gpu --print-errorlogs 2>&1 | tee "$LOGS/release.log"
+count_meson "$LOGS/release.log"
 
 echo "== sanitizer build (ASan + UBSan)"
 if [ ! -d build-asan ]; then
@@ -34,8 +37,8 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export OMP_NUM_THREADS=2
-meson test -C build-asan --no-suite gpu --print-errorlogs --timeout-multiplier 4 2>&1 | tee /tmp/essence-test-asan.log
-count_meson /tmp/essence-test-asan.log
+meson test -C build-asan --no-suite gpu --print-errorlogs --timeout-multiplier 4 2>&1 | tee "$LOGS/asan.log"
+count_meson "$LOGS/asan.log"
 unset ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS
 
 echo "== minimal build (no BLAS, MPI or CUDA: what a bare machine builds)"
@@ -43,13 +46,13 @@ if [ ! -d build-min ]; then
     meson setup build-min -Dblas=disabled -Dmpi=disabled -Dcuda=disabled -Dnccl=disabled >/dev/null || exit 1
 fi
 ninja -C build-min >/dev/null || { ninja -C build-min; exit 1; }
-meson test -C build-min --no-suite gpu --print-errorlogs 2>&1 | tee /tmp/essence-test-min.log
-count_meson /tmp/essence-test-min.log
+meson test -C build-min --no-suite gpu --print-errorlogs 2>&1 | tee "$LOGS/min.log"
+count_meson "$LOGS/min.log"
 
 echo "== python tools and integration tests"
-ESSENCE_BIN=$PWD/build/essence python3 -m pytest -q tests/tools tests/integration 2>&1 | tee /tmp/essence-test-py.log
-py_pass=$(grep -Eo '[0-9]+ passed' /tmp/essence-test-py.log | tail -1 | awk '{print $1}')
-py_fail=$(grep -Eo '[0-9]+ (failed|error)' /tmp/essence-test-py.log | awk '{s+=$1} END {print s+0}')
+ESSENCE_BIN=$PWD/build/essence python3 -m pytest -q tests/tools tests/integration 2>&1 | tee "$LOGS/py.log"
+py_pass=$(grep -Eo '[0-9]+ passed' "$LOGS/py.log" | tail -1 | awk '{print $1}')
+py_fail=$(grep -Eo '[0-9]+ (failed|error)' "$LOGS/py.log" | awk '{s+=$1} END {print s+0}')
 passed=$((passed + ${py_pass:-0}))
 failed=$((failed + ${py_fail:-0}))
 

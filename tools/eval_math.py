@@ -23,6 +23,7 @@ import types
 from tokenizers import Tokenizer
 
 import cli_args
+import out_file
 from chat_template import render
 from score_math import extract_answer, is_correct, summarize
 from tokenizer_fingerprint import fingerprint
@@ -85,13 +86,6 @@ def check_tokenizer(tok, tok_path, model):
             sys.exit(f"{PROG}: {e}")
         if not same:
             sys.exit(f"{PROG}: {tok_path}: not the tokenizer of the model ({own} differs)")
-
-
-def write_atomic(path, text):
-    """Writes path through a temporary file renamed over it: never a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -163,8 +157,11 @@ def main(argv=None):
                    max_new=args.max_new, model=args.model,
                    mean_tokens=sum(r["tokens"] for r in rows) / len(rows),
                    unfinished=sum(not r["finished"] for r in rows))
-    write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
-    write_atomic(out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
+    out_file.write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+    if out_file.is_direct(args.out):  # /dev/null, a FIFO or stdout: no summary file beside it
+        print(json.dumps(summary), file=sys.stderr if args.out == "-" else sys.stdout)
+        return
+    out_file.write_text(out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
 
 

@@ -5,11 +5,13 @@ their metrics.jsonl files.
   python3 tools/plot_metrics.py --out curves.png runs/demo/teacher runs/demo/student-r0.5
 """
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 
 import cli_args
+import out_file
 
 import matplotlib
 
@@ -55,8 +57,10 @@ def main():
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format=Path(args.out).suffix[1:] or "png")
+    out_file.write_bytes(args.out, png.getvalue())
+    print(f"wrote {args.out}", file=sys.stderr if args.out == "-" else sys.stdout)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Data shards (docs/shards.md): the Python writer and a reader for tests."""
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+import out_file
 
 MAGIC = b"ESSHARD1"
 VERSION = 1
@@ -45,22 +45,8 @@ def encode(examples, vocab, fingerprint):
 
 
 def write(path, examples, vocab, fingerprint):
-    """Writes a shard atomically: a temporary file in the same folder, renamed."""
-    path = Path(path)
-    data = encode(examples, vocab, fingerprint)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Writes a shard atomically (a temporary file in the same folder, renamed), or straight to a device."""
+    out_file.write_bytes(path, encode(examples, vocab, fingerprint))
 
 
 def read(path):

@@ -20,11 +20,11 @@ decisive computation comes in its last part: where truncation hurts.
 """
 import argparse
 import json
-import os
 import random
 from pathlib import Path
 
 import cli_args
+import out_file
 
 NAMES = ["Mia", "Noah", "Ava", "Liam", "Zoe", "Omar", "Lena", "Ravi", "Iris", "Hugo", "Nina", "Kai", "Sara", "Tom",
          "Yuki", "Elif", "Jon", "Priya", "Max", "Chloe"]
@@ -199,11 +199,7 @@ def split(seed, index, count, taken, style="story", late=False, mod=0):
 
 
 def write_jsonl(path, records):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    out_file.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def main(argv=None):

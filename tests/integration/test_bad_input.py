@@ -5,13 +5,16 @@ where the output was to go."""
 import json
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from train_env import ROOT, TOOLS, run_config, run_essence
+from train_env import ROOT, TOOLS, essence_bin, run_config, run_essence
 
 NOT_A_DIR = "/etc/hostname"  # a regular file: a path under it cannot be created, even by root
 
@@ -58,6 +61,7 @@ def bad(tmp_path, corpus, model):
     (d / "prompts_bad.jsonl").write_text('{"id": 0, "prompt_ids": [1, 2, 3]}\n{"id": 1, "prompt_ids": [1,\n')
     (d / "problems_bad.jsonl").write_text('{"prompt": "What is 1+1?", "answer": "2"}\n{"prompt": 3}\n')
     (d / "array.json").write_text("[1, 2]\n")
+    (d / "prompts_two.jsonl").write_text('{"id": 0, "prompt_ids": [1]}{"id": 1, "prompt_ids": [2]}\n')
     # model directories with one thing wrong each
     for name in ("no_weights", "bad_config", "cut_weights"):
         shutil.copytree(model, d / name)
@@ -151,7 +155,31 @@ def test_run_config_mistakes(bad, corpus):
         refused(essence(*cmd, "--config", run, "--set", "run.steps"), "run.steps", "key=value")
     refused(essence("train", "--config", run, "--set", "student.preset=" + str(bad / "dir")), "dir")
     refused(essence("train", "--config", run, "--set", "run.out=" + NOT_A_DIR + "/run"), NOT_A_DIR)
+    line = refused(essence("train", "--config", run, "--set", "supervise=1,2"), "'supervise'", "'1,2'")
+    assert line.count("supervise") == 2, line  # the key, then the value's own message, each once
     assert_empty(bad / "w")
+
+
+def test_two_trainers_on_one_run_folder(bad, corpus):
+    """The second trainer on a run.out is refused, naming the first one's PID and host."""
+    out = bad / "w" / "run"
+    run = run_config(bad, corpus, out, data={"val": []}, run={"steps": 100000})
+    first = subprocess.Popen([str(essence_bin()), "train", "--config", str(run), "--fresh"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+            assert first.poll() is None and time.time() - t0 < 120, "the first run did not start training"
+            time.sleep(0.05)
+        other = run_config(bad, corpus, out, data={"val": []}, trunc={"lsp": 0.5}, run={"steps": 1})
+        for extra in ([], ["--fresh"]):
+            refused(essence("train", "--config", other, *extra), out, f"pid {first.pid}", socket.gethostname())
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    p = essence("train", "--config", other, "--fresh")  # a dead holder's lock is gone with it
+    assert p.returncode == 0, p.stderr
 
 
 @pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="a GPU is present")
@@ -214,6 +242,48 @@ def test_bad_model_dir(bad, corpus, name, named):
     assert_empty(bad / "w")
 
 
+def scaled_model(src, dst, tensor, value):
+    """A copy of model directory src with every element of one tensor (or of all, tensor None) set or scaled."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+    shutil.copytree(src, dst)
+    w = load_file(str(src / "model.safetensors"))
+    for name in w:
+        if tensor is None:
+            w[name] = (w[name] * value).astype(w[name].dtype)
+        elif name == tensor:
+            w[name] = np.full_like(w[name], value)
+    save_file(w, str(dst / "model.safetensors"))
+    return dst
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_weights(bad, corpus, model, value):
+    m = scaled_model(model, bad / "m", "model.norm.weight", value)
+    out = bad / "w" / "out"
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out, "--device", "cpu"),
+            "model.safetensors", "model.norm.weight", "non-finite")
+    run = run_config(bad, corpus, bad / "w" / "run", student={})
+    cfg = json.loads(run.read_text())
+    cfg["student"] = {"path": str(m)}
+    run.write_text(json.dumps(cfg))
+    refused(essence("train", "--config", run), "model.norm.weight", "non-finite")
+    run = run_config(bad, corpus, bad / "w" / "run", teacher={"path": str(m)})
+    refused(essence("train", "--config", run), "model.norm.weight", "non-finite")
+    assert_empty(bad / "w")
+
+
+def test_run_without_a_successful_step(bad, corpus, model):
+    """A teacher whose logits overflow makes every step non-finite: no final/, no exit 0."""
+    teacher = scaled_model(model, bad / "t", None, 1e30)
+    out = bad / "w" / "run"
+    run = run_config(bad, corpus, out, teacher={"path": str(teacher)}, run={"steps": 2})
+    p = essence("train", "--config", run, "--fresh")
+    assert p.returncode == 1, p.stderr
+    assert "none updated the weights" in p.stderr.strip().splitlines()[-1], p.stderr
+    assert not (out / "final").exists()
+
+
 # ---- outputs ------------------------------------------------------------------
 
 def test_output_that_cannot_be_written(bad, corpus, model):
@@ -226,6 +296,45 @@ def test_output_that_cannot_be_written(bad, corpus, model):
                         "--limit", "1", "--max-new", "2", "--device", "cpu"), NOT_A_DIR if out.parent == Path(NOT_A_DIR)
                 else out, prog="essence eval")
     assert_empty(bad / "dir")
+
+
+WRITERS = {
+    "generate": lambda m, c, out: essence("generate", "--model", m, "--in", c["prompts"], "--out", out, "--max-new",
+                                           "2", "--device", "cpu"),
+    "teacher": lambda m, c, out: essence("teacher", "--model", m, "--k", "4", "--out", out, "--device", "cpu",
+                                         c["corpus"] / "val.bin"),
+    "eval": lambda m, c, out: essence("eval", "--model", m, "--tokenizer", m, "--data", c["corpus"] / "test.jsonl",
+                                      "--out", out, "--limit", "1", "--max-new", "2", "--device", "cpu"),
+    "prep_data": lambda m, c, out: tool("prep_data", "--model", c["corpus"] / "model", "--out", out,
+                                        c["corpus"] / "val.jsonl"),
+    "plot_metrics": lambda m, c, out: tool("plot_metrics", "--out", out, m.parent),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_output_to_a_fifo(bad, corpus, model, writer):
+    """A FIFO (like /dev/null, not a regular file) is written through, never renamed over."""
+    fifo = bad / "w" / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    p = WRITERS[writer](model, {"prompts": bad / "prompts.jsonl", "corpus": corpus}, fifo)
+    try:
+        got, _ = reader.communicate(timeout=20)
+    except subprocess.TimeoutExpired:  # the FIFO was replaced: nobody writes to the one cat opened
+        reader.kill()
+        got, _ = reader.communicate()
+    assert p.returncode == 0, p.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced"
+    assert got, "nothing came through the FIFO"
+    assert sorted(q.name for q in (bad / "w").iterdir()) == ["fifo"]
+
+
+def test_output_to_stdout(bad, model):
+    p = essence("generate", "--model", model, "--in", bad / "prompts.jsonl", "--out", "-", "--max-new", "2",
+                "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(l)["id"] for l in p.stdout.splitlines()] == [0]
+    assert not (ROOT / "-").exists()
 
 
 def test_failed_generation_keeps_the_old_output(bad, model):
@@ -271,6 +380,93 @@ def test_eval_with_a_wrong_tokenizer(bad, corpus, model):
     refused(essence(*args, "--tokenizer", bad / "empty"), "empty", prog="essence eval")
     refused(essence(*args, "--tokenizer", bad / "dir"), "dir", prog="essence eval")
     assert_empty(bad / "w")
+
+
+def test_json_with_trailing_data(bad, corpus, model):
+    """Every JSON the engine reads is one value and nothing after it."""
+    out = bad / "w" / "out.jsonl"
+    refused(essence("generate", "--model", model, "--in", bad / "prompts_two.jsonl", "--out", out, "--device", "cpu"),
+            "prompts_two.jsonl:1")
+    run = run_config(bad, corpus, bad / "w" / "run")
+    trailing = bad / "trailing.json"
+    trailing.write_text(run.read_text() + " {}")
+    refused(essence("train", "--config", trailing), "trailing.json")
+    refused(essence("train", "--config", run, "--set", 'data.val=["x"] y'), "data.val")
+    m = bad / "m"
+    shutil.copytree(model, m)
+    (m / "config.json").write_text((model / "config.json").read_text() + " trailing")
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out, "--device", "cpu"),
+            "config.json")
+    shutil.copytree(model, m, dirs_exist_ok=True)
+    (m / "tokenizer.json").write_text((model / "tokenizer.json").read_text() + "]")
+    refused(essence("data", "check", "--model", m, corpus / "train.bin"), "tokenizer.json")
+    shutil.copytree(model, m, dirs_exist_ok=True)
+    w = bytearray((model / "model.safetensors").read_bytes())
+    n = int.from_bytes(w[:8], "little")
+    header = w[8:8 + n].rstrip(b" ")
+    assert len(header) + 2 <= n, "no padding to put trailing bytes in"
+    w[8:8 + n] = (header + b"{}").ljust(n, b" ")
+    (m / "model.safetensors").write_bytes(w)
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out, "--device", "cpu"),
+            "model.safetensors")
+    assert_empty(bad / "w")
+
+
+def test_small_config_and_model_mistakes(bad, corpus, model):
+    shard = corpus / "train.bin"
+    run = run_config(bad, corpus, bad / "w" / "run")
+    for cmd in (["train"], ["data", "stats"]):
+        refused(essence(*cmd, "--config", run, "--set", f"data.train={shard},{shard}"), "data.train", "twice")
+        refused(essence(*cmd, "--config", run, "--set", f'data.train=["{shard}", "{corpus}/../{corpus.name}/train.bin"]'),
+                "data.train", "twice")
+    out = bad / "w" / "m"
+    (out).mkdir()
+    for name, change in (("eos", lambda m: m.__setitem__("eos_token_id", m["vocab_size"])),
+                         ("bos", lambda m: m.__setitem__("bos_token_id", m["vocab_size"] + 5))):
+        m = bad / name
+        shutil.copytree(model, m)
+        cfg = json.loads((m / "config.json").read_text())
+        change(cfg)
+        (m / "config.json").write_text(json.dumps(cfg))
+        refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out / "o", "--device", "cpu"),
+                "config.json", f"{name}_token_id", "outside the vocabulary")
+    m = bad / "tail"
+    shutil.copytree(model, m)
+    with open(m / "model.safetensors", "ab") as f:
+        f.write(bytes(8))
+    refused(essence("generate", "--model", m, "--in", bad / "prompts.jsonl", "--out", out / "o", "--device", "cpu"),
+            "model.safetensors", "8 bytes after the last tensor")
+    assert_empty(out)
+
+
+def test_resume_with_a_changed_config(bad, corpus):
+    out = bad / "w" / "run"
+    run = run_config(bad, corpus, out, data={"val": []}, run={"steps": 20})
+    assert essence("train", "--config", run, "--fresh", "--stop-at", "2").returncode == 0
+    line = refused(essence("train", "--config", run, "--set", "trunc.lsp=0.5", "--set", "batch.step_examples=4",
+                           "--set", "run.log_every=2"), "ckpt-00000002", "trunc.lsp, batch.step_examples",
+                   "--allow-config-change")
+    assert "log_every" not in line
+    refused(essence("train", "--config", run, "--set", "run.seed=7"), "run.seed")
+    # cadence, threads and a longer run are not changes of the training
+    p = essence("train", "--config", run, "--set", "run.log_every=2", "--set", "run.threads=1", "--set",
+                "run.steps=30", "--stop-at", "3")
+    assert p.returncode == 0, p.stderr
+    p = essence("train", "--config", run, "--set", "trunc.lsp=0.5", "--allow-config-change", "--stop-at", "4")
+    assert p.returncode == 0, p.stderr
+    notes = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"kind": "config_change", "step": 3, "changed": "trunc.lsp"} in notes
+
+
+def test_quoted_string_in_set(bad, corpus):
+    """--set run.out="/x" means /x, as a list value in JSON is parsed as JSON."""
+    out = bad / "w" / "quoted"
+    run = run_config(bad, corpus, bad / "w" / "run", data={"val": []}, run={"steps": 1})
+    p = essence("train", "--config", run, "--set", f'run.out="{out}"', "--fresh")
+    assert p.returncode == 0, p.stderr
+    assert sorted(q.name for q in (bad / "w").iterdir()) == ["quoted"]
+    assert (out / "final" / "config.json").exists()
+    refused(essence("train", "--config", run, "--set", 'run.out="x'), "run.out", "not a JSON string")
 
 
 # ---- Python tools -------------------------------------------------------------

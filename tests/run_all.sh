@@ -51,10 +51,13 @@ count_meson "$LOGS/min.log"
 
 echo "== python tools and integration tests"
 ESSENCE_BIN=$PWD/build/essence python3 -m pytest -q tests/tools tests/integration 2>&1 | tee "$LOGS/py.log"
-py_pass=$(grep -Eo '[0-9]+ passed' "$LOGS/py.log" | tail -1 | awk '{print $1}')
-py_fail=$(grep -Eo '[0-9]+ (failed|error)' "$LOGS/py.log" | awk '{s+=$1} END {print s+0}')
+py_rc=${PIPESTATUS[0]}
+py_pass=$(grep -aEo '[0-9]+ passed' "$LOGS/py.log" | tail -1 | awk '{print $1}')
+py_fail=$(grep -aEo '[0-9]+ (failed|error)' "$LOGS/py.log" | awk '{s+=$1} END {print s+0}')
 passed=$((passed + ${py_pass:-0}))
 failed=$((failed + ${py_fail:-0}))
+# pytest failing without a count (a crash, an interrupted session) still fails the run
+[ "$py_rc" -eq 0 ] || [ "${py_fail:-0}" -gt 0 ] || failed=$((failed + 1))
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -47,7 +47,7 @@ MODES = {
     "full": dict(teacher_n=10000, base_n=2500, distill_n=3000, test_n=300, teacher_epochs=1, base_epochs=1,
                  ratios=[0.1, 0.25, 0.5, 0.75, 1.0], late_ratios=[0.25, 0.5, 1.0], seeds=[1, 2, 3], extra_seeds=[1, 2],
                  teacher="teacher-model.json", student="student-model.json", device="cpu", topk=16),
-    "quick": dict(teacher_n=300, base_n=100, distill_n=120, test_n=24, teacher_epochs=1, base_epochs=1,
+    "quick": dict(teacher_n=300, base_n=100, distill_n=120, test_n=16, max_new=160, teacher_epochs=1, base_epochs=1,
                   ratios=[0.25, 0.5, 1.0], late_ratios=[0.5, 1.0], seeds=[1, 2], extra_seeds=[1, 2],
                   teacher="student-model.json", student="student-model.json", device="cpu", topk=4),
     "cuda": dict(teacher_n=40000, base_n=8000, distill_n=20000, test_n=500, teacher_epochs=3, base_epochs=1,
@@ -169,7 +169,7 @@ def evaluate(essence, model_dir, tok, test, out, cfg, fresh):
     summary = out.with_suffix(".summary.json")
     if not summary.exists() or fresh:
         run([essence, "eval", "--model", model_dir, "--tokenizer", tok, "--data", test, "--out", out,
-             "--max-new", 400, "--batch", 64, "--device", cfg["device"]], f"eval of {model_dir}")
+             "--max-new", cfg.get("max_new", 400), "--batch", 64, "--device", cfg["device"]], f"eval of {model_dir}")
     s = json.loads(summary.read_text())
     return s["pass@1"], s.get("unfinished", 0)
 

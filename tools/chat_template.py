@@ -183,7 +183,9 @@ def _cot_span(text, gen, cot):
     at = text.find(cot, base)
     if at < 0:
         return None
-    opens = [text.rfind(o, base, at) for o, _ in REASONING_TAGS]
+    # The common prefix may end inside the opening tag ("<" of both "<think>" and "<|begin_of_thought|>").
+    lo = max(0, base - max(len(o) for o, _ in REASONING_TAGS))
+    opens = [text.rfind(o, lo, at) for o, _ in REASONING_TAGS]
     start = max(opens) if max(opens) >= 0 else at
     end = at + len(cot)
     after = len(text[end:]) - len(text[end:].lstrip())

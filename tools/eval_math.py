@@ -128,8 +128,6 @@ def main(argv=None):
         template, note = ChatTemplate.load(tok_path.parent)
     except (OSError, TemplateError) as e:
         sys.exit(f"{PROG}: {e}")
-    if note:
-        print(f"{PROG}: {note}", file=sys.stderr)
     stop_text = "<|im_end|>" if tok.token_to_id("<|im_end|>") is not None else template.variables.get("eos_token")
     stop = tok.token_to_id(stop_text) if stop_text else None
     if stop is None:
@@ -173,7 +171,7 @@ def main(argv=None):
                      "tokens": len(s["ids"]), "finished": s["finished"]})
     summary = summarize(rows)
     summary.update(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                   max_new=args.max_new, model=args.model,
+                   max_new=args.max_new, model=args.model, template=note or str(template.where),
                    mean_tokens=sum(r["tokens"] for r in rows) / len(rows),
                    unfinished=sum(not r["finished"] for r in rows))
     write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))

@@ -11,7 +11,7 @@ reported by line or row, or stop the run under --strict.
 
 It streams: worker processes parse, render and tokenize chunks of records
 while the main process appends them to the shard, so memory stays bounded
-whatever the input size. Progress (examples/s, ETA) goes to stderr. Shards
+whatever the input size. Progress (examples/s, ETA) goes to a terminal. Shards
 are written to temporary files and renamed into place only when all is done.
 
   python3 tools/prep_data.py --model DIR --out train.bin a.jsonl [hub-folder ...]
@@ -147,11 +147,11 @@ def percentiles(values):
     return " ".join(f"{int(v):7d}" for v in p)
 
 
-def summary(writers, malformed, dropped, written):
+def summary(writers, malformed, dropped, written, note):
     lens = np.array([n for w in writers for n in w.lens], dtype=np.int64)
     begins = np.array([n for w in writers for n in w.begins], dtype=np.int64)
     ends = np.array([n for w in writers for n in w.ends], dtype=np.int64)
-    lines = [f"kept {len(lens)} examples, {int(lens.sum())} tokens"]
+    lines = ([note] if note else []) + [f"kept {len(lens)} examples, {int(lens.sum())} tokens"]
     for reason, n in sorted(dropped.items()):
         lines.append(f"dropped {n}: {reason}")
     if malformed.total:
@@ -184,14 +184,16 @@ class Malformeds:
 
 
 class Progress:
-    """A line on stderr every PROGRESS_S seconds: examples, examples/s, percent read, ETA."""
+    """Every PROGRESS_S seconds, on a terminal's stderr: examples, examples/s, percent read, ETA.
+    Not in logs or pipes, where stderr is kept for the one line of an error."""
 
     def __init__(self):
         self.t0 = self.last = time.monotonic()
+        self.on = sys.stderr.isatty()
 
     def show(self, n, done):
         now = time.monotonic()
-        if now - self.last < PROGRESS_S:
+        if not self.on or now - self.last < PROGRESS_S:
             return
         self.last, spent = now, now - self.t0
         eta = f"{spent * (1 - done) / done:.0f}s" if done > 0 else "?"
@@ -234,8 +236,6 @@ def main(argv=None):
         _, note = chat_template.ChatTemplate.load(args.model)
     except (OSError, chat_template.TemplateError) as e:
         raise SystemExit(f"prep_data: {e}")
-    if note:
-        print(f"prep_data: {note}", file=sys.stderr)
 
     malformed, dropped, progress = Malformeds(), Counter(), Progress()
     shards = Shards(args.out, args.shard_tokens, vocab, fp)
@@ -255,7 +255,7 @@ def main(argv=None):
                     n += 1
             progress.show(n, done)
         if not n:
-            print(summary([], malformed, dropped, []))  # why nothing is left; stderr gets one line
+            print(summary([], malformed, dropped, [], note))  # why nothing is left; stderr gets one line
             raise SystemExit(f"prep_data: {', '.join(map(str, args.inputs))}: no example left to write")
         writers = shards.writers()
         written = shards.commit()
@@ -265,7 +265,7 @@ def main(argv=None):
     except BaseException:
         shards.discard()
         raise
-    print(summary(writers, malformed, dropped, written))
+    print(summary(writers, malformed, dropped, written, note))
 
 
 if __name__ == "__main__":

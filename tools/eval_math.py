@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Math evaluation: chat-templated prompts -> `essence generate` -> scores.
 
-Renders each problem of a JSONL file (fields "prompt" and "answer", or a
-numeric "value") as a Qwen3 chat prompt ending at the assistant turn,
-tokenizes it with the data's tokenizer.json, runs `essence generate` on the
-token ids (stopping at <|im_end|> and the model's eos), decodes the samples,
-extracts and scores each answer (tools/score_math.py), and writes one JSONL
-line per sample plus a summary (pass@1 averaged over the n samples, and the
-majority vote).
+Reads the problems of a JSONL or Parquet file or hub folder (AIME 2024/2025,
+MATH-500 layouts: "problem"/"prompt"/"question" and "answer", a numeric
+"value", or a "solution" holding a boxed answer), renders each with the
+tokenizer directory's chat template up to the assistant's turn
+(chat_template.py), tokenizes it, runs `essence generate` on the token ids
+(stopping at <|im_end|>, or the template's eos token), decodes the samples,
+grades each with Math-Verify (grade_math.py, the extractor as fallback), and
+writes one JSONL line per sample plus a summary: pass@1 with its standard
+error, pass@n and majority@n over the n samples of each problem.
 
     python3 tools/eval_math.py --model runs/x/step-100 --tokenizer data/synth/model \\
         --data data/synth/test.jsonl --out eval/samples.jsonl [--n 4 --temperature 0.6]
@@ -18,51 +20,50 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import types
 
 from tokenizers import Tokenizer
 
 import cli_args
 import out_file
-from chat_template import render
-from score_math import extract_answer, is_correct, summarize
+import records
+from chat_template import ChatTemplate, TemplateError
+from grade_math import grade
+from score_math import extract_answer, summarize
 from tokenizer_fingerprint import fingerprint
+from traces import Malformed, PROMPT_KEYS
 
 PROG = os.environ.get("ESSENCE_PROG", "eval_math")  # "essence eval" when run by essence
 
 
-def prompt_text(problem):
-    """The chat prompt up to the assistant's turn: render()'s text before <think>."""
-    trace = types.SimpleNamespace(system=problem.get("system"), prompt=problem["prompt"],
-                                  cot="", answer="")
-    text, think_at, _ = render(trace)
-    return text[:think_at]
-
-
 def gold_answer(problem):
-    if "value" in problem and problem["value"] is not None:
+    if problem.get("value") is not None:
         return str(problem["value"])
-    return extract_answer(problem.get("answer", "")) or problem.get("answer")
+    if problem.get("answer") is not None:
+        return extract_answer(str(problem["answer"])) or str(problem["answer"])
+    if problem.get("solution") is not None:
+        return extract_answer(str(problem["solution"]))
+    return None
 
 
-def read_problems(path, limit):
+def read_problems(path, limit, split):
     problems = []
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                p = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"{PROG}: {path}:{k}: not JSON ({e.msg})")
-            if not isinstance(p, dict) or not isinstance(p.get("prompt"), str):
-                sys.exit(f"{PROG}: {path}:{k}: needs a \"prompt\" string")
+    try:
+        for where, p, _ in records.iterate([path], split):
+            if isinstance(p, bytes):
+                try:
+                    p = json.loads(p)
+                except json.JSONDecodeError as e:
+                    sys.exit(f"{PROG}: {where}: not JSON ({e.msg})")
+            prompt = next((p[k] for k in PROMPT_KEYS if isinstance(p, dict) and isinstance(p.get(k), str)), None)
+            if prompt is None:
+                sys.exit(f"{PROG}: {where}: needs a \"problem\" (or \"prompt\", \"question\") string")
             if gold_answer(p) is None:
-                sys.exit(f"{PROG}: {path}:{k}: needs an \"answer\" or a \"value\"")
-            p.setdefault("id", len(problems))
-            problems.append(p)
+                sys.exit(f"{PROG}: {where}: needs an \"answer\", a \"value\" or a boxed \"solution\"")
+            problems.append(dict(p, prompt=prompt, id=p.get("id", len(problems))))
             if limit and len(problems) == limit:
                 break
+    except records.InputError as e:
+        sys.exit(f"{PROG}: {e}")
     if not problems:
         sys.exit(f"{PROG}: {path}: no problems")
     return problems
@@ -92,7 +93,8 @@ def main(argv=None):
     ap = cli_args.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="checkpoint dir (config.json + safetensors)")
     ap.add_argument("--tokenizer", required=True, help="dir or file of tokenizer.json")
-    ap.add_argument("--data", required=True, help="JSONL problems (prompt, answer/value)")
+    ap.add_argument("--data", required=True, help="JSONL or Parquet problems, or a hub folder (problem, answer)")
+    ap.add_argument("--split", default="test", help="in a hub folder, the files whose path names this split")
     ap.add_argument("--out", required=True, help="per-sample JSONL; the summary goes to "
                     "OUT with .summary.json")
     ap.add_argument("--essence", default="build/essence", help="essence binary")
@@ -116,10 +118,15 @@ def main(argv=None):
     except Exception as e:  # tokenizers raises plain Exception on a malformed file
         sys.exit(f"{PROG}: {tok_path}: cannot read the tokenizer ({e})")
     check_tokenizer(tok, tok_path, pathlib.Path(args.model))
-    im_end = tok.token_to_id("<|im_end|>")
-    if im_end is None:
-        sys.exit(f"{PROG}: {tok_path}: the tokenizer has no <|im_end|> token")
-    problems = read_problems(args.data, args.limit)
+    try:
+        template, note = ChatTemplate.load(tok_path.parent)
+    except (OSError, TemplateError) as e:
+        sys.exit(f"{PROG}: {e}")
+    stop_text = "<|im_end|>" if tok.token_to_id("<|im_end|>") is not None else template.variables.get("eos_token")
+    stop = tok.token_to_id(stop_text) if stop_text else None
+    if stop is None:
+        sys.exit(f"{PROG}: {tok_path}: the tokenizer has neither <|im_end|> nor the template's eos token")
+    problems = read_problems(args.data, args.limit, args.split)
 
     out = pathlib.Path(args.out)
     if out.is_dir():
@@ -129,13 +136,17 @@ def main(argv=None):
         ids_in, ids_out = pathlib.Path(tmp) / "prompts.jsonl", pathlib.Path(tmp) / "samples.jsonl"
         with open(ids_in, "w", encoding="utf-8") as f:
             for i, p in enumerate(problems):
-                ids = tok.encode(prompt_text(p), add_special_tokens=False).ids
+                try:
+                    text = template.prompt(p.get("system"), p["prompt"])
+                except Malformed as e:
+                    sys.exit(f"{PROG}: {args.data}: problem {p['id']}: {e}")
+                ids = tok.encode(text, add_special_tokens=False).ids
                 f.write(json.dumps({"id": i, "prompt_ids": ids}) + "\n")
         cmd = [args.essence, "generate", "--model", args.model, "--in", str(ids_in),
                "--out", str(ids_out), "--n", str(args.n), "--max-new", str(args.max_new),
                "--temperature", str(args.temperature), "--top-p", str(args.top_p),
                "--seed", str(args.seed), "--batch", str(args.batch), "--device", args.device,
-               "--stop", str(im_end)]
+               "--stop", str(stop)]
         rc = subprocess.run(cmd).returncode
         if rc:
             sys.exit(rc)
@@ -148,13 +159,13 @@ def main(argv=None):
         text = tok.decode(s["ids"], skip_special_tokens=True)
         # Score the answer after the reasoning when the model closed it.
         final = text.rsplit("</think>", 1)[-1]
-        extracted = extract_answer(final)
-        rows.append({"id": p["id"], "sample": s["sample"], "text": text, "extracted": extracted,
-                     "gold": gold_answer(p), "correct": is_correct(extracted, gold_answer(p)),
+        correct, vote, grader = grade(final, gold_answer(p))
+        rows.append({"id": p["id"], "sample": s["sample"], "text": text, "extracted": extract_answer(final),
+                     "vote": vote, "gold": gold_answer(p), "correct": correct, "grader": grader,
                      "tokens": len(s["ids"]), "finished": s["finished"]})
     summary = summarize(rows)
     summary.update(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                   max_new=args.max_new, model=args.model,
+                   max_new=args.max_new, model=args.model, template=note or str(template.where),
                    mean_tokens=sum(r["tokens"] for r in rows) / len(rows),
                    unfinished=sum(not r["finished"] for r in rows))
     out_file.write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))

@@ -9,9 +9,10 @@ equal values compare equal: integers, decimals and fractions (\\frac{a}{b},
 dollar signs, \\text{...} units and trailing unit words are dropped.
 
 Scoring a set of samples (several per problem) reports pass@1 averaged over
-the samples of each problem and over problems, and the majority-vote
-accuracy (the most frequent extracted answer of each problem, ties to the
-first seen).
+the samples of each problem and over problems with its standard error,
+pass@k (some of the k samples right) and the majority-vote accuracy (the
+most frequent answer of each problem, ties to the first seen). Grading
+itself is grade_math.py's (Math-Verify first); this is its fallback.
 
     python3 tools/score_math.py --samples scored.jsonl   # re-summarise a file
 """
@@ -142,26 +143,35 @@ def is_correct(predicted, gold):
 
 
 def summarize(rows):
-    """rows: dicts with "id", "extracted" (raw answer or None) and "correct".
-    pass@1 per problem is the mean correctness of its samples; the majority
-    vote is right when the most frequent normalised answer (None excluded,
-    ties to the first seen) was judged correct."""
+    """rows: dicts with "id", "correct", and "vote" (the canonical answer the
+    majority vote counts) or "extracted" (normalised here); None votes for
+    nothing. Per problem of n samples with c right: pass@1 = c / n, pass@n =
+    1 - C(n - c, n) / C(n, n) (some sample right), majority@n right when the
+    most frequent answer (ties to the first seen) was judged correct. Means
+    over problems; pass@1 with its standard error over problems."""
     by_id = {}
     for r in rows:
         by_id.setdefault(json.dumps(r["id"], sort_keys=True), []).append(r)
     if not by_id:
-        return {"problems": 0, "samples": 0, "pass@1": 0.0, "majority": 0.0}
-    pass1 = maj = 0.0
+        return {"problems": 0, "samples": 0, "pass@1": 0.0, "pass@1_se": 0.0, "k": 0, "pass@k": 0.0,
+                "majority": 0.0}
+    pass1, passk, maj = [], [], 0.0
     for samples in by_id.values():
-        pass1 += sum(bool(s["correct"]) for s in samples) / len(samples)
-        answers = [normalize(s["extracted"]) for s in samples]
+        right = [bool(s["correct"]) for s in samples]
+        pass1.append(sum(right) / len(right))
+        passk.append(float(any(right)))
+        answers = [s["vote"] if "vote" in s else normalize(s["extracted"]) for s in samples]
         votes = Counter(a for a in answers if a is not None)
         if votes:
             top = max(votes.values())
             winner = next(a for a in answers if a is not None and votes[a] == top)
-            maj += any(s["correct"] for s, a in zip(samples, answers) if a == winner)
+            maj += any(ok for ok, a in zip(right, answers) if a == winner)
     n = len(by_id)
-    return {"problems": n, "samples": len(rows), "pass@1": pass1 / n, "majority": maj / n}
+    mean = sum(pass1) / n
+    se = (sum((p - mean) ** 2 for p in pass1) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+    k = min(len(s) for s in by_id.values())
+    return {"problems": n, "samples": len(rows), "pass@1": mean, "pass@1_se": se, "k": k,
+            "pass@k": sum(passk) / n, "majority": maj / n}
 
 
 def main(argv=None):

@@ -1,5 +1,9 @@
 """Data shards (docs/shards.md): the Python writer and a reader for tests."""
+import os
+import shutil
 import struct
+import sys
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,32 +25,83 @@ class Example:
     cot_end: int  # index after the </think> token
 
 
-def encode(examples, vocab, fingerprint):
-    """The bytes of a shard holding examples (no teacher top-k)."""
-    if not examples:
-        raise ValueError("a shard needs at least one example")
-    tokens = np.concatenate([np.asarray(e.tokens, dtype="<u4") for e in examples])
-    index = np.zeros(len(examples), dtype=ENTRY)
-    lens = np.array([len(e.tokens) for e in examples], dtype=np.uint64)
-    index["offset"] = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    index["len"] = lens
-    index["cot_begin"] = [e.cot_begin for e in examples]
-    index["cot_end"] = [e.cot_end for e in examples]
-    parts = [
-        HEADER.pack(MAGIC, VERSION, HEADER.size, vocab, 0, fingerprint, len(examples), len(tokens)),
-        tokens.tobytes(),
-        b"\0\0\0\0" if len(tokens) % 2 else b"",
-        index.tobytes(),
-    ]
-    crc = 0
-    for p in parts:
-        crc = zlib.crc32(p, crc)
-    return b"".join(parts) + struct.pack("<I", crc)
+class Writer:
+    """A shard written example by example into a temporary file in the same
+    folder; finish() completes it, commit() renames it into place (or, for
+    '-', a device or a FIFO, copies it there: out_file.is_direct), discard()
+    removes it. Memory holds the index only, never the tokens."""
+
+    def __init__(self, path, vocab, fingerprint):
+        self.path, self.vocab, self.fingerprint = Path(path), vocab, fingerprint
+        self.direct = out_file.is_direct(path)
+        # The header's checksum needs a seekable file: a direct target gets a temporary one elsewhere.
+        where = None if self.direct else (self.path.parent or ".")
+        fd, self.tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=where)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
+        self.f = os.fdopen(fd, "w+b")
+        self.f.write(b"\0" * HEADER.size)
+        self.lens, self.begins, self.ends, self.ntokens = [], [], [], 0
+
+    def add(self, tokens, cot_begin, cot_end):
+        self.f.write(np.asarray(tokens, dtype="<u4").tobytes())
+        self.lens.append(len(tokens))
+        self.begins.append(cot_begin)
+        self.ends.append(cot_end)
+        self.ntokens += len(tokens)
+
+    def finish(self):
+        if not self.lens:
+            raise ValueError("a shard needs at least one example")
+        index = np.zeros(len(self.lens), dtype=ENTRY)
+        lens = np.array(self.lens, dtype=np.uint64)
+        index["offset"] = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        index["len"], index["cot_begin"], index["cot_end"] = lens, self.begins, self.ends
+        f = self.f
+        f.write(b"\0\0\0\0" if self.ntokens % 2 else b"")
+        f.write(index.tobytes())
+        f.seek(0)
+        f.write(HEADER.pack(MAGIC, VERSION, HEADER.size, self.vocab, 0, self.fingerprint, len(self.lens), self.ntokens))
+        f.seek(0)
+        crc = 0
+        while chunk := f.read(1 << 22):  # the checksum covers the header, written last
+            crc = zlib.crc32(chunk, crc)
+        f.write(struct.pack("<I", crc))
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+
+    def commit(self):
+        if not self.direct:
+            os.replace(self.tmp, self.path)
+            return
+        with open(self.tmp, "rb") as src:
+            if str(self.path) == "-":
+                shutil.copyfileobj(src, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+            else:
+                with open(self.path, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        os.unlink(self.tmp)
+
+    def discard(self):
+        self.f.close()  # closing twice is harmless
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
 
 def write(path, examples, vocab, fingerprint):
-    """Writes a shard atomically (a temporary file in the same folder, renamed), or straight to a device."""
-    out_file.write_bytes(path, encode(examples, vocab, fingerprint))
+    """Writes a shard of examples atomically, or straight to a device."""
+    w = Writer(path, vocab, fingerprint)
+    try:
+        for e in examples:
+            w.add(e.tokens, e.cot_begin, e.cot_end)
+        w.finish()
+        w.commit()
+    except BaseException:
+        w.discard()
+        raise
 
 
 def read(path):

@@ -108,6 +108,17 @@ static char *state_json(const es_train_state *st, const char *config_json, int n
     return s;
 }
 
+// Removes checkpoint dir `name` of out_dir so that it vanishes at once: renamed
+// to a .ckpt-tmp- name first (which the next start cleans up if this process
+// dies), so a kill during the removal never leaves a partial ckpt-* visible.
+static int discard_ckpt(const char *out_dir, const char *name) {
+    char from[PATH_MAX], to[PATH_MAX];
+    snprintf(from, sizeof from, "%s/%s", out_dir, name);
+    snprintf(to, sizeof to, "%s/.ckpt-tmp-old-%s", out_dir, name);
+    if (rename(from, to) != 0) return es_fail("%s: cannot move aside: %s", from, strerror(errno));
+    return rm_tree(to);
+}
+
 // Completes the checkpoint staged in tmp (model, the whole optimizer state
 // unless o is NULL because nparts ranks wrote it in parts, trainer state) and
 // moves it into place.
@@ -129,7 +140,7 @@ static int commit(const char *out_dir, const char *tmp, const es_model *m, const
     if (!r) r = fsync_path(tmp);
     if (!r) {
         struct stat sb;
-        if (stat(final, &sb) == 0) r = rm_tree(final);  // a re-run of the same step replaces it
+        if (stat(final, &sb) == 0) r = discard_ckpt(out_dir, strrchr(final, '/') + 1);  // a re-run of the same step replaces it
     }
     if (!r && rename(tmp, final) != 0) r = es_fail("%s: cannot rename into place: %s", final, strerror(errno));
     if (!r) r = fsync_path(out_dir);
@@ -141,8 +152,8 @@ static int commit(const char *out_dir, const char *tmp, const es_model *m, const
     }
     int *steps, n = list_ckpts(&steps, out_dir);
     for (int i = 0; i + keep < n; i++) {
-        snprintf(path, sizeof path, "%s/ckpt-%08d", out_dir, steps[i]);
-        rm_tree(path);
+        snprintf(path, sizeof path, "ckpt-%08d", steps[i]);
+        discard_ckpt(out_dir, path);
     }
     free(steps);
     return ES_OK;

@@ -39,7 +39,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
+sys.path.insert(0, str(ROOT / "tools"))
 from cost_table import machine  # noqa: E402
+from synth_corpus import write_jsonl  # noqa: E402
 PRESETS = ["ans", "promptAns", "cot", "cotAns", "promptCot", "promptcotAns"]
 
 # Per mode: corpus sizes, models, epochs, the sweep's r values and seeds.
@@ -78,14 +80,8 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
 def make_corpus(cfg, data, py):
-    """Splits per variant: teacher/, base/ (other problems), distill/, test. Returns shard paths."""
+    """Splits per variant (teacher, distill, base: other problems; val, test), one tokenizer, shards."""
     n_t, n_b, n_d = cfg["teacher_n"], cfg["base_n"], cfg["distill_n"]
     for variant in ("early", "late"):
         d = data / variant
@@ -109,12 +105,10 @@ def make_corpus(cfg, data, py):
         for split in ("teacher", "distill", "base", "val"):
             run([py, "tools/prep_data.py", "--model", model, "--max-len", 512, "--out",
                  data / variant / f"{split}.bin", data / variant / f"{split}.jsonl"], f"prep_data {variant}/{split}")
-    return model
 
 
 def trace_shape(data):
     """Mean prompt and CoT tokens, and where the answer is fixed in the CoT, per variant."""
-    sys.path.insert(0, str(ROOT / "tools"))
     import shard_io
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(data / "model" / "tokenizer.json"))

@@ -139,23 +139,21 @@ def problem(rng, level):
             "answer": f"{answer}", "value": value, "expr": expr}
 
 
-def chain_problem(rng, late, mod=0):
-    """A chain of 3 to 5 single-digit additions and subtractions on values in
-    [0, 40], or, with mod > 0, modulo mod (fewer facts to learn)."""
-    start = rng.randint(0, mod - 1) if mod else rng.randint(1, 20)
+def chain_problem(rng, late, max_value=40, max_delta=9):
+    """A chain of 3 to 5 additions and subtractions of 1..max_delta on values
+    in [0, max_value], starting in [1, max_value // 2]; smaller ranges mean
+    fewer arithmetic facts for a small model to learn."""
+    start = rng.randint(1, max(1, max_value // 2))
     value, deltas, steps = start, [], []
     for _ in range(rng.randint(3, 5)):
-        d = rng.randint(1, 9)
-        if mod:
-            op = rng.choice("+-")
-            new = (value + d if op == "+" else value - d) % mod
-        elif value - d < 0 or (value + d <= 40 and rng.random() < 0.5):
+        d = rng.randint(1, max_delta)
+        if value - d < 0 or (value + d <= max_value and rng.random() < 0.5):
             op, new = "+", value + d
         else:
             op, new = "-", value - d
         steps.append((value, op, d, new))
         value = new
-        deltas.append(f"{steps[-1][1]}{d}")
+        deltas.append(f"{op}{d}")
     changes = " ".join(deltas)
     compute = [f"{a} {op} {d} = {c}" for a, op, d, c in steps] + [f"So the result is {value}."]
     words = {"+": "add", "-": "subtract"}
@@ -182,15 +180,15 @@ def chain_problem(rng, late, mod=0):
     # The two variants word their prompts apart, so one teacher can learn both.
     return {"level": 0, "prompt": f"{'Begin' if late else 'Start'} {start}: {changes}",
             "reasoning": "\n".join(cot), "answer": f"The result is \\boxed{{{value}}}.", "value": value,
-            "expr": f"({str(start) + ''.join(f' {op} {d}' for _, op, d, _ in steps)})" + (f" % {mod}" if mod else "")}
+            "expr": str(start) + "".join(f" {op} {d}" for _, op, d, _ in steps)}
 
 
-def split(seed, index, count, taken, style="story", late=False, mod=0):
+def split(seed, index, count, taken, style="story", late=False, max_value=40, max_delta=9):
     """count records for split number index, skipping prompts already taken."""
     rng = random.Random(seed * 1000 + index)
     out = []
     while len(out) < count:
-        rec = chain_problem(rng, late, mod) if style == "chain" else problem(rng, rng.randint(1, 5))
+        rec = chain_problem(rng, late, max_value, max_delta) if style == "chain" else problem(rng, rng.randint(1, 5))
         if rec["prompt"] in taken:
             continue
         taken.add(rec["prompt"])
@@ -212,18 +210,23 @@ def main(argv=None):
     ap.add_argument("--style", choices=["story", "chain"], default="story",
                     help="story: word problems of levels 1-5; chain: short prompts, long checked CoT")
     ap.add_argument("--late", action="store_true", help="chain: the decisive computation at the end of the CoT")
-    ap.add_argument("--mod", type=cli_args.int_at_least(0), default=0,
-                    help="chain: arithmetic modulo this (0: plain, values in [0, 40])")
+    ap.add_argument("--max-value", type=cli_args.int_at_least(2), default=40,
+                    help="chain: values stay in [0, this]; the start is at most half of it")
+    ap.add_argument("--max-delta", type=cli_args.int_at_least(1), default=9,
+                    help="chain: each change is 1 to this")
     args = ap.parse_args(argv)
-    if (args.late or args.mod) and args.style != "chain":
-        ap.error("--late and --mod need --style chain")
+    chain_only = args.late or args.max_value != 40 or args.max_delta != 9
+    if chain_only and args.style != "chain":
+        ap.error("--late, --max-value and --max-delta need --style chain")
+    if args.max_delta > args.max_value:
+        ap.error(f"--max-delta {args.max_delta} exceeds --max-value {args.max_value}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     taken = set()
     # Held-out splits first, so that train is the one that skips their prompts.
     for index, name in ((1, "test"), (2, "val"), (0, "train")):
         write_jsonl(out / f"{name}.jsonl", split(args.seed, index, getattr(args, name), taken, args.style, args.late,
-                                                            args.mod))
+                                                            args.max_value, args.max_delta))
     print(f"wrote {args.train} train, {args.val} val, {args.test} test problems to {out}")
 
 

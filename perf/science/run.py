@@ -30,6 +30,7 @@ import csv
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -43,17 +44,22 @@ sys.path.insert(0, str(ROOT / "tools"))
 from cost_table import machine  # noqa: E402
 from synth_corpus import write_jsonl  # noqa: E402
 PRESETS = ["ans", "promptAns", "cot", "cotAns", "promptCot", "promptcotAns"]
+LR = json.loads((HERE / "run-base.json").read_text())["optim"]["lr"]  # the students' learning rate
 
 # Per mode: corpus sizes, models, epochs, the sweep's r values and seeds.
 MODES = {
-    "full": dict(teacher_n=10000, base_n=2500, distill_n=3000, test_n=300, teacher_epochs=1, base_epochs=1,
-                 ratios=[0.1, 0.25, 0.5, 0.75, 1.0], late_ratios=[0.25, 0.5, 1.0], seeds=[1, 2, 3], extra_seeds=[1, 2],
+    "full": dict(teacher_n=8000, base_n=4000, distill_n=3000, test_n=500, teacher_epochs=2, base_epochs=2,
+                 max_value=20, max_delta=5, lr_ratios=[0.25, 0.5, 1.0], other_lrs=[1e-3, 1e-4],
+                 ratios=[0.1, 0.25, 0.5, 0.75, 1.0], late_ratios=[0.1, 0.25, 0.5, 0.75, 1.0], seeds=[1, 2, 3],
+                 extra_seeds=[1, 2, 3],
                  teacher="teacher-model.json", student="student-model.json", device="cpu", topk=16),
     "quick": dict(teacher_n=300, base_n=100, distill_n=120, test_n=16, max_new=160, teacher_epochs=1, base_epochs=1,
-                  ratios=[0.25, 0.5, 1.0], late_ratios=[0.5, 1.0], seeds=[1, 2], extra_seeds=[1, 2],
+                  max_value=20, max_delta=5, lr_ratios=[0.5, 1.0], other_lrs=[1e-3],
+                  ratios=[0.25, 0.5, 1.0], late_ratios=[0.5, 1.0], seeds=[1, 2], extra_seeds=[1],
                   teacher="student-model.json", student="student-model.json", device="cpu", topk=4),
     "cuda": dict(teacher_n=40000, base_n=8000, distill_n=20000, test_n=500, teacher_epochs=3, base_epochs=1,
-                 ratios=[0.1, 0.25, 0.5, 0.75, 1.0], late_ratios=[0.25, 0.5, 1.0], seeds=[1, 2, 3],
+                 max_value=40, max_delta=9, lr_ratios=[0.25, 0.5, 1.0], other_lrs=[1e-3, 1e-4],
+                 ratios=[0.1, 0.25, 0.5, 0.75, 1.0], late_ratios=[0.1, 0.25, 0.5, 0.75, 1.0], seeds=[1, 2, 3],
                  extra_seeds=[1, 2, 3], teacher="teacher-model-gpu.json", student="student-model-gpu.json", device="cuda", topk=32),
 }
 
@@ -75,6 +81,9 @@ def run(cmd, what, quiet=True):
 # ---- 1. corpus ------------------------------------------------------------------------------------
 
 
+COMPUTED = re.compile(r"So the result is (-?\d+)\.")
+
+
 def read_jsonl(path):
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -86,11 +95,10 @@ def make_corpus(cfg, data, py):
     for variant in ("early", "late"):
         d = data / variant
         gen = [py, "tools/synth_corpus.py", "--style", "chain", "--seed", "11", "--out", d,
-               "--train", n_t + n_b + n_d, "--val", 64, "--test", cfg["test_n"]]
+               "--train", n_t + n_b + n_d, "--val", 64, "--test", cfg["test_n"],
+               "--max-value", cfg["max_value"], "--max-delta", cfg["max_delta"]]
         if variant == "late":
             gen.append("--late")
-        if cfg.get("mod"):
-            gen += ["--mod", cfg["mod"]]
         run(gen, f"synth_corpus ({variant})")
         # The same seed gives both variants the same problems: each split holds
         # the same problems in both wordings, and no split shares a prompt.
@@ -159,25 +167,39 @@ def step_ms(out):
 
 
 def evaluate(essence, model_dir, tok, test, out, cfg, fresh):
-    """Greedy, full-length pass@1 on the test problems."""
+    """Greedy, full-length pass@1 on the test problems, the count of samples
+    that never finish, and the fraction whose CoT computed the right value
+    ("So the result is N." first written with N correct), finished or not:
+    it tells a student that learned the computation but lost the ending
+    apart from one that never learned it."""
     summary = out.with_suffix(".summary.json")
     if not summary.exists() or fresh:
         run([essence, "eval", "--model", model_dir, "--tokenizer", tok, "--data", test, "--out", out,
              "--max-new", cfg.get("max_new", 400), "--batch", 64, "--device", cfg["device"]], f"eval of {model_dir}")
     s = json.loads(summary.read_text())
-    return s["pass@1"], s.get("unfinished", 0)
+    samples = read_jsonl(out)
+    computed = sum(bool(m) and m.group(1) == str(x["gold"]).strip() for x in samples
+                   for m in [COMPUTED.search(x["text"])]) / max(1, len(samples))
+    return s["pass@1"], s.get("unfinished", 0), computed
 
 
 # ---- 5. the sweep -----------------------------------------------------------------------------------
 
 
 def sweep_rows(cfg):
-    """(group, variant, mode, r, window, supervise, control, drop_answer) per run, before seeds."""
+    """(group, variant, mode, r, window, supervise, control, drop_answer, lr) per run, before seeds."""
     rows = []
     for r in cfg["ratios"]:
         for mode in (["seq"] if r == 1.0 else ["seq", "cot"]):  # r = 1 keeps everything in both modes
             rows.append(dict(group="r", variant="early", mode=mode, r=r, window="lead", supervise="promptcotAns",
                              control=0.0, drop_answer=False))
+    # How hard the student is fine-tuned decides whether it keeps what the
+    # truncated traces no longer show (how a trace ends): the same sweep at
+    # other learning rates, each against its own r = 1.
+    for lr in cfg["other_lrs"]:
+        for r in cfg["lr_ratios"]:
+            rows.append(dict(group="lr", variant="early", mode="seq", r=r, window="lead", supervise="promptcotAns",
+                             control=0.0, drop_answer=False, lr=lr))
     for p in PRESETS[:-1]:
         rows.append(dict(group="supervise", variant="early", mode="seq", r=0.5, window="lead", supervise=p,
                          control=0.0, drop_answer=False))
@@ -191,7 +213,7 @@ def sweep_rows(cfg):
     for r in cfg["late_ratios"]:
         rows.append(dict(group="late", variant="late", mode="seq", r=r, window="lead", supervise="promptcotAns",
                          control=0.0, drop_answer=False))
-    return rows
+    return [dict(row, lr=row.get("lr", LR)) for row in rows]
 
 
 def run_name(row, seed):
@@ -200,6 +222,8 @@ def run_name(row, seed):
         name += f"-mask{row['control']}"
     if row["drop_answer"]:
         name += "-dropans"
+    if row["lr"] != LR:
+        name += f"-lr{row['lr']:g}"
     return f"{name}-s{seed}"
 
 
@@ -211,30 +235,34 @@ def mean_se(xs):
     return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0)
 
 
+KEY = ("group", "variant", "mode", "r", "window", "supervise", "control", "drop_answer", "lr")
+
+
 def aggregate(rows):
-    """Per configuration (all seeds): pass@1 mean and SE, retention against r = 1 of its variant, costs."""
+    """Per configuration (all seeds): pass@1 mean and SE, retention against
+    r = 1 of the same variant and learning rate, costs."""
     groups = {}
     for r in rows:
-        key = (r["group"], r["variant"], r["mode"], r["r"], r["window"], r["supervise"], r["control"],
-               r["drop_answer"])
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(tuple(r[k] for k in KEY), []).append(r)
     ref = {}
     for key, rs in groups.items():
-        if key[0] == "r" and key[3] == 1.0 or key[0] == "late" and key[3] == 1.0:
-            ref[key[1]] = mean_se([x["pass1"] for x in rs])
+        a = dict(zip(KEY, key))
+        if a["group"] in ("r", "late", "lr") and a["r"] == 1.0:
+            ref[a["variant"], a["lr"]] = mean_se([x["pass1"] for x in rs])
     agg = []
     for key, rs in groups.items():
+        a = dict(zip(KEY, key))
         ok = [x for x in rs if x.get("pass1") is not None]
         p, se = mean_se([x["pass1"] for x in ok])
-        p1, se1 = ref.get(key[1], (None, None))
+        p1, se1 = ref.get((a["variant"], a["lr"]), (None, None))
         ret = ret_se = None
         if p is not None and p1:
             ret = p / p1
             ret_se = ret * math.sqrt((se / p if p else 0) ** 2 + (se1 / p1) ** 2)
-        cost = {c: statistics.mean(x[c] for x in ok) if ok else None for c in ("flops", "tokens", "step_ms")}
-        agg.append(dict(zip(("group", "variant", "mode", "r", "window", "supervise", "control", "drop_answer"), key),
-                        pass1=p, se=se, retention=ret, retention_se=ret_se, n=len(ok),
-                        failed=rs[0].get("failed"), **cost))
+        cost = {c: statistics.mean(x[c] for x in ok) if ok else None
+                for c in ("flops", "tokens", "step_ms", "computed", "unfinished")}
+        agg.append(dict(a, pass1=p, se=se, retention=ret, retention_se=ret_se, n=len(ok), failed=rs[0].get("failed"),
+                        **cost))
     full = {a["variant"]: a for a in agg if a["r"] == 1.0 and a["group"] in ("r", "late")}
     for a in agg:
         f = full.get(a["variant"])
@@ -244,8 +272,8 @@ def aggregate(rows):
 
 # ---- outputs ------------------------------------------------------------------------------------------
 
-CSV_KEYS = ["role", "variant", "group", "mode", "r", "window", "supervise", "control", "drop_answer", "seed",
-            "pass1", "majority", "unfinished", "tokens", "supervised", "flops", "step_ms", "seconds", "failed"]
+CSV_KEYS = ["role", "variant", "group", "mode", "r", "window", "supervise", "control", "drop_answer", "lr", "seed",
+            "pass1", "computed", "unfinished", "tokens", "flops", "step_ms", "seconds", "failed"]
 
 
 def write_csv(path, rows):
@@ -306,6 +334,19 @@ def readings(agg):
                    f"(all tokens, half the labels masked) {pct(ctl['pass1'], ctl['se'])} at {ctl['flops_rel']:.2f}x "
                    f"the FLOPs, against truncation at r = 0.5 {pct(lead['pass1'], lead['se'])} at "
                    f"{lead['flops_rel']:.2f}x. {'Holds' if holds else 'Does not hold'}.")
+    sens = sorted((x for x in agg if x["group"] in ("r", "lr") and x["mode"] == "seq" and x["r"] == 0.5
+                   and x["variant"] == "early" and x["retention"] is not None), key=lambda x: x["lr"])
+    if len(sens) > 1:
+        out.append("5. **Not a claim of the paper: retention depends on how hard the student is fine-tuned.** "
+                   "Retention at r = 0.5 (pass@1, samples that never finish): " + "; ".join(
+                       f"lr {x['lr']:g}: {pct(x['retention'], x['retention_se'])} ({pct(x['pass1'])}, "
+                       f"{x['unfinished']:.0f} unfinished of the test problems)" for x in sens) + ".")
+    late = find(agg, group="late", r=0.5)
+    if late and late["retention"] is not None and a and a["retention"] is not None:
+        out.append(f"6. **Where the decisive computation comes late, truncation hurts more.** Retention at r = 0.5: "
+                   f"{pct(late['retention'], late['retention_se'])} (late variant) against "
+                   f"{pct(a['retention'], a['retention_se'])} (early). "
+                   f"{'As expected' if late['retention'] < a['retention'] else 'Not seen here'}.")
     return out
 
 
@@ -316,14 +357,18 @@ def write_md(path, agg, header, shape):
     for v, s in shape.items():
         lines.append(f"| {v} | {s['prompt']:.1f} | {s['cot']:.1f} | {s['min_ratio']:.2f} | {s['answer_fixed_at']:.2f} |")
     lines += ["", "## Runs (mean over seeds ± standard error)", "",
-              "| group | variant | mode | r | window | supervise | control | drop answer | pass@1 | retention | FLOPs vs r = 1 | median step ms | seeds |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for a in sorted(agg, key=lambda a: (a["variant"], a["group"] != "r", a["group"], a["mode"], a["r"], a["supervise"])):
+              "| group | variant | mode | r | window | supervise | control | drop answer | lr | pass@1 | retention | "
+              "computed | unfinished | FLOPs vs r = 1 | median step ms | seeds |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for a in sorted(agg, key=lambda a: (a["variant"], a["group"] != "r", a["group"], a["lr"], a["mode"], a["r"],
+                                        a["supervise"])):
         p = pct(a["pass1"], a["se"]) if a["pass1"] is not None else f"no run: {a['failed']}"
         lines.append(f"| {a['group']} | {a['variant']} | {a['mode']} | {a['r']} | {a['window']} | {a['supervise']} | "
-                     f"{a['control'] or ''} | {'yes' if a['drop_answer'] else ''} | {p} | "
-                     f"{pct(a['retention'], a['retention_se'])} | "
+                     f"{a['control'] or ''} | {'yes' if a['drop_answer'] else ''} | {a['lr']:g} | {p} | "
+                     f"{pct(a['retention'], a['retention_se'])} | {pct(a['computed'])} | {num(a['unfinished'], '.0f')} | "
                      f"{num(a['flops_rel'], '.2f')} | {num(a['step_ms'], '.0f')} | {a['n']} |")
+    lines += ["", "*computed*: the fraction of samples whose CoT first wrote the right value (`So the result is N.`), "
+              "finished or not; *unfinished*: samples (of the test problems) that never closed their answer."]
     lines += ["", "## Against the paper", "", *readings(agg), ""]
     path.write_text("\n".join(lines) + "\n")
 
@@ -333,10 +378,14 @@ def write_plots(out, agg):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    series = [("early", "seq", "early trace, seq"), ("early", "cot", "early trace, cot"), ("late", "seq", "late trace, seq")]
-    for variant, mode, label in series:
-        pts = sorted((a for a in agg if a["variant"] == variant and a["group"] in ("r", "late") and a["retention"] is not None
-                      and (a["mode"] == mode or a["r"] == 1.0)), key=lambda a: a["r"])
+    series = [("early", "seq", LR, "early trace, seq"), ("early", "cot", LR, "early trace, cot"),
+              ("late", "seq", LR, "late trace, seq")]
+    series += [("early", "seq", lr, f"early trace, seq, lr {lr:g}")
+               for lr in sorted({a["lr"] for a in agg if a["group"] == "lr"})]
+    for variant, mode, lr, label in series:
+        pts = sorted((a for a in agg if a["variant"] == variant and a["lr"] == lr and a["retention"] is not None
+                      and a["group"] in ("r", "late", "lr") and (a["mode"] == mode or a["r"] == 1.0)),
+                     key=lambda a: a["r"])
         if not pts:
             continue
         axes[0].errorbar([a["r"] for a in pts], [a["retention"] for a in pts], yerr=[a["retention_se"] for a in pts],
@@ -366,11 +415,10 @@ def main(argv=None):
     ap.add_argument("--essence", default=str(ROOT / "build" / "essence"))
     ap.add_argument("--fresh", action="store_true", help="retrain everything")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: every core)")
-    ap.add_argument("--mod", type=int, default=0, help="chain arithmetic modulo this (0: plain)")
     args = ap.parse_args(argv)
     name = "quick" if args.quick else "cuda" if args.device == "cuda" else "full"
-    cfg = dict(MODES[name], mod=args.mod)
-    tag = ("science" if name == "full" else f"science-{name}") + (f"-mod{args.mod}" if args.mod else "")
+    cfg = MODES[name]
+    tag = "science" if name == "full" else f"science-{name}"
     work = Path(args.work) if args.work else ROOT / "runs" / tag
     out = Path(args.out) if args.out else (ROOT / "perf" / "results" if name == "full" else work / "results")
     data, runs = work / "data", work / "runs"
@@ -400,10 +448,10 @@ def main(argv=None):
             f"student.preset={HERE / preset}", f"data.train=[\"{data}/early/{split}.bin\", \"{data}/late/{split}.bin\"]",
             f"run.epochs={epochs}", "optim.lr=3e-3", "loss.alpha=1"], f"the {role}", args.fresh)
         for variant in ("early", "late"):
-            p, unf = evaluate(essence, d / "final", tok, data / variant / "test.jsonl", d / f"eval-{variant}.jsonl",
-                              cfg, args.fresh)
-            rows.append(dict(role=role, variant=variant, pass1=p, unfinished=unf, flops=s["flops"], tokens=s["tokens"],
-                             step_ms=step_ms(d), seconds=s["seconds"]))
+            p, unf, comp = evaluate(essence, d / "final", tok, data / variant / "test.jsonl",
+                                    d / f"eval-{variant}.jsonl", cfg, args.fresh)
+            rows.append(dict(role=role, variant=variant, pass1=p, computed=comp, unfinished=unf, flops=s["flops"],
+                             tokens=s["tokens"], step_ms=step_ms(d), seconds=s["seconds"]))
             log(f"{role} pass@1 on {variant}: {pct(p)}")
         return d
 
@@ -419,7 +467,7 @@ def main(argv=None):
     base_dir = pretrain("base", cfg["student"], "base", cfg["base_epochs"])
 
     # The r sweep and the late variant carry the headline numbers: all seeds;
-    # the r = 0.5 ablations fewer where time is short.
+    # the ablations fewer where time is short.
     plan = [(row, seed) for row in sweep_rows(cfg)
             for seed in (cfg["seeds"] if row["group"] in ("r", "late") else cfg["extra_seeds"])]
     for k, (row, seed) in enumerate(plan, 1):
@@ -428,15 +476,15 @@ def main(argv=None):
                          f"data.train=[\"{data}/{row['variant']}/distill-top{cfg['topk']}.bin\"]",
                          f"trunc.lsp={row['r']}", f"trunc.mode={row['mode']}", f"trunc.window={row['window']}",
                          f"trunc.label_mask={row['control']}", f"trunc.drop_answer={str(row['drop_answer']).lower()}",
-                         f"supervise={row['supervise']}", f"run.seed={seed}"]
+                         f"supervise={row['supervise']}", f"optim.lr={row['lr']}", f"run.seed={seed}"]
         s = train(essence, rd, sets, rd.name, args.fresh)
         rec = dict(role="student", seed=seed, **row)
         if "failed" in s:
             rec.update(failed=s["failed"], pass1=None)
         else:
-            p, unf = evaluate(essence, rd / "final", tok, data / row["variant"] / "test.jsonl", rd / "eval.jsonl", cfg,
-                              args.fresh)
-            rec.update(pass1=p, unfinished=unf, flops=s["flops"], tokens=s["tokens"], step_ms=step_ms(rd),
+            p, unf, comp = evaluate(essence, rd / "final", tok, data / row["variant"] / "test.jsonl", rd / "eval.jsonl",
+                                    cfg, args.fresh)
+            rec.update(pass1=p, computed=comp, unfinished=unf, flops=s["flops"], tokens=s["tokens"], step_ms=step_ms(rd),
                        seconds=s["seconds"])
         rows.append(rec)
         elapsed = time.time() - t_start
@@ -454,7 +502,8 @@ def main(argv=None):
               f"Base student ({cfg['student']}): {pct(b['early']['pass1'])} (early), {pct(b['late']['pass1'])} (late). "
               f"{cfg['test_n']} test problems per variant, greedy, up to 400 new tokens; seeds {cfg['seeds']} ({cfg['extra_seeds']} for the r = 0.5 ablations) "
               f"(data order); students distilled from the base with CE + top-{cfg['topk']} KD (alpha 0.5), one epoch "
-              f"over {cfg['distill_n']} problems."]
+              f"over {cfg['distill_n']} problems at lr {LR:g} (other learning rates in the lr group). "
+              f"Chains of 3-5 changes of 1-{cfg['max_delta']} on values in [0, {cfg['max_value']}]."]
     write_md(out / "science.md", agg, header, shape)
     write_plots(out, agg)
     log(f"wrote {out / 'science.md'}, science.csv, science.png")

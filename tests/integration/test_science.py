@@ -18,7 +18,7 @@ def test_science_quick_runs_every_stage(tmp_path):
     assert {("teacher", "early"), ("teacher", "late"), ("base", "early"), ("base", "late")} <= roles
     students = [r for r in rows if r["role"] == "student"]
     groups = {r["group"] for r in students}
-    assert groups == {"r", "supervise", "window", "control", "drop_answer", "late"}
+    assert groups == {"r", "lr", "supervise", "window", "control", "drop_answer", "late"}
     # Every trained student was evaluated and costed; the only runs without a
     # student are presets that the truncation leaves nothing to supervise.
     for r in students:

@@ -9,8 +9,7 @@ import pytest
 
 import synth_corpus
 
-OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-       ast.Mod: operator.mod}
+OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
 
@@ -81,12 +80,13 @@ def test_cot_token_lengths_span_the_range(corpus, tmp_path):
     assert 30 <= cot[0] <= 80 and 1000 <= cot[-1] <= 2000, (cot[0], cot[-1])
 
 
-@pytest.mark.parametrize("mod", [0, 10])
-def test_chain_traces(tmp_path, mod):
-    """--style chain: checkable steps, the answer fixed early in the CoT (late
-    with --late), and the same problems in both variants, worded apart."""
+@pytest.mark.parametrize("max_value,max_delta", [(40, 9), (12, 3)])
+def test_chain_traces(tmp_path, max_value, max_delta):
+    """--style chain: checkable steps inside the chosen ranges, the answer fixed
+    early in the CoT (late with --late), and the same problems in both
+    variants, worded apart."""
     early, late = tmp_path / "early", tmp_path / "late"
-    extra = ["--mod", str(mod)] if mod else []
+    extra = ["--max-value", str(max_value), "--max-delta", str(max_delta)]
     for out, flags in ((early, []), (late, ["--late"])):
         synth_corpus.main(["--out", str(out), "--style", "chain", "--seed", "3", "--train", "200", "--val", "1",
                            "--test", "1"] + flags + extra)
@@ -95,9 +95,9 @@ def test_chain_traces(tmp_path, mod):
         assert e["prompt"].startswith("Start") and l["prompt"].startswith("Begin")
         assert evaluate(ast.parse(e["expr"], mode="eval")) == e["value"]
         for a, op, b, c in STEP.findall(e["reasoning"]):
-            v = int(a) + int(b) if op == "+" else int(a) - int(b)
-            assert (v % mod if mod else v) == int(c)
-        assert not mod or 0 <= e["value"] < mod
+            assert (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c)
+            assert 0 <= int(c) <= max_value and 1 <= int(b) <= max_delta, (a, op, b, c)
+        assert 1 <= int(e["prompt"].split()[1].rstrip(":")) <= max_value // 2
         fixed = e["reasoning"].index("So the result is")
         assert fixed < 0.25 * len(e["reasoning"])
         assert l["reasoning"].index("So the result is") > 0.85 * len(l["reasoning"])

@@ -1,4 +1,4 @@
-// Optimizer arithmetic on fp32 state: gradient norm, scaling, AdamW. AdamW
+// Optimizer arithmetic on fp32 state: gradient norm, AdamW. AdamW
 // updates the fp32 master weights and refreshes the bf16 parameters from them.
 #include "cuda_common.cuh"
 
@@ -20,21 +20,15 @@ __global__ void sumsq_kernel(double *dsum, const float *x, size_t n) {
     }
 }
 
-__global__ void scale_kernel(float *x, float s, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        x[i] *= s;
-}
-
-// PyTorch's AdamW: p -= lr * wd * p, then p -= lr * mhat / (sqrt(vhat) + eps).
-// master NULL: params are the fp32 weights themselves.
+// PyTorch's AdamW: p -= lr * wd * p, then p -= lr * mhat / (sqrt(vhat) + eps),
+// on g = grads * gscale. master NULL: params are the fp32 weights themselves.
 __global__ void adamw_kernel(void *params, float *master, const float *grads, float *m, float *v,
-                             size_t n, float lr, float beta1, float beta2, float eps, float wd,
+                             size_t n, float gscale, float lr, float beta1, float beta2, float eps, float wd,
                              float bc1, float bc2) {
     float *p = master ? master : (float *)params;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        float g = grads[i];
+        float g = grads[i] * gscale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
         float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
         m[i] = mi;
@@ -60,24 +54,17 @@ static double cuda_sumsq(es_backend *be, const float *x, size_t n) {
     return h;
 }
 
-static void cuda_scale(es_backend *be, float *x, float s, size_t n) {
-    if (!n) return;
-    scale_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_of(be)->stream>>>(x, s, n);
-    LAUNCH_CHECK();
-}
-
 static void cuda_adamw(es_backend *be, void *params, float *master, const float *grads, float *m,
-                       float *v, size_t n, float lr, float beta1, float beta2, float eps, float wd,
-                       int step) {
+                       float *v, size_t n, float gscale, float lr, float beta1, float beta2,
+                       float eps, float wd, int step) {
     if (!n) return;
     float bc1 = (float)(1.0 - pow(beta1, step)), bc2 = (float)(1.0 - pow(beta2, step));
     adamw_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_of(be)->stream>>>(
-        params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+        params, master, grads, m, v, n, gscale, lr, beta1, beta2, eps, wd, bc1, bc2);
     LAUNCH_CHECK();
 }
 
 void cuda_fill_optim(es_backend *be) {
     be->sumsq = cuda_sumsq;
-    be->scale = cuda_scale;
     be->adamw = cuda_adamw;
 }

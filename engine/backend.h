@@ -148,14 +148,14 @@ struct es_backend {
     // ---- optimizer (fp32 state) ----------------------------------------
     // Sum of squares of n fp32 values (gradient norm).
     double (*sumsq)(es_backend *be, const float *x, size_t n);
-    // x *= s (fp32)
-    void (*scale)(es_backend *be, float *x, float s, size_t n);
-    // AdamW on n elements. master (fp32) is NULL when params already are fp32
-    // master weights; otherwise params (compute type) are refreshed from it.
-    // Decoupled decay: p -= lr * wd * p. step counts from 1.
+    // AdamW on n elements of the gradient g = grads * gscale (gscale carries
+    // norm clipping, so that the gradients are read once and never rewritten).
+    // master (fp32) is NULL when params already are fp32 master weights;
+    // otherwise params (compute type) are refreshed from it. Decoupled decay:
+    // p -= lr * wd * p. step counts from 1.
     void (*adamw)(es_backend *be, void *params, float *master, const float *grads, float *m,
-                  float *v, size_t n, float lr, float beta1, float beta2, float eps, float wd,
-                  int step);
+                  float *v, size_t n, float gscale, float lr, float beta1, float beta2, float eps,
+                  float wd, int step);
 
     void (*destroy)(es_backend *be);
 

@@ -118,8 +118,7 @@ int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_h
         return ES_OK;
     }
     es_backend *be = m->be;
-    if (hp->clip > 0 && grad_norm > hp->clip)
-        be->scale(be, m->grads + dp->lo, (float)(hp->clip / grad_norm), dp->hi - dp->lo);
+    const float gscale = es_clip_scale(hp, grad_norm);
     o->step++;
     // each tensor's overlap with this rank's part, so that decay follows the tensor kind
     for (int i = 0; i < m->layout.nparams; i++) {
@@ -129,7 +128,7 @@ int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_h
         if (a >= b) continue;
         size_t k = a - dp->lo;  // index into the part's state
         be->adamw(be, be->offset(be, m->params, a, ES_DT_COMPUTE), o->master ? o->master + k : NULL, m->grads + a,
-                  o->m + k, o->v + k, b - a, hp->lr, hp->beta1, hp->beta2, hp->eps, p->decay ? hp->wd : 0.0f,
+                  o->m + k, o->v + k, b - a, gscale, hp->lr, hp->beta1, hp->beta2, hp->eps, p->decay ? hp->wd : 0.0f,
                   o->step);
     }
     if (be->param_allgather(be, m->params, m->layout.total, ES_DT_COMPUTE)) return ES_ERR;

@@ -121,10 +121,9 @@ static double w_sumsq(es_backend *be, const float *x, size_t n) {
     op_end(be, ES_OP_sumsq, t0, 0);
     return s;
 }
-static void w_scale(es_backend *be, float *x, float s, size_t n) { TIMED(scale, 0, x, s, n); }
 static void w_adamw(es_backend *be, void *params, float *master, const float *grads, float *m, float *v, size_t n,
-                    float lr, float beta1, float beta2, float eps, float wd, int step) {
-    TIMED(adamw, 0, params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, step);
+                    float gscale, float lr, float beta1, float beta2, float eps, float wd, int step) {
+    TIMED(adamw, 0, params, master, grads, m, v, n, gscale, lr, beta1, beta2, eps, wd, step);
 }
 
 int es_op_timer_attach(es_op_timer *t, es_backend *be) {

@@ -42,10 +42,13 @@ double es_grad_norm(es_model *m) {
     return sqrt(m->be->sumsq(m->be, m->grads, m->layout.total));
 }
 
+float es_clip_scale(const es_optim_hparams *hp, double grad_norm) {
+    return hp->clip > 0 && grad_norm > hp->clip ? (float)(hp->clip / grad_norm) : 1.0f;
+}
+
 void es_optim_step(es_optim *o, es_model *m, const es_optim_hparams *hp, double grad_norm) {
     es_backend *be = m->be;
-    if (hp->clip > 0 && grad_norm > hp->clip)
-        be->scale(be, m->grads, (float)(hp->clip / grad_norm), m->layout.total);
+    const float gscale = es_clip_scale(hp, grad_norm);
     o->step++;
     // one call per tensor so that decay follows the tensor kind
     for (int i = 0; i < m->layout.nparams; i++) {
@@ -53,7 +56,7 @@ void es_optim_step(es_optim *o, es_model *m, const es_optim_hparams *hp, double 
         size_t off = p->offset;
         be->adamw(be, be->offset(be, m->params, off, ES_DT_COMPUTE),
                   o->master ? o->master + off : NULL, m->grads + off, o->m + off, o->v + off, p->numel,
-                  hp->lr, hp->beta1, hp->beta2, hp->eps, p->decay ? hp->wd : 0.0f, o->step);
+                  gscale, hp->lr, hp->beta1, hp->beta2, hp->eps, p->decay ? hp->wd : 0.0f, o->step);
     }
 }
 

@@ -20,6 +20,9 @@ int es_optim_create_part(es_optim *o, es_model *m, size_t lo, size_t hi);
 void es_optim_free(es_optim *o, es_backend *be);
 // Global L2 norm of the model's gradients.
 double es_grad_norm(es_model *m);
+// The factor norm clipping applies to the gradients: clip / norm when
+// hp->clip > 0 and the norm exceeds it, else 1.
+float es_clip_scale(const es_optim_hparams *hp, double grad_norm);
 // Clips (when hp->clip > 0 and norm > clip) and applies one AdamW update.
 // The caller checks the norm for finiteness first.
 void es_optim_step(es_optim *o, es_model *m, const es_optim_hparams *hp, double grad_norm);

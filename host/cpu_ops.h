@@ -71,9 +71,8 @@ void cpu_distill_loss_topk(es_backend *be, float *sums, void *logits, const void
                            int V, int K, float alpha, float grad_scale);
 
 double cpu_sumsq(es_backend *be, const float *x, size_t n);
-void cpu_scale(es_backend *be, float *x, float s, size_t n);
 void cpu_adamw(es_backend *be, void *params, float *master, const float *grads, float *m, float *v,
-               size_t n, float lr, float beta1, float beta2, float eps, float wd, int step);
+               size_t n, float gscale, float lr, float beta1, float beta2, float eps, float wd, int step);
 
 // Fills the collectives (MPI) of the table; leaves them NULL without MPI.
 void cpu_fill_comm(es_backend *be);

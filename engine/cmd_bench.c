@@ -191,9 +191,8 @@ int cmd_bench(int argc, char **argv) {
     if (r == ES_OK) {
         double rss = es_rss_peak_bytes();
         es_dist_max_f64(&dist, &rss, 1);
-        char src[256];
-        double peak = es_device_peak_flops(src, sizeof src, t.be);
-        if (dist.rank == 0) (o.json ? print_json : print_text)(&t, &s, &ot, &os, peak, src, rss);
+        if (dist.rank == 0)
+            (o.json ? print_json : print_text)(&t, &s, &ot, &os, t.be->peak_flops, t.be->peak_source, rss);
     }
     if (r != ES_OK && dist.size > 1) fprintf(stderr, "essence: rank %d: %s\n", dist.rank, es_last_error());
     else if (r != ES_OK) fprintf(stderr, "essence: %s\n", es_last_error());

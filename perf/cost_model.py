@@ -73,6 +73,10 @@ class Shape:
             layer += 2 * D
         return self.V * C * (1 if self.tied else 2) + self.L * layer + C
 
+    def tensors(self):
+        per_layer = 9 + (3 if self.qkv_bias else 0) + (2 if self.qk_norm else 0)
+        return self.L * per_layer + 2 + (0 if self.tied else 1)
+
 
 class Model:
     """Accumulates (FLOPs, bytes, floor seconds, calls) per op."""
@@ -83,13 +87,14 @@ class Model:
         self.head = {}  # the LM head's share of matmul_fwd/bwd, keyed the same way
         self.in_head = False
 
-    def call(self, op, flops, nbytes, times=1):
+    def call(self, op, flops, nbytes, calls=1):
+        """One part of an op: `calls` is 0 for the second GEMM of a matmul_bwd call."""
         for table in (self.ops, self.head) if self.in_head else (self.ops,):
             e = table.setdefault(op, [0.0, 0.0, 0.0, 0])
-            e[0] += flops * times
-            e[1] += nbytes * times
-            e[2] += max(flops / self.rate, nbytes / self.bw) * times
-            e[3] += times
+            e[0] += flops
+            e[1] += nbytes
+            e[2] += max(flops / self.rate, nbytes / self.bw)
+            e[3] += calls
 
     # ---- the ops, with the bytes each must move ------------------------------
     def matmul_fwd(self, N, C, OC):
@@ -98,7 +103,7 @@ class Model:
     def matmul_bwd(self, N, C, OC, dinp=True, accumulate=False):
         if dinp:  # dinp (N, C) = dout (N, OC) @ w (OC, C); read back when accumulating
             self.call("matmul_bwd", 2.0 * N * C * OC,
-                      BF16 * (N * OC + OC * C + N * C * (2 if accumulate else 1)))
+                      BF16 * (N * OC + OC * C + N * C * (2 if accumulate else 1)), calls=0)
         # dw (OC, C) += dout^T @ inp: the fp32 gradient is read and written
         self.call("matmul_bwd", 2.0 * N * C * OC, BF16 * (N * OC + N * C) + 2 * F32 * OC * C)
 
@@ -124,7 +129,9 @@ def step(m, s, N, docs, nsup, chunk):
     att_fwd = 4.0 * H * D * pairs  # scores and values, causal
     qkv_bytes = BF16 * N * D * (H + 2 * KVH)
 
-    m.call("upload", 0, I32 * N * 4)  # tokens, targets, positions, rows
+    # host to device: tokens, positions, document bounds; rows, targets, weights
+    m.call("upload", 0, I32 * (2 * N + docs + 1), calls=3)
+    m.call("upload", 0, (2 * I32 + F32) * nsup, calls=3)
     m.call("zero", 0, F32 * s.params())  # the step's gradients
     m.call("embed_fwd", 0, BF16 * 2 * N * C + I32 * N)
     for _ in range(L):
@@ -184,8 +191,9 @@ def step(m, s, N, docs, nsup, chunk):
     P = s.params()
     m.call("sumsq", 0, F32 * P)
     m.call("scale", 0, 2 * F32 * P)  # clipping, when the norm is over the limit
-    # grads, m, v, master read; m, v, master written; bf16 params written
-    m.call("adamw", 0, P * (4 * F32 + 3 * F32 + BF16))
+    # grads, m, v, master read; m, v, master written; bf16 params written;
+    # one call per tensor (engine/optim.c: decay on matrices only)
+    m.call("adamw", 0, P * (4 * F32 + 3 * F32 + BF16), calls=s.tensors())
 
 
 def model_flops(s, N, docs, nsup):
@@ -278,7 +286,7 @@ def compare(args):
         # documents in the op step: bench's count when it printed one, else
         # the synthetic corpus's mean length
         docs = int(round(e.get("op_docs_per_step") or max(1, N / args.doc_len)))
-        nsup = int(round(N * frac))
+        nsup = int(round(e.get("op_supervised_per_step") or N * frac))
         chunk = e.get("chunk_rows") or args.chunk
         print(f"\n=== {label}: essence bench, {e['ms_per_step']:.1f} ms/step at {e['tokens_per_step']:.0f} "
               f"tokens, MFU {100 * e['mfu']:.1f}%; op-timer step {N} tokens "
@@ -286,7 +294,9 @@ def compare(args):
         m, total = table(s, args, N, docs, nsup, chunk, show=False)
         ops = e["ops"]
         measured = sum(v["ms_per_step"] for v in ops.values())
-        print(f"\n{'op':<17}{'bench ms':>9}{'floor ms':>9}{'x floor':>8}{'achieved':>16}  time over floor")
+        # calls: bench's over the model's; a mismatch means the model misses or adds a call
+        print(f"\n{'op':<17}{'calls':>9}{'bench ms':>9}{'floor ms':>9}{'x floor':>8}{'achieved':>16}  "
+              "time over floor")
         rows = []
         for op in OPS + ["other"]:
             got = ops.get(op, {}).get("ms_per_step")
@@ -301,13 +311,16 @@ def compare(args):
             else:
                 ach = f"{nb / (got * 1e-3) / 1e12:.2f} TB/s" if got else "-"
             over = got - 1e3 * t
-            rows.append((op, got, 1e3 * t, ach, over))
-        for op, got, fl, ach, over in rows:
+            bc = ops.get(op, {}).get("calls_per_step")
+            calls = f"{bc:.0f}/{n}" if bc is not None else f"-/{n}" if n else ""
+            rows.append((op, calls, got, 1e3 * t, ach, over))
+        for op, calls, got, fl, ach, over in rows:
             x = f"{got / fl:.1f}" if fl > 0 else "-"
-            print(f"{op:<17}{got:>9.2f}{fl:>9.2f}{x:>8}{ach:>16}  {over:+.2f} ms ({100 * over / measured:.0f}%)")
-        print(f"{'total':<17}{measured:>9.2f}{1e3 * total:>9.2f}{measured / (1e3 * total):>8.1f}")
-        worst = sorted(rows, key=lambda r: -r[4])[:4]
-        print("largest gaps: " + ", ".join(f"{op} {over:+.1f} ms" for op, _, _, _, over in worst))
+            print(f"{op:<17}{calls:>9}{got:>9.2f}{fl:>9.2f}{x:>8}{ach:>16}  "
+                  f"{over:+.2f} ms ({100 * over / measured:.0f}%)")
+        print(f"{'total':<17}{'':>9}{measured:>9.2f}{1e3 * total:>9.2f}{measured / (1e3 * total):>8.1f}")
+        worst = sorted(rows, key=lambda r: -r[5])[:4]
+        print("largest gaps: " + ", ".join(f"{r[0]} {r[5]:+.1f} ms" for r in worst))
 
 
 def main():

@@ -139,7 +139,7 @@ static void print_json(const es_trainer *t, const bench_sum *s, const es_op_time
            be->name, t->student.cfg.model_type, es_config_param_count(&t->student.cfg), t->has_teacher, t->rc.lsp,
            t->rc.trunc_mode, t->dist->size, t->capacity, t->accum, s->steps, 1e3 * s->seconds / s->steps,
            s->tokens / s->steps, s->nsup / s->steps, s->tokens / s->seconds, s->flops / s->steps, fl_s, peak,
-           peak_src, fl_s / (peak * t->dist->size), be->attention, t->rc.chunk_rows);
+           peak_src, fl_s / (peak * t->dist->size), be->attention, t->loss.chunk);
     for (int k = 0; k < ES_MEM_KINDS; k++) printf("%s\"%s\": %zu", k ? ", " : "", es_mem_kind_names[k], be->mem_peak[k]);
     // The op-timer step's own batch, for reading its per-op times against perf/cost_model.py.
     printf("}, \"mem_peak_total\": %zu, \"rss_peak\": %.0f, \"op_steps\": %d, \"op_tokens_per_step\": %.0f, "

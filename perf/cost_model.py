@@ -121,6 +121,11 @@ class Model:
         self.call(op, 0, BF16 * n * tensors)
 
 
+def auto_chunk(s, N):
+    """engine/distill.c's chunk for loss.chunk_rows = 0: 1.5 GiB of bf16 logits, no teacher."""
+    return min(N, max(256, (3 << 29) // (s.V * BF16) // 256 * 256))
+
+
 def step(m, s, N, docs, nsup, chunk):
     """The ops of one optimizer step of one micro-batch: forward, loss, backward, update."""
     C, H, KVH, D, F, V, L = s.C, s.H, s.KVH, s.D, s.F, s.V, s.L
@@ -210,6 +215,7 @@ def bound(m, fl, nb):
 
 def table(s, args, N, docs, nsup, chunk, show=True):
     m = Model(args.tflops, args.tbps)
+    chunk = chunk or auto_chunk(s, N)
     step(m, s, N, docs, nsup, chunk)
     total = sum(e[2] for e in m.ops.values())
     mf = model_flops(s, N, docs, nsup)
@@ -287,7 +293,7 @@ def compare(args):
         # the synthetic corpus's mean length
         docs = int(round(e.get("op_docs_per_step") or max(1, N / args.doc_len)))
         nsup = int(round(e.get("op_supervised_per_step") or N * frac))
-        chunk = e.get("chunk_rows") or args.chunk
+        chunk = e.get("chunk_rows") or args.chunk or 256  # 256: the default before bench printed it
         print(f"\n=== {label}: essence bench, {e['ms_per_step']:.1f} ms/step at {e['tokens_per_step']:.0f} "
               f"tokens, MFU {100 * e['mfu']:.1f}%; op-timer step {N} tokens "
               f"({'printed' if printed else 'solved from matmul_fwd FLOPs'})")
@@ -332,7 +338,8 @@ def main():
     ap.add_argument("--doc-len", type=float, default=372, help="--compare: mean document length "
                     "when bench printed no count")
     ap.add_argument("--supervised", type=float, default=1.0, help="share of tokens with a loss")
-    ap.add_argument("--chunk", type=int, default=256, help="LM-head rows a chunk (loss.chunk_rows)")
+    ap.add_argument("--chunk", type=int, default=0,
+                    help="LM-head rows a chunk (loss.chunk_rows; 0: the engine's rule, auto_chunk)")
     ap.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS, help="bf16 matmul ceiling")
     ap.add_argument("--tbps", type=float, default=DEFAULT_TBPS, help="memory bandwidth ceiling")
     ap.add_argument("--compare", metavar="BENCH", help="essence bench --json output to read against the model")

@@ -600,6 +600,7 @@ int cuda_fill_attention_tc(es_backend *be) {
     if (sel && *sel && strcmp(sel, "tc") != 0 && strcmp(sel, "simple") != 0)
         return es_fail("ESSENCE_ATTN: unknown attention kernel '%s' (tc, the default, or simple)",
                        sel);
+    be->attention = "simple";
     if (sel && !strcmp(sel, "simple")) return ES_OK;
     if (tc_smem_attr((const void *)tc_fwd_kernel<64>, tc_fwd_smem<64>(), "forward D=64") ||
         tc_smem_attr((const void *)tc_fwd_kernel<128>, tc_fwd_smem<128>(), "forward D=128") ||
@@ -611,5 +612,6 @@ int cuda_fill_attention_tc(es_backend *be) {
     c->attn_bwd_default = be->attention_bwd;
     be->attention_fwd = tc_attention_fwd;
     be->attention_bwd = tc_attention_bwd;
+    be->attention = "tc (tensor-core; simple for other head dims)";
     return ES_OK;
 }

@@ -139,6 +139,7 @@ static void cuda_destroy(es_backend *be) {
         if (c->scratch) CUDA_CHECK(cudaFree(c->scratch));
         CUDA_CHECK(cudaFree(c->dsum));
         CUDA_CHECK(cudaFree(c->lt_workspace));
+        cuda_matmul_destroy(be);
         CUBLAS_CHECK(cublasLtDestroy(c->lt));
         CUDA_CHECK(cudaStreamDestroy(c->stream));
         free(c);

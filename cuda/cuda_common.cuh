@@ -57,12 +57,15 @@ typedef struct {
     es_mem_kind kind;
 } cuda_alloc_rec;
 
+typedef struct cuda_lt_plans cuda_lt_plans;  // cuda_matmul.cu's cache of cuBLASLt plans
+
 typedef struct {
     int device;
     cudaStream_t stream;
     cublasLtHandle_t lt;
     void *lt_workspace;  // cuBLASLt scratch, fixed size
     size_t lt_workspace_bytes;
+    cuda_lt_plans *lt_plans;  // made on first use
     void *scratch;  // op-internal scratch, grown on demand
     size_t scratch_bytes;
     double *dsum;  // (4) device accumulators for reductions read by the host
@@ -97,6 +100,7 @@ __device__ __forceinline__ float warp_sum(float x) {
 
 // Each file fills the ops it owns.
 void cuda_fill_matmul(es_backend *be);
+void cuda_matmul_destroy(es_backend *be);  // before the cuBLASLt handle goes
 void cuda_fill_norm(es_backend *be);
 void cuda_fill_rope(es_backend *be);
 void cuda_fill_attention(es_backend *be);

@@ -1,7 +1,12 @@
 // RMSNorm and LayerNorm, forward and backward: bf16 in/out, fp32 math.
-// One warp per row; weight gradients by a column-parallel kernel so that each
-// block adds one partial sum per column (fp32 atomics).
+// One warp per row. RMSNorm's backward takes one pass with 16-byte loads and
+// per-warp weight-gradient partials where the row allows (C a multiple of 8,
+// at most 2048); elsewhere, weight gradients by a column-parallel kernel so
+// that each block adds one partial sum per column (fp32 atomics).
+#include <stdint.h>
+
 #include "cuda_common.cuh"
+#include "norm_rows.cuh"
 
 #define NORM_WARPS 4     // rows per block
 #define DW_ROWS 64       // rows per weight-gradient block
@@ -103,6 +108,88 @@ __global__ void norm_dweight_kernel(float *dw, float *db, const bf16 *dout, cons
     }
 }
 
+// RMSNorm backward in one pass over the rows with 16-byte loads: each warp
+// takes rows warp, warp + warps, ..., writes dx and keeps its share of the
+// weight gradient in registers, then stores it as one row of part (warps, C);
+// rmsnorm_dw_sum adds the rows of part to dw. No atomics: the sum is the same
+// on every run.
+// One block per SM (launch bounds, 1): room in the registers for the VPL x 8
+// weight-gradient sums (at C = 2048 ptxas still spills 84 bytes).
+template <int VPL>
+__global__ void __launch_bounds__(256, 1) rmsnorm_bwd_vec_kernel(bf16 *dinp, float *part, const bf16 *dout, const bf16 *inp,
+                                       const bf16 *w, const float *rstd, int N, int C, int accumulate) {
+    int lane = threadIdx.x % NR_LANES;
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / NR_LANES, warps = gridDim.x * blockDim.x / NR_LANES;
+    bf16x8 wv[VPL], g[VPL], x[VPL];
+    float acc[VPL][8];
+#pragma unroll
+    for (int i = 0; i < VPL; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
+    nr_load<VPL>(wv, w, C, lane);
+    for (int row = warp; row < N; row += warps) {  // the same rows for the whole warp
+        nr_load<VPL>(g, dout + (size_t)row * C, C, lane);
+        nr_load<VPL>(x, inp + (size_t)row * C, C, lane);
+        float r = rstd[row];
+        float k = r * r * warp_sum(nr_bwd_dot<VPL>(g, x, wv, C, lane)) / C;
+        nr_bwd_row<VPL>(dinp + (size_t)row * C, acc, g, x, wv, r, k, C, lane, accumulate);
+    }
+    if (part) nr_store_acc<VPL>(part + (size_t)warp * C, acc, C, lane);
+}
+
+// dw (C) += sum of the rows of part (rows, C): a block of 32 columns x 32
+// slices of the rows, the slices summed in shared memory.
+__global__ void rmsnorm_dw_sum_kernel(float *dw, const float *part, int rows, int C) {
+    __shared__ float s[32][33];  // padded: the column sums read down a column
+    int col = blockIdx.x * 32 + threadIdx.x;
+    float v = 0.0f;
+    if (col < C)
+        for (int r = threadIdx.y; r < rows; r += 32) v += part[(size_t)r * C + col];
+    s[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < C) {
+        float t = 0.0f;
+        for (int y = 0; y < 32; y++) t += s[y][threadIdx.x];
+        dw[col] += t;
+    }
+}
+
+static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
+
+// The one-pass kernel where it applies (rows of whole 16-byte vectors, at
+// most 8 of them a lane: C <= 2048), else 0 and the caller takes the two
+// scalar passes.
+static int rmsnorm_bwd_vec(es_backend *be, void *dinp, void *dw, const void *dout, const void *inp,
+                           const void *w, const float *rstd, int N, int C, int accumulate) {
+    cuda_ctx *c = cuda_of(be);
+    int vpl = (C + NR_LANES * 8 - 1) / (NR_LANES * 8);
+    if (C % 8 || vpl > 8 || !aligned16(dinp) || !aligned16(dout) || !aligned16(inp) || !aligned16(w)) return 0;
+    vpl = vpl <= 1 ? 1 : vpl <= 2 ? 2 : vpl <= 4 ? 4 : 8;
+    int sms = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device));
+    // Enough warps to fill the chip, few enough that the partial sums stay
+    // small next to the rows: 8 warps a block, one block per SM.
+    int threads = 256, rows_per_block = threads / NR_LANES;
+    int blocks = (N + rows_per_block - 1) / rows_per_block;
+    if (blocks > sms) blocks = sms;
+    int warps = blocks * rows_per_block;
+    float *part = dw ? (float *)cuda_scratch(be, (size_t)warps * C * sizeof(float)) : NULL;
+    const bf16 *g = (const bf16 *)dout, *x = (const bf16 *)inp, *wt = (const bf16 *)w;
+    bf16 *dx = (bf16 *)dinp;
+    switch (vpl) {
+    case 1: rmsnorm_bwd_vec_kernel<1><<<blocks, threads, 0, c->stream>>>(dx, part, g, x, wt, rstd, N, C, accumulate); break;
+    case 2: rmsnorm_bwd_vec_kernel<2><<<blocks, threads, 0, c->stream>>>(dx, part, g, x, wt, rstd, N, C, accumulate); break;
+    case 4: rmsnorm_bwd_vec_kernel<4><<<blocks, threads, 0, c->stream>>>(dx, part, g, x, wt, rstd, N, C, accumulate); break;
+    default: rmsnorm_bwd_vec_kernel<8><<<blocks, threads, 0, c->stream>>>(dx, part, g, x, wt, rstd, N, C, accumulate); break;
+    }
+    LAUNCH_CHECK();
+    if (dw) {
+        rmsnorm_dw_sum_kernel<<<(C + 31) / 32, dim3(32, 32), 0, c->stream>>>((float *)dw, part, warps, C);
+        LAUNCH_CHECK();
+    }
+    return 1;
+}
+
 static dim3 row_grid(int N) { return dim3((N + NORM_WARPS - 1) / NORM_WARPS); }
 
 static void dweight(cuda_ctx *c, void *dw, void *db, const void *dout, const void *inp,
@@ -128,6 +215,7 @@ static void cuda_rmsnorm_bwd(es_backend *be, void *dinp, void *dw, const void *d
                              int accumulate) {
     cuda_ctx *c = cuda_of(be);
     if (N <= 0) return;
+    if (rmsnorm_bwd_vec(be, dinp, dw, dout, inp, w, rstd, N, C, accumulate)) return;
     rmsnorm_bwd_kernel<<<row_grid(N), 32 * NORM_WARPS, 0, c->stream>>>(
         (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, (const bf16 *)w, rstd, N, C,
         accumulate);

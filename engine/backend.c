@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "es_build.h"
+#include "peaks.h"
 
 const char *const es_mem_kind_names[ES_MEM_KINDS] = {
     "weights", "gradients", "optimizer", "activations", "workspace", "index"};
@@ -28,7 +29,7 @@ static int local_rank(void) {
     return 0;
 }
 
-es_backend *es_backend_create(const char *name) {
+static es_backend *create(const char *name) {
     if (!strcmp(name, "cpu")) return es_backend_cpu_create();
     if (!strcmp(name, "cuda")) return es_backend_cuda_create(local_rank());
     if (!strcmp(name, "auto")) {
@@ -37,4 +38,10 @@ es_backend *es_backend_create(const char *name) {
     }
     es_fail("device: unknown device '%s' (expected cpu, cuda or auto)", name);
     return NULL;
+}
+
+es_backend *es_backend_create(const char *name) {
+    es_backend *be = create(name);
+    if (be) be->peak_flops = es_device_peak_flops(be->peak_source, sizeof be->peak_source, be);
+    return be;
 }

@@ -42,7 +42,12 @@ struct es_backend {
     const char *name;  // "cpu", "cuda"
     void *ctx;         // backend private state
     int compute_is_f32;  // weights are fp32 (no separate master copy needed)
-    double peak_flops;   // dense matmul peak of the device, FLOP/s (for MFU)
+    // Dense matmul peak of the device, FLOP/s: the one figure MFU is measured
+    // against by train and bench alike (es_backend_create sets it from
+    // engine/peaks.c's table), and where it came from.
+    double peak_flops;
+    char peak_source[128];
+    const char *attention;  // the attention kernels in use, for the run's plan line
 
     // ---- memory ---------------------------------------------------------
     // Every allocation is tallied by kind; mem_now/mem_peak are in bytes.
@@ -223,5 +228,6 @@ static inline void es_shard_range(size_t *lo, size_t *hi, size_t n, int r, int n
 es_backend *es_backend_cpu_create(void);
 // Returns NULL and records the reason when CUDA is not built or no GPU exists.
 es_backend *es_backend_cuda_create(int device);
-// "cpu", "cuda" or "auto"; NULL with a recorded error when unavailable.
+// "cpu", "cuda" or "auto"; NULL with a recorded error when unavailable. Sets
+// peak_flops and peak_source from engine/peaks.c.
 es_backend *es_backend_create(const char *name);

@@ -64,7 +64,7 @@ static int parse_bench_opts(bench_opts *o, int *argc, char **argv) {
 }
 
 typedef struct {
-    double seconds, tokens, flops, nsup;
+    double seconds, tokens, flops, nsup, docs;
     int steps;
 } bench_sum;
 
@@ -77,6 +77,7 @@ static int run_steps(bench_sum *s, es_trainer *t, int n) {
         s->tokens += r.tokens;
         s->flops += r.flops;
         s->nsup += r.nsup;
+        s->docs += r.docs;
         s->steps++;
     }
     return ES_OK;
@@ -134,21 +135,25 @@ static void print_json(const es_trainer *t, const bench_sum *s, const es_op_time
            "\"trunc_mode\": \"%s\", \"ranks\": %d, \"capacity\": %d, \"accum\": %d, \"steps\": %d, "
            "\"ms_per_step\": %.6g, \"tokens_per_step\": %.0f, \"supervised_per_step\": %.0f, "
            "\"tokens_per_s\": %.6g, \"flops_per_step\": %.6g, \"flops_per_s\": %.6g, \"peak_flops\": %.6g, "
-           "\"peak_source\": \"%s\", \"mfu\": %.6g, \"mem_peak\": {",
+           "\"peak_source\": \"%s\", \"mfu\": %.6g, \"attention\": \"%s\", \"chunk_rows\": %d, \"mem_peak\": {",
            be->name, t->student.cfg.model_type, es_config_param_count(&t->student.cfg), t->has_teacher, t->rc.lsp,
            t->rc.trunc_mode, t->dist->size, t->capacity, t->accum, s->steps, 1e3 * s->seconds / s->steps,
            s->tokens / s->steps, s->nsup / s->steps, s->tokens / s->seconds, s->flops / s->steps, fl_s, peak,
-           peak_src, fl_s / (peak * t->dist->size));
+           peak_src, fl_s / (peak * t->dist->size), be->attention, t->loss.chunk);
     for (int k = 0; k < ES_MEM_KINDS; k++) printf("%s\"%s\": %zu", k ? ", " : "", es_mem_kind_names[k], be->mem_peak[k]);
+    // The op-timer step's own batch, for reading its per-op times against perf/cost_model.py.
     printf("}, \"mem_peak_total\": %zu, \"rss_peak\": %.0f, \"op_steps\": %d, \"op_tokens_per_step\": %.0f, "
-           "\"ops\": {", be->mem_peak_total, rss, os->steps, os->steps ? os->tokens / os->steps : 0.0);
+           "\"op_supervised_per_step\": %.0f, \"op_docs_per_step\": %.0f, \"ops\": {",
+           be->mem_peak_total, rss, os->steps, os->steps ? os->tokens / os->steps : 0.0,
+           os->steps ? os->nsup / os->steps : 0.0, os->steps ? os->docs / os->steps : 0.0);
     int first = 1;
     double ops = es_op_timer_total(ot);
     for (int i = 0; i < ES_OP_COUNT && os->steps; i++) {
         if (!ot->calls[i]) continue;
-        printf("%s\"%s\": {\"share\": %.6g, \"ms_per_step\": %.6g, \"flops_per_s\": %.6g}", first ? "" : ", ",
+        printf("%s\"%s\": {\"share\": %.6g, \"ms_per_step\": %.6g, \"calls_per_step\": %.6g, "
+               "\"flops_per_s\": %.6g}", first ? "" : ", ",
                es_op_names[i], ot->seconds[i] / os->seconds, 1e3 * ot->seconds[i] / os->steps,
-               ot->seconds[i] > 0 ? ot->flops[i] / ot->seconds[i] : 0.0);
+               (double)ot->calls[i] / os->steps, ot->seconds[i] > 0 ? ot->flops[i] / ot->seconds[i] : 0.0);
         first = 0;
     }
     if (os->steps)
@@ -191,9 +196,8 @@ int cmd_bench(int argc, char **argv) {
     if (r == ES_OK) {
         double rss = es_rss_peak_bytes();
         es_dist_max_f64(&dist, &rss, 1);
-        char src[256];
-        double peak = es_device_peak_flops(src, sizeof src, t.be);
-        if (dist.rank == 0) (o.json ? print_json : print_text)(&t, &s, &ot, &os, peak, src, rss);
+        if (dist.rank == 0)
+            (o.json ? print_json : print_text)(&t, &s, &ot, &os, t.be->peak_flops, t.be->peak_source, rss);
     }
     if (r != ES_OK && dist.size > 1) fprintf(stderr, "essence: rank %d: %s\n", dist.rank, es_last_error());
     else if (r != ES_OK) fprintf(stderr, "essence: %s\n", es_last_error());

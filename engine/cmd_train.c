@@ -4,13 +4,13 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "common.h"
 #include "config_change.h"
+#include "peaks.h"
 #include "run_lock.h"
 #include "train.h"
 
@@ -68,12 +68,6 @@ int es_parse_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void
 fail:
     fprintf(stderr, "essence: %s\n", es_last_error());
     return 2;
-}
-
-static double rss_peak_bytes(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss * 1024.0;
 }
 
 static void progress(const es_trainer *t, const es_step_result *r, double tok_s, double mfu, double eta_s,
@@ -197,7 +191,7 @@ static int train_loop(int *interrupted, es_trainer *t, es_metrics *mx, int stop_
                        t->st.step);
     if (validate_and_log(t, mx, &val)) return ES_ERR;
     if (es_trainer_checkpoint(t)) return ES_ERR;
-    double rss = rss_peak_bytes();
+    double rss = es_rss_peak_bytes();
     es_dist_max_f64(dist, &rss, 1);
     if (rank0) {
         if (write_summary(t, val, rss) || save_final(t)) return ES_ERR;

@@ -15,11 +15,16 @@ static void *alloc_or_fail(es_backend *be, size_t n, es_dtype dt, es_mem_kind ki
 int es_distill_create(es_distill *d, es_backend *be, int max_tokens, int C, int V, int chunk,
                       int teacher_C, int topk) {
     memset(d, 0, sizeof *d);
-    if (max_tokens < 1 || C < 1 || V < 1 || chunk < 1 || teacher_C < 0 || topk < 0)
+    if (max_tokens < 1 || C < 1 || V < 1 || chunk < 0 || teacher_C < 0 || topk < 0)
         return es_fail("distill: bad sizes (tokens %d, C %d, V %d, chunk %d, teacher C %d, top-k %d)",
                        max_tokens, C, V, chunk, teacher_C, topk);
     if (topk > 0 && !be->distill_loss_topk)
         return es_fail("distill: the %s backend has no offline top-k teacher loss", be->name);
+    if (chunk == 0) {
+        size_t row = (size_t)V * (be->compute_is_f32 ? 4 : 2) * (teacher_C > 0 ? 2 : 1);
+        size_t rows = ES_DISTILL_LOGIT_BYTES / row / 256 * 256;
+        chunk = rows < 256 ? 256 : rows > (size_t)max_tokens ? max_tokens : (int)rows;
+    }
     if (chunk > max_tokens) chunk = max_tokens;
     d->be = be;
     d->max_tokens = max_tokens;

@@ -24,8 +24,15 @@ typedef struct {
     float *hweights, *htlogp;
 } es_distill;
 
+// Logits one LM-head chunk may hold (student and teacher) when the run leaves
+// the chunk size to the engine: at Qwen3's vocabulary in bf16, 2560 rows with
+// an online teacher, 5120 without. Small chunks make the fp32 LM-head weight
+// gradient a memory-bound GEMM, read and written once per chunk.
+#define ES_DISTILL_LOGIT_BYTES ((size_t)3 << 29)
+
 // Workspace for micro-batches of up to max_tokens tokens, student width C,
-// vocabulary V, `chunk` rows per LM-head chunk. teacher_C: hidden size of an
+// vocabulary V, `chunk` rows per LM-head chunk (0: as many as
+// ES_DISTILL_LOGIT_BYTES of logits hold, in multiples of 256, at least 256). teacher_C: hidden size of an
 // online teacher (0 for none); topk: entries of an offline teacher (0 for none).
 int es_distill_create(es_distill *d, es_backend *be, int max_tokens, int C, int V, int chunk,
                       int teacher_C, int topk);

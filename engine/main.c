@@ -31,6 +31,8 @@ static int cmd_version(int argc, char **argv) {
     }
     printf("essence 0.1.0 (blas %s, mpi %s, cuda %s, nccl %s)\n", ES_HAVE_BLAS ? "yes" : "no",
            ES_HAVE_MPI ? "yes" : "no", ES_HAVE_CUDA ? "yes" : "no", ES_HAVE_NCCL ? "yes" : "no");
+    if (ES_HAVE_CUDA) printf("cuda attention paths: %s (ESSENCE_ATTN selects; the first is the default)\n",
+                             ES_ATTENTION_PATHS);
     return 0;
 }
 

@@ -44,7 +44,7 @@ static const field fields[] = {
     {"supervise", F_STR, OFF(supervise), "promptcotAns", NULL, 0, 0, "sections that carry loss: ans, promptAns, cot, cotAns, promptCot, promptcotAns, or weights \"wp,wc,wa\""},
     {"loss.alpha", F_FLOAT, OFF(alpha), "0.5", NULL, 0, 1, "weight of cross-entropy; 1 - alpha goes to the KD term"},
     {"loss.tau", F_FLOAT, OFF(tau), "1.0", NULL, 1e-3, 100, "distillation temperature"},
-    {"loss.chunk_rows", F_INT, OFF(chunk_rows), "256", NULL, 1, 1 << 20, "supervised rows per LM-head chunk"},
+    {"loss.chunk_rows", F_INT, OFF(chunk_rows), "0", NULL, 0, 1 << 20, "supervised rows per LM-head chunk; 0: as many as 1.5 GiB of logits hold (at least 256)"},
     {"optim.lr", F_FLOAT, OFF(lr), "4e-6", NULL, 0, 10, "peak learning rate"},
     {"optim.min_lr_ratio", F_FLOAT, OFF(min_lr_ratio), "0", NULL, 0, 1, "final learning rate as a fraction of the peak"},
     {"optim.weight_decay", F_FLOAT, OFF(wd), "0.05", NULL, 0, 10, "decoupled weight decay (not on norms and biases)"},

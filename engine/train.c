@@ -117,6 +117,8 @@ static void print_plan(const es_trainer *t) {
     int buckets, during;
     es_dp_buckets(&buckets, &during, &t->dp, &t->student);
     if (buckets) printf("gradient all-reduce: %d buckets, %d of them during backward\n", buckets, during);
+    printf("device: %s; attention: %s; MFU against %.0f TFLOP/s (%s)\n", be->name, be->attention,
+           be->peak_flops / 1e12, be->peak_source);
     printf("memory plan (%s):", be->name);
     for (int k = 0; k < ES_MEM_KINDS; k++) printf(" %s %.1f MiB%s", es_mem_kind_names[k], be->mem_now[k] / 1048576.0,
                                                   k + 1 < ES_MEM_KINDS ? "," : "\n");

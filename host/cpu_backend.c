@@ -114,6 +114,7 @@ es_backend *es_backend_cpu_create(void) {
         return NULL;
     }
     be->name = "cpu";
+    be->attention = "blocked sgemm";
     be->ctx = ctx;
     be->alloc = cpu_alloc;
     be->free = cpu_free;

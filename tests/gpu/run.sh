@@ -4,12 +4,17 @@
 #   build    gpu-bundle/ (when present) on the paths, meson -Dcuda=enabled
 #   ops      every CUDA op against the CPU backend (test_cuda_ops), attention
 #            with the default and the ESSENCE_ATTN=tc kernels
+#   memcheck compute-sanitizer on the op test (skipped when absent), early so
+#            that it has its time whatever the later steps take
 #   attn_tc  both attention kernels timed and compared (bench_attention_cuda)
 #   model    qwen3 + gpt2 forward, loss and every gradient, CUDA vs CPU
 #   curve    20 training steps on CUDA and on the CPU, loss curves compared
-#   memcheck compute-sanitizer on the op test (skipped when absent)
 #   fixtures transformers fixtures through the CUDA backend; torch bf16 forward
-#   bench    essence bench vs tools/bench_hf.py, Qwen3-0.6B and 1.7B shapes
+#   bench    essence bench vs tools/bench_hf.py, Qwen3-0.6B and 1.7B shapes,
+#            every attention path of `essence version`, each per-op table read
+#            against perf/cost_model.py
+# The correctness steps (ops, model, fixtures) run with CUDA_LAUNCH_BLOCKING=1,
+# so that a failing kernel is reported at its own launch.
 # then a summary table, printed last. A failed step is recorded and the next
 # one runs; SIGTERM/SIGINT stop the running step and skip to the table. The
 # whole output goes to perf/gpu/results/run-<date>-<card>.log (the folder is
@@ -35,7 +40,7 @@ while [ $# -gt 0 ]; do
         --cpu-only) CPU_ONLY=1 ;;
         --no-build) NO_BUILD=1 ;;
         --out) OUTDIR=${2:?--out needs a folder}; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
         *) BUILD=$1 ;;
     esac
@@ -184,13 +189,13 @@ note_build() {
     elif [ -x "$BUILD/essence" ]; then echo "CPU only$(grep -Eo 'CUDA backend off: .*' "$WORK/build.out" | head -n 1 | sed 's/^/: /')"; fi
 }
 
-ops() { "$BUILD/tests/test_cuda_ops" "$DEV"; }
+ops() { CUDA_LAUNCH_BLOCKING=1 "$BUILD/tests/test_cuda_ops" "$DEV"; }
 note_ops() { ok_of ops; }
 
 attn_tc() { "$BUILD/perf/bench_attention_cuda"; }
 note_attn_tc() { awk '($1 == "simple" || $1 == "tc") && NF == 5 {printf "%s%s fwd %s bwd %s TF/s", s, $1, $3, $5; s = "; "}' "$WORK/attn_tc.out"; }
 
-model() { "$BUILD/tests/test_cuda_model" "$DEV"; }
+model() { CUDA_LAUNCH_BLOCKING=1 "$BUILD/tests/test_cuda_model" "$DEV"; }
 note_model() {
     local checks worst
     checks=$(ok_of model)
@@ -240,7 +245,7 @@ memcheck() {
 }
 note_memcheck() { grep -Eo 'ERROR SUMMARY: [0-9]+ errors?|compute-sanitizer not found|needs a GPU' "$WORK/memcheck.out" | tail -n 1; }
 
-fixtures() { "$BUILD/tests/test_cuda_fixtures" "$DEV" "$WORK/logits"; }
+fixtures() { CUDA_LAUNCH_BLOCKING=1 "$BUILD/tests/test_cuda_fixtures" "$DEV" "$WORK/logits"; }
 note_fixtures() { ok_of fixtures; }
 
 torch() {
@@ -280,12 +285,21 @@ bench_one() {
         esac
     done
     python3 tests/gpu/bench_summary.py "$label" "$WORK/es-$label.json" "${hf_files[@]}" || return 1
-    # Every attention path the build has: the simple kernels too.
-    t=$SECONDS
-    ESSENCE_ATTN=simple "$BUILD/essence" bench --config "perf/gpu/$model.json" --json "${es_args[@]}" \
-        > "$WORK/es-simple-$label.json" || { echo "essence bench $label (ESSENCE_ATTN=simple) failed"; return 1; }
-    echo "bench $label: essence simple attention $((SECONDS - t)) s"
-    python3 tests/gpu/bench_summary.py "$label-simple" "$WORK/es-simple-$label.json"
+    python3 perf/cost_model.py --compare "$WORK/es-$label.json"
+    # Every other attention path the build has (essence version names them,
+    # the default first).
+    local path paths
+    paths=$("$BUILD/essence" version | sed -n 's/^cuda attention paths: \([a-z ]*\) (.*/\1/p')
+    [ "$CPU_ONLY" = 1 ] && paths=
+    for path in $paths; do
+        [ "$path" = "${paths%% *}" ] && continue  # the default, run above
+        t=$SECONDS
+        ESSENCE_ATTN=$path "$BUILD/essence" bench --config "perf/gpu/$model.json" --json "${es_args[@]}" \
+            > "$WORK/es-$path-$label.json" || { echo "essence bench $label (ESSENCE_ATTN=$path) failed"; return 1; }
+        echo "bench $label: essence $path attention $((SECONDS - t)) s"
+        python3 tests/gpu/bench_summary.py "$label-$path" "$WORK/es-$path-$label.json"
+        python3 perf/cost_model.py --compare "$WORK/es-$path-$label.json"
+    done
     return $hf_failed
 }
 bench() {
@@ -321,8 +335,13 @@ BUILT=1
 have() { [ $BUILT = 1 ] && [ -x "$BUILD/$1" ]; }
 NOT_BUILT="not built (no CUDA build)"
 [ $BUILT = 1 ] || NOT_BUILT="no essence build"
-if have tests/test_cuda_ops; then run_step ops 90 ops
-else record ops FAIL "$NOT_BUILT"; fi
+if have tests/test_cuda_ops; then
+    run_step ops 90 ops
+    run_step memcheck 90 memcheck
+else
+    record ops FAIL "$NOT_BUILT"
+    record memcheck skip "no CUDA op test"
+fi
 if [ $CPU_ONLY = 1 ]; then record attn_tc skip "needs a GPU"
 elif have perf/bench_attention_cuda; then run_step attn_tc 60 attn_tc
 else record attn_tc FAIL "$NOT_BUILT"; fi
@@ -341,9 +360,6 @@ else
 fi
 if [ $BUILT = 1 ]; then run_step bench 330 bench
 else record bench FAIL "no essence build"; fi
-# Last: the slowest and least important, on what time is left.
-if have tests/test_cuda_ops; then run_step memcheck 120 memcheck
-else record memcheck skip "no CUDA op test"; fi
 
 # ---- summary -----------------------------------------------------------------
 FAILED=0

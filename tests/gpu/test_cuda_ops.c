@@ -580,6 +580,10 @@ int main(int argc, char **argv) {
     test_matmul();
     test_rmsnorm(301, 1024, "rmsnorm");
     test_rmsnorm(301 * 16, 128, "rmsnorm qk C=128");
+    // the one-pass kernel's widest rows (8 vectors a lane), and the scalar
+    // kernels it leaves rows of other widths to
+    test_rmsnorm(257, 2048, "rmsnorm C=2048");
+    test_rmsnorm(67, 100, "rmsnorm C=100 (scalar path)");
     test_layernorm();
     test_rope();
     test_attention_kernel("simple");

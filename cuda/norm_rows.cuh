@@ -1,0 +1,77 @@
+// Per-lane bodies of the vectorised RMSNorm backward. One warp takes a row of
+// C bf16 values as 16-byte vectors of 8: lane l holds vectors l, l + 32, ...
+// (at most VPL of them). __host__ __device__ so that tests/test_cuda_emul.cu
+// runs this same code on the CPU, lane by lane, without a GPU.
+#pragma once
+#include <cuda_bf16.h>
+
+#define NR_HD __host__ __device__ __forceinline__
+#define NR_LANES 32
+// Unrolled on the device, where the register arrays need constant indices;
+// the host compiler has no such pragma.
+#ifdef __CUDA_ARCH__
+#define NR_UNROLL _Pragma("unroll")
+#else
+#define NR_UNROLL
+#endif
+
+typedef struct __align__(16) {
+    __nv_bfloat16 v[8];
+} bf16x8;
+
+// Whether vector i of this lane lies inside a row of C (a multiple of 8).
+NR_HD bool nr_has(int i, int lane, int C) { return (lane + i * NR_LANES) * 8 < C; }
+
+// This lane's vectors of row (C).
+template <int VPL>
+NR_HD void nr_load(bf16x8 *dst, const __nv_bfloat16 *row, int C, int lane) {
+NR_UNROLL
+    for (int i = 0; i < VPL; i++)
+        if (nr_has(i, lane, C)) dst[i] = ((const bf16x8 *)row)[lane + i * NR_LANES];
+}
+
+// This lane's part of sum_c w g x, the row's one reduction.
+template <int VPL>
+NR_HD float nr_bwd_dot(const bf16x8 *g, const bf16x8 *x, const bf16x8 *w, int C, int lane) {
+    float s = 0.0f;
+NR_UNROLL
+    for (int i = 0; i < VPL; i++)
+        if (nr_has(i, lane, C))
+NR_UNROLL
+            for (int j = 0; j < 8; j++)
+                s += __bfloat162float(w[i].v[j]) * __bfloat162float(g[i].v[j]) * __bfloat162float(x[i].v[j]);
+    return s;
+}
+
+// dx (C) = r (w g - x k), k = r^2 mean(w g x), added to what dx holds when
+// accumulating; acc (VPL x 8, this lane's columns) += g x r, the weight
+// gradient's part from this row.
+template <int VPL>
+NR_HD void nr_bwd_row(__nv_bfloat16 *dx, float (*acc)[8], const bf16x8 *g, const bf16x8 *x, const bf16x8 *w,
+                      float r, float k, int C, int lane, int accumulate) {
+NR_UNROLL
+    for (int i = 0; i < VPL; i++) {
+        if (!nr_has(i, lane, C)) continue;
+        bf16x8 *out = (bf16x8 *)dx + lane + i * NR_LANES;
+        bf16x8 old, res;
+        if (accumulate) old = *out;
+NR_UNROLL
+        for (int j = 0; j < 8; j++) {
+            float gj = __bfloat162float(g[i].v[j]), xj = __bfloat162float(x[i].v[j]);
+            float d = r * (__bfloat162float(w[i].v[j]) * gj - xj * k);
+            res.v[j] = __float2bfloat16(accumulate ? __bfloat162float(old.v[j]) + d : d);
+            acc[i][j] += gj * xj * r;
+        }
+        *out = res;
+    }
+}
+
+// This lane's columns of acc into part (C).
+template <int VPL>
+NR_HD void nr_store_acc(float *part, float (*acc)[8], int C, int lane) {
+NR_UNROLL
+    for (int i = 0; i < VPL; i++)
+        if (nr_has(i, lane, C))
+NR_UNROLL
+            for (int j = 0; j < 8; j++) part[(lane + i * NR_LANES) * 8 + j] = acc[i][j];
+}

@@ -38,8 +38,7 @@ DATASHEET_TFLOPS = 989.0  # engine/peaks.c's dense bf16 peak for H100 SXM / H200
 # The op-timer's names (engine/op_timer.h), in the order bench prints them.
 OPS = ["upload", "zero", "embed_fwd", "embed_bwd", "matmul_fwd", "matmul_bwd", "rmsnorm_fwd",
        "rmsnorm_bwd", "rope_fwd", "rope_bwd", "attention_fwd", "attention_bwd", "swiglu_fwd",
-       "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss", "sumsq", "scale",
-       "adamw"]
+       "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss", "sumsq", "adamw"]
 
 
 class Shape:
@@ -195,7 +194,7 @@ def step(m, s, N, docs, nsup, chunk):
 
     P = s.params()
     m.call("sumsq", 0, F32 * P)
-    m.call("scale", 0, 2 * F32 * P)  # clipping, when the norm is over the limit
+    # clipping is folded into adamw (its gscale): no pass of its own.
     # grads, m, v, master read; m, v, master written; bf16 params written;
     # one call per tensor (engine/optim.c: decay on matrices only)
     m.call("adamw", 0, P * (4 * F32 + 3 * F32 + BF16), calls=s.tensors())

@@ -426,7 +426,7 @@ def main(argv=None):
     ap.add_argument("--work", help="data and runs (default runs/science[-quick|-cuda])")
     ap.add_argument("--essence", default=str(ROOT / "build" / "essence"))
     ap.add_argument("--fresh", action="store_true", help="retrain everything")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: every core)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: every core; 1 keeps runs steady on a shared machine)")
     args = ap.parse_args(argv)
     name = "quick" if args.quick else "cuda" if args.device == "cuda" else "full"
     cfg = MODES[name]
@@ -442,6 +442,8 @@ def main(argv=None):
     t_start = time.time()
     dev = f"run.device={cfg['device']}"
     threads = f"run.threads={args.threads}"
+    if args.threads:  # eval and teacher take their thread count from OpenMP's environment
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     log(f"mode {name}: corpus in {data}")
     if args.fresh or not (data / "early" / "distill.bin").exists():
@@ -507,7 +509,7 @@ def main(argv=None):
     agg = aggregate(students, {r["variant"]: r["pass1"] for r in rows if r["role"] == "base"})
     write_csv(out / "science.csv", rows)
     cmd = "python3 perf/science/run.py" + (" --quick" if args.quick else "") + (
-        " --device cuda" if args.device == "cuda" else "")
+        " --device cuda" if args.device == "cuda" else "") + (f" --threads {args.threads}" if args.threads else "")
     t, b = {r["variant"]: r for r in rows if r["role"] == "teacher"}, {r["variant"]: r for r in rows if r["role"] == "base"}
     header = [f"`{cmd}`, {time.strftime('%Y-%m-%d')}, {(time.time() - t_start) / 60:.0f} minutes on {machine()}.",
               f"Teacher ({cfg['teacher']}): pass@1 {pct(t['early']['pass1'])} (early), {pct(t['late']['pass1'])} (late). "

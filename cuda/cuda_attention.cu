@@ -209,7 +209,28 @@ static void cuda_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, con
     LAUNCH_CHECK();
 }
 
+// x (N, W): rows before cu[0] or from cu[ndocs] on are zero.
+template <typename T>
+__global__ void zero_outside_kernel(T *x, const int32_t *cu, int ndocs, int N, int W) {
+    const int lo = cu[0], hi = cu[ndocs];
+    size_t n = (size_t)N * W;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (size_t)gridDim.x * blockDim.x) {
+        int r = (int)(e / W);
+        if (r < lo || r >= hi) x[e] = (T)0.0f;
+    }
+}
+
+template <typename T>
+void cuda_zero_outside_docs(cudaStream_t st, T *x, const int32_t *cu, int ndocs, int N, int W) {
+    zero_outside_kernel<T><<<cuda_blocks((size_t)N * W, 256), 256, 0, st>>>(x, cu, ndocs, N, W);
+    LAUNCH_CHECK();
+}
+template void cuda_zero_outside_docs<bf16>(cudaStream_t, bf16 *, const int32_t *, int, int, int);
+template void cuda_zero_outside_docs<float>(cudaStream_t, float *, const int32_t *, int, int, int);
+
 void cuda_fill_attention(es_backend *be) {
+    be->attention = "simple";
     be->attention_fwd = cuda_attention_fwd;
     be->attention_bwd = cuda_attention_bwd;
 }

@@ -152,24 +152,6 @@ __device__ int tile_doc(int *doc, const int32_t *tiles, int ndocs, int t) {
     return 1;
 }
 
-// x (N, W): rows before cu[0] or from cu[ndocs] on are zero.
-template <typename T>
-__global__ void tc_zero_outside(T *x, const int32_t *cu, int ndocs, int N, int W) {
-    const int lo = cu[0], hi = cu[ndocs];
-    size_t n = (size_t)N * W;
-    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
-         e += (size_t)gridDim.x * blockDim.x) {
-        int r = (int)(e / W);
-        if (r < lo || r >= hi) x[e] = (T)0.0f;
-    }
-}
-
-template <typename T>
-static void tc_zero_rows(cudaStream_t st, T *x, const int32_t *cu, int ndocs, int N, int W) {
-    tc_zero_outside<T><<<cuda_blocks((size_t)N * W, 256), 256, 0, st>>>(x, cu, ndocs, N, W);
-    LAUNCH_CHECK();
-}
-
 // ---- forward ----------------------------------------------------------------
 
 template <int D>
@@ -496,40 +478,24 @@ __global__ void tc_dq_kernel(bf16 *dq, const float *dqa, size_t n, float scale) 
 // ---- host -------------------------------------------------------------------
 
 // These kernels take D = 64 or 128 and 16-byte aligned rows (cp.async).
-static int tc_takes(int D, const void *const *bufs, int n) {
-    if (D != 64 && D != 128) return 0;
-    for (int i = 0; i < n; i++)
-        if ((uintptr_t)bufs[i] % 16) return 0;
-    return 1;
-}
-
-static void tc_check_shape(int N, int H, int KVH) {
-    CUDA_REQUIRE(KVH > 0 && H % KVH == 0, "cuda attention: %d heads not a multiple of %d kv heads",
-                 H, KVH);
-    CUDA_REQUIRE((long)N * H < 2147483647L, "cuda attention: %d rows too many", N);
-}
-
-// Rounds a byte count up to 256 so that scratch parts stay aligned.
-static size_t tc_align(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
-
 static void tc_attention_fwd(es_backend *be, void *out, float *lse, const void *q, const void *k,
                              const void *v, const void *cu_seqlens, int ndocs, int N, int H,
                              int KVH, int D) {
     cuda_ctx *c = cuda_of(be);
     const void *bufs[] = {out, q, k, v};
-    if (!tc_takes(D, bufs, 4)) {
+    if (!cuda_attn_tc_takes(D, bufs, 4)) {
         c->attn_fwd_default(be, out, lse, q, k, v, cu_seqlens, ndocs, N, H, KVH, D);
         return;
     }
     if (N <= 0 || H <= 0) return;
-    tc_check_shape(N, H, KVH);
+    cuda_attn_check_shape(N, H, KVH);
     cudaStream_t st = c->stream;
     const int32_t *cu = (const int32_t *)cu_seqlens;
     int32_t *tiles = (int32_t *)cuda_scratch(be, (size_t)(ndocs + 1) * sizeof(int32_t));
     tc_tiles_kernel<<<1, 1, 0, st>>>(tiles, cu, ndocs);
     LAUNCH_CHECK();
-    tc_zero_rows(st, (bf16 *)out, cu, ndocs, N, H * D);
-    tc_zero_rows(st, lse, cu, ndocs, N, H);
+    cuda_zero_outside_docs(st, (bf16 *)out, cu, ndocs, N, H * D);
+    cuda_zero_outside_docs(st, lse, cu, ndocs, N, H);
     const dim3 grid((unsigned)((N + TC_TILE - 1) / TC_TILE + ndocs), (unsigned)H);
     const float sl2 = TC_LOG2E / sqrtf((float)D);
 #define ARGS                                                                                      \
@@ -547,18 +513,18 @@ static void tc_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, const
                              int KVH, int D) {
     cuda_ctx *c = cuda_of(be);
     const void *bufs[] = {dq, dk, dv, dout, q, k, v, out};
-    if (!tc_takes(D, bufs, 8)) {
+    if (!cuda_attn_tc_takes(D, bufs, 8)) {
         c->attn_bwd_default(be, dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, ndocs, N, H, KVH,
                             D);
         return;
     }
     if (N <= 0 || H <= 0) return;
-    tc_check_shape(N, H, KVH);
+    cuda_attn_check_shape(N, H, KVH);
     cudaStream_t st = c->stream;
     const int32_t *cu = (const int32_t *)cu_seqlens;
     // Scratch: tiles (ndocs + 1) int32 | rowdot (N, H) fp32 | dQ sums (N, H, D) fp32.
-    const size_t tb = tc_align((size_t)(ndocs + 1) * sizeof(int32_t));
-    const size_t rb = tc_align((size_t)N * H * sizeof(float)), nq = (size_t)N * H * D;
+    const size_t tb = cuda_align256((size_t)(ndocs + 1) * sizeof(int32_t));
+    const size_t rb = cuda_align256((size_t)N * H * sizeof(float)), nq = (size_t)N * H * D;
     char *scr = (char *)cuda_scratch(be, tb + rb + nq * sizeof(float));
     int32_t *tiles = (int32_t *)scr;
     float *rowdot = (float *)(scr + tb), *dqa = (float *)(scr + tb + rb);
@@ -568,8 +534,8 @@ static void tc_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, const
     tc_rowdot_kernel<<<(unsigned)(((long)N * H + TC_WARPS - 1) / TC_WARPS), TC_THREADS, 0, st>>>(
         rowdot, (const bf16 *)dout, (const bf16 *)out, (long)N * H, D);
     LAUNCH_CHECK();
-    tc_zero_rows(st, (bf16 *)dk, cu, ndocs, N, KVH * D);
-    tc_zero_rows(st, (bf16 *)dv, cu, ndocs, N, KVH * D);
+    cuda_zero_outside_docs(st, (bf16 *)dk, cu, ndocs, N, KVH * D);
+    cuda_zero_outside_docs(st, (bf16 *)dv, cu, ndocs, N, KVH * D);
     const dim3 grid((unsigned)((N + TC_TILE - 1) / TC_TILE + ndocs), (unsigned)KVH);
     const float scale = 1.0f / sqrtf((float)D), sl2 = TC_LOG2E * scale;
 #define ARGS                                                                                       \
@@ -596,12 +562,6 @@ static int tc_smem_attr(const void *kernel, size_t bytes, const char *name) {
 }
 
 int cuda_fill_attention_tc(es_backend *be) {
-    const char *sel = getenv("ESSENCE_ATTN");
-    if (sel && *sel && strcmp(sel, "tc") != 0 && strcmp(sel, "simple") != 0)
-        return es_fail("ESSENCE_ATTN: unknown attention kernel '%s' (tc, the default, or simple)",
-                       sel);
-    be->attention = "simple";
-    if (sel && !strcmp(sel, "simple")) return ES_OK;
     if (tc_smem_attr((const void *)tc_fwd_kernel<64>, tc_fwd_smem<64>(), "forward D=64") ||
         tc_smem_attr((const void *)tc_fwd_kernel<128>, tc_fwd_smem<128>(), "forward D=128") ||
         tc_smem_attr((const void *)tc_bwd_kernel<64>, tc_bwd_smem<64>(), "backward D=64") ||

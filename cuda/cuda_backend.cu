@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cuda_common.cuh"
+#include "es_build.h"
 
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)
 
@@ -140,6 +141,9 @@ static void cuda_destroy(es_backend *be) {
         CUDA_CHECK(cudaFree(c->dsum));
         CUDA_CHECK(cudaFree(c->lt_workspace));
         cuda_matmul_destroy(be);
+#if ES_HAVE_CUDNN_SDPA
+        cuda_attention_cudnn_destroy(be);
+#endif
         CUBLAS_CHECK(cublasLtDestroy(c->lt));
         CUDA_CHECK(cudaStreamDestroy(c->stream));
         free(c);
@@ -178,6 +182,27 @@ static int cuda_ctx_init(cuda_ctx *c, double *peak_flops, int device) {
     cublasStatus_t s = cublasLtCreate(&c->lt);
     if (s != CUBLAS_STATUS_SUCCESS)
         return es_fail("device cuda: cannot start cuBLASLt: %s", cublasLtGetStatusString(s));
+    return ES_OK;
+}
+
+// The attention ESSENCE_ATTN names, each over the ones before it for what it
+// does not take: simple, tc over simple, cudnn over tc. Unset, the first of
+// ES_ATTENTION_PATHS (cudnn where the build has it, else tc); a default cudnn
+// that the runtime cannot run falls back to tc with one line saying why.
+static int cuda_fill_attention_path(es_backend *be) {
+    const char *sel = getenv("ESSENCE_ATTN");
+    int named = sel && *sel;
+    if (named && strcmp(sel, "simple") && strcmp(sel, "tc") && (!ES_HAVE_CUDNN_SDPA || strcmp(sel, "cudnn")))
+        return es_fail("ESSENCE_ATTN: unknown attention kernel '%s' (this build: %s; the first is the default)",
+                       sel, ES_ATTENTION_PATHS);
+    if (named && !strcmp(sel, "simple")) return ES_OK;
+    if (cuda_fill_attention_tc(be) != ES_OK) return ES_ERR;
+    if (!ES_HAVE_CUDNN_SDPA || (named && !strcmp(sel, "tc"))) return ES_OK;
+#if ES_HAVE_CUDNN_SDPA
+    if (cuda_fill_attention_cudnn(be) == ES_OK) return ES_OK;
+    if (named) return es_fail("ESSENCE_ATTN=cudnn: %s", es_last_error());
+    fprintf(stderr, "essence: attention: tc, not cudnn: %s\n", es_last_error());
+#endif
     return ES_OK;
 }
 
@@ -223,8 +248,7 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     cuda_fill_optim(be);
     cuda_fill_decode(be);
     cuda_fill_comm(be);
-    // The tensor-core attention (cuda_attention_tc.cu) unless ESSENCE_ATTN=simple.
-    if (cuda_fill_attention_tc(be) != ES_OK) {
+    if (cuda_fill_attention_path(be) != ES_OK) {
         cuda_destroy(be);
         return NULL;
     }

@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -76,12 +77,30 @@ typedef struct {
     // ESSENCE_ATTN=simple): the simple ops, which take the shapes those do not.
     decltype(es_backend::attention_fwd) attn_fwd_default;
     decltype(es_backend::attention_bwd) attn_bwd_default;
+    void *cudnn_attn;  // cuda_attention_cudnn.cu's handle and plans; NULL unless in the table
 } cuda_ctx;
 
 static inline cuda_ctx *cuda_of(es_backend *be) { return (cuda_ctx *)be->ctx; }
 
 // Scratch of at least `bytes` on the backend's stream, valid until the next call.
 void *cuda_scratch(es_backend *be, size_t bytes);
+
+// Rounds a byte count up to 256 so that the parts of a scratch block stay aligned.
+static inline size_t cuda_align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+// Whether the tensor-core and cuDNN attention take a call: head dims 64 and
+// 128, every buffer 16-byte aligned; the simple kernels take the rest.
+static inline int cuda_attn_tc_takes(int D, const void *const *bufs, int n) {
+    if (D != 64 && D != 128) return 0;
+    for (int i = 0; i < n; i++)
+        if ((uintptr_t)bufs[i] % 16) return 0;
+    return 1;
+}
+
+static inline void cuda_attn_check_shape(int N, int H, int KVH) {
+    CUDA_REQUIRE(KVH > 0 && H % KVH == 0, "cuda attention: %d heads not a multiple of %d kv heads", H, KVH);
+    CUDA_REQUIRE((long)N * H < 2147483647L, "cuda attention: %d rows too many", N);
+}
 
 // Grid size for a grid-stride loop over n elements.
 static inline unsigned cuda_blocks(size_t n, int threads) {
@@ -104,8 +123,17 @@ void cuda_matmul_destroy(es_backend *be);  // before the cuBLASLt handle goes
 void cuda_fill_norm(es_backend *be);
 void cuda_fill_rope(es_backend *be);
 void cuda_fill_attention(es_backend *be);
-// Tensor-core attention unless ESSENCE_ATTN=simple; ES_ERR for an unknown value.
+// x (N, W) on st: zero in the rows outside every document (before cu[0], from
+// cu[ndocs] on), which the attention kernels leave alone; bf16 or float.
+template <typename T>
+void cuda_zero_outside_docs(cudaStream_t st, T *x, const int32_t *cu, int ndocs, int N, int W);
+// The tensor-core attention over the simple one (cuda_attention_tc.cu).
 int cuda_fill_attention_tc(es_backend *be);
+// cuDNN's fused attention over what the table holds (cuda_attention_cudnn.cu,
+// built where cuDNN and its frontend were found); ES_ERR, saying why, where
+// the runtime cuDNN or the GPU cannot run it.
+int cuda_fill_attention_cudnn(es_backend *be);
+void cuda_attention_cudnn_destroy(es_backend *be);
 void cuda_fill_pointwise(es_backend *be);
 void cuda_fill_loss(es_backend *be);
 void cuda_fill_optim(es_backend *be);

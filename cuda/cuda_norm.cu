@@ -116,7 +116,7 @@ __global__ void norm_dweight_kernel(float *dw, float *db, const bf16 *dout, cons
 // One block per SM (launch bounds, 1): room in the registers for the VPL x 8
 // weight-gradient sums (at C = 2048 ptxas still spills 84 bytes).
 template <int VPL>
-__global__ void __launch_bounds__(256, 1) rmsnorm_bwd_vec_kernel(bf16 *dinp, float *part, const bf16 *dout, const bf16 *inp,
+__global__ void __launch_bounds__(NR_THREADS, 1) rmsnorm_bwd_vec_kernel(bf16 *dinp, float *part, const bf16 *dout, const bf16 *inp,
                                        const bf16 *w, const float *rstd, int N, int C, int accumulate) {
     int lane = threadIdx.x % NR_LANES;
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) / NR_LANES, warps = gridDim.x * blockDim.x / NR_LANES;
@@ -162,17 +162,12 @@ static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
 static int rmsnorm_bwd_vec(es_backend *be, void *dinp, void *dw, const void *dout, const void *inp,
                            const void *w, const float *rstd, int N, int C, int accumulate) {
     cuda_ctx *c = cuda_of(be);
-    int vpl = (C + NR_LANES * 8 - 1) / (NR_LANES * 8);
-    if (C % 8 || vpl > 8 || !aligned16(dinp) || !aligned16(dout) || !aligned16(inp) || !aligned16(w)) return 0;
-    vpl = vpl <= 1 ? 1 : vpl <= 2 ? 2 : vpl <= 4 ? 4 : 8;
+    int vpl = nr_vpl(C);
+    if (!vpl || !aligned16(dinp) || !aligned16(dout) || !aligned16(inp) || !aligned16(w)) return 0;
     int sms = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device));
-    // Enough warps to fill the chip, few enough that the partial sums stay
-    // small next to the rows: 8 warps a block, one block per SM.
-    int threads = 256, rows_per_block = threads / NR_LANES;
-    int blocks = (N + rows_per_block - 1) / rows_per_block;
-    if (blocks > sms) blocks = sms;
-    int warps = blocks * rows_per_block;
+    int threads = NR_THREADS, blocks = nr_blocks(N, sms);
+    int warps = blocks * (threads / NR_LANES);
     float *part = dw ? (float *)cuda_scratch(be, (size_t)warps * C * sizeof(float)) : NULL;
     const bf16 *g = (const bf16 *)dout, *x = (const bf16 *)inp, *wt = (const bf16 *)w;
     bf16 *dx = (bf16 *)dinp;

@@ -1,5 +1,6 @@
 // Optimizer arithmetic on fp32 state: gradient norm, AdamW. AdamW
 // updates the fp32 master weights and refreshes the bf16 parameters from them.
+#include "adamw_elem.cuh"
 #include "cuda_common.cuh"
 
 #define THREADS 256
@@ -20,21 +21,15 @@ __global__ void sumsq_kernel(double *dsum, const float *x, size_t n) {
     }
 }
 
-// PyTorch's AdamW: p -= lr * wd * p, then p -= lr * mhat / (sqrt(vhat) + eps),
-// on g = grads * gscale. master NULL: params are the fp32 weights themselves.
+// PyTorch's AdamW (adamw_elem.cuh) over n elements of g = grads * gscale.
+// master NULL: params are the fp32 weights themselves.
 __global__ void adamw_kernel(void *params, float *master, const float *grads, float *m, float *v,
                              size_t n, float gscale, float lr, float beta1, float beta2, float eps, float wd,
                              float bc1, float bc2) {
     float *p = master ? master : (float *)params;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        float g = grads[i] * gscale;
-        float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        float pi = p[i] * (1.0f - lr * wd);
-        pi -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+        float pi = adamw_elem(m + i, v + i, p[i], grads[i] * gscale, lr, beta1, beta2, eps, wd, bc1, bc2);
         p[i] = pi;
         if (master) ((bf16 *)params)[i] = tobf(pi);
     }

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "cuda_common.cuh"
+#include "swiglu_elem.cuh"
 
 #define THREADS 256
 #define GRID_STRIDE(i, n)                                                      \
@@ -31,21 +32,19 @@ __global__ void embed_bwd_kernel(float *dwte, float *dwpe, const bf16 *dout,
     }
 }
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-
 __global__ void swiglu_fwd_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n) {
     GRID_STRIDE(i, n) {
-        float g = bf(gate[i]);
-        out[i] = tobf(g * sigmoid(g) * bf(up[i]));
+        out[i] = tobf(swiglu_elem(bf(gate[i]), bf(up[i])));
     }
 }
 
 __global__ void swiglu_bwd_kernel(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate,
                                   const bf16 *up, size_t n) {
     GRID_STRIDE(i, n) {
-        float g = bf(gate[i]), u = bf(up[i]), dy = bf(dout[i]), s = sigmoid(g);
-        dup[i] = tobf(dy * g * s);
-        dgate[i] = tobf(dy * u * s * (1.0f + g * (1.0f - s)));
+        float dg, du;
+        swiglu_bwd_elem(&dg, &du, bf(dout[i]), bf(gate[i]), bf(up[i]));
+        dup[i] = tobf(du);
+        dgate[i] = tobf(dg);
     }
 }
 

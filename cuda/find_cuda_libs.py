@@ -2,7 +2,9 @@
 
 Looks in the CUDA toolkit first, then in the system library folders, then in
 the nvidia/* wheels of a Python environment (PyTorch installs cuDNN, NCCL and
-cuBLAS there, headers included). Prints one `kind name value` line per find:
+cuBLAS there, headers included). The cuDNN frontend's headers come from the
+nvidia-cudnn-frontend wheel (site-packages/include) or a folder on CPATH (the
+GPU bundle's include/). Prints one `kind name value` line per find:
   lib <name> <path of the shared library>
   inc <header> <folder holding it>
 A library or header not found prints nothing; the build decides what it needs.
@@ -13,16 +15,21 @@ import site
 import sys
 
 LIBS = ["cudart", "cublasLt", "cudnn", "nccl"]
-HEADERS = ["cuda_runtime.h", "cublasLt.h", "cudnn.h", "nccl.h"]
+HEADERS = ["cuda_runtime.h", "cublasLt.h", "cudnn.h", "nccl.h", "cudnn_frontend.h"]
 
 
-def wheel_roots():
-    """nvidia/<package>/ and nvidia/cu<NN>/ folders of every site-packages."""
+def site_paths():
     paths = list(sys.path)
     try:
         paths += site.getsitepackages() + [site.getusersitepackages()]
     except AttributeError:  # virtualenvs built without the site helpers
         pass
+    return paths
+
+
+def wheel_roots():
+    """nvidia/<package>/ and nvidia/cu<NN>/ folders of every site-packages."""
+    paths = site_paths()
     roots = []
     for p in paths:
         for root in sorted(glob.glob(os.path.join(p, "nvidia", "*"))):
@@ -51,6 +58,8 @@ def main():
     lib_dirs += [os.path.join(r, "lib") for r in roots]
     inc_dirs = [os.path.join(cuda_home, "include"), "/usr/include"]
     inc_dirs += [os.path.join(r, "include") for r in roots]
+    inc_dirs += [os.path.join(p, "include") for p in site_paths()]
+    inc_dirs += [d for d in os.environ.get("CPATH", "").split(os.pathsep) if d]
     for name in LIBS:
         path = find_lib(name, lib_dirs)
         if path:

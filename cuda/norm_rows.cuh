@@ -1,12 +1,13 @@
 // Per-lane bodies of the vectorised RMSNorm backward. One warp takes a row of
 // C bf16 values as 16-byte vectors of 8: lane l holds vectors l, l + 32, ...
-// (at most VPL of them). __host__ __device__ so that tests/test_cuda_emul.cu
+// (at most VPL of them). Host-and-device code, so that tests/test_cuda_emul.c
 // runs this same code on the CPU, lane by lane, without a GPU.
 #pragma once
-#include <cuda_bf16.h>
+#include "hd_portable.cuh"
 
-#define NR_HD __host__ __device__ __forceinline__
+#define NR_HD HD_INLINE
 #define NR_LANES 32
+#define NR_THREADS 256  // 8 warps a block, one block per SM
 // Unrolled on the device, where the register arrays need constant indices;
 // the host compiler has no such pragma.
 #ifdef __CUDA_ARCH__
@@ -18,6 +19,23 @@
 typedef struct __align__(16) {
     __nv_bfloat16 v[8];
 } bf16x8;
+
+// Vectors per lane the one-pass kernel is instantiated for at row length C
+// (1, 2, 4 or 8); 0 where it does not apply (C not whole 16-byte vectors, or
+// over 2048), and the two scalar passes run instead.
+NR_HD int nr_vpl(int C) {
+    int vpl = (C + NR_LANES * 8 - 1) / (NR_LANES * 8);
+    if (C % 8 || vpl > 8) return 0;
+    return vpl <= 1 ? 1 : vpl <= 2 ? 2 : vpl <= 4 ? 4 : 8;
+}
+
+// Blocks of NR_THREADS the one-pass kernel runs on: one warp a row up to
+// one block per SM, enough to fill the chip and few enough that the
+// weight-gradient partials (one row of C per warp) stay small.
+NR_HD int nr_blocks(int N, int sms) {
+    int blocks = (N + NR_THREADS / NR_LANES - 1) / (NR_THREADS / NR_LANES);
+    return blocks < sms ? blocks : sms;
+}
 
 // Whether vector i of this lane lies inside a row of C (a multiple of 8).
 NR_HD bool nr_has(int i, int lane, int C) { return (lane + i * NR_LANES) * 8 < C; }

@@ -1,10 +1,11 @@
-// Times the CUDA backend's attention: the simple kernels (ESSENCE_ATTN=simple)
-// against the tensor-core ones (the default), forward and backward, on 4 documents of
-// 2048 tokens with H=16, KVH=8, D=128 (Qwen3-4B/8B heads). Prints the median
-// of several runs in ms and TFLOP/s, counting 4 H D L(L+1)/2 FLOPs per
-// document forward and twice that backward (as bench_attention does), and the
-// largest relative difference between the two kernels' outputs; exits
-// non-zero when they disagree beyond bf16 tolerance.
+// Times the CUDA backend's attention, every path of this build
+// (ES_ATTENTION_PATHS: cudnn where built, tc, simple; one backend each under
+// ESSENCE_ATTN), forward and backward, on 4 documents of 2048 tokens with
+// H=16, KVH=8, D=128 (Qwen3-4B/8B heads). Prints the median of several runs
+// in ms and TFLOP/s, counting 4 H D L(L+1)/2 FLOPs per document forward and
+// twice that backward (as bench_attention does), and the largest relative
+// difference between each path's outputs and the simple kernels'; exits
+// non-zero when one disagrees beyond bf16 tolerance.
 //   bench_attention_cuda [reps]
 #include <math.h>
 #include <stdint.h>
@@ -14,6 +15,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "es_build.h"
 
 #define NDOCS 4
 #define L 2048
@@ -22,6 +24,7 @@
 #define D 128
 #define N (NDOCS * L)
 #define MAX_REPS 64
+#define MAX_PATHS 4
 
 // One backend's buffers: inputs, forward outputs, backward outputs.
 typedef struct {
@@ -38,8 +41,7 @@ static void *alloc_or_die(es_backend *be, size_t n, es_dtype dt, es_mem_kind kin
 
 static void setup(run *r, const char *attn, const float *hq, const float *hk, const float *hv,
                   const float *hdo, const int32_t *cu) {
-    if (attn) setenv("ESSENCE_ATTN", attn, 1);
-    else unsetenv("ESSENCE_ATTN");
+    setenv("ESSENCE_ATTN", attn, 1);
     es_backend *be = r->be = es_backend_cuda_create(0);
     if (!be) es_die("%s", es_last_error());
     size_t nq = (size_t)N * H * D, nk = (size_t)N * KVH * D;
@@ -121,10 +123,16 @@ int main(int argc, char **argv) {
     int32_t cu[NDOCS + 1];
     for (int d = 0; d <= NDOCS; d++) cu[d] = d * L;
 
-    run runs[2];
-    const char *names[2] = {"simple", "tc"};
-    setup(&runs[0], "simple", hq, hk, hv, hdo, cu);
-    setup(&runs[1], NULL, hq, hk, hv, hdo, cu);
+    // The paths this build has; simple (the reference) is the last.
+    char paths[64];
+    const char *names[MAX_PATHS];
+    int npaths = 0;
+    snprintf(paths, sizeof paths, "%s", ES_ATTENTION_PATHS);
+    for (char *t = strtok(paths, " "); t && npaths < MAX_PATHS; t = strtok(NULL, " ")) names[npaths++] = t;
+    if (npaths < 2 || strcmp(names[npaths - 1], "simple"))
+        es_die("bench_attention_cuda: attention paths '%s' do not end in simple", ES_ATTENTION_PATHS);
+    run runs[MAX_PATHS];
+    for (int i = 0; i < npaths; i++) setup(&runs[i], names[i], hq, hk, hv, hdo, cu);
     unsetenv("ESSENCE_ATTN");
     free(hq);
     free(hk);
@@ -135,26 +143,28 @@ int main(int argc, char **argv) {
     printf("attention N=%d (%d docs x %d), H=%d, KVH=%d, D=%d, median of %d\n", N, NDOCS, L, H,
            KVH, D, reps);
     printf("%-8s %10s %10s %10s %10s\n", "kernel", "fwd ms", "fwd TF/s", "bwd ms", "bwd TF/s");
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < npaths; i++) {
         double tf = time_op(&runs[i], fwd, reps), tb = time_op(&runs[i], bwd, reps);
         printf("%-8s %10.2f %10.1f %10.2f %10.1f\n", names[i], tf * 1e3, flops / tf / 1e12,
                tb * 1e3, 2 * flops / tb / 1e12);
     }
-    // Both runs now hold outputs of the same inputs (the backward read each one's own forward).
+    // Every run now holds outputs of the same inputs (the backward read each one's own forward).
     const char *what[] = {"out", "lse", "dq", "dk", "dv"};
-    void *tc[] = {runs[1].out, runs[1].lse, runs[1].dq, runs[1].dk, runs[1].dv};
-    void *simple[] = {runs[0].out, runs[0].lse, runs[0].dq, runs[0].dk, runs[0].dv};
     size_t n[] = {nq, (size_t)N * H, nq, nk, nk};
+    run *ref = &runs[npaths - 1];
+    void *rb[] = {ref->out, ref->lse, ref->dq, ref->dk, ref->dv};
     double worst = 0.0;
-    printf("tc vs simple, max rel diff:");
-    for (int i = 0; i < 5; i++) {
-        double e = rel_diff(&runs[1], tc[i], &runs[0], simple[i], n[i],
-                            i == 1 ? ES_DT_F32 : ES_DT_COMPUTE);
-        printf(" %s %.2e", what[i], e);
-        worst = fmax(worst, e);
+    for (int p = 0; p + 1 < npaths; p++) {
+        void *b[] = {runs[p].out, runs[p].lse, runs[p].dq, runs[p].dk, runs[p].dv};
+        printf("%s vs simple, max rel diff:", names[p]);
+        for (int i = 0; i < 5; i++) {
+            double e = rel_diff(&runs[p], b[i], ref, rb[i], n[i], i == 1 ? ES_DT_F32 : ES_DT_COMPUTE);
+            printf(" %s %.2e", what[i], e);
+            worst = fmax(worst, e);
+        }
+        printf("\n");
     }
-    printf("\n");
-    for (int i = 0; i < 2; i++) runs[i].be->destroy(runs[i].be);
+    for (int i = 0; i < npaths; i++) runs[i].be->destroy(runs[i].be);
     if (!(worst <= 2e-2)) {
         fprintf(stderr, "bench_attention_cuda: kernels disagree (%.2e > 2e-2)\n", worst);
         return 1;

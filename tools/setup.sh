@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what essence needs to build and test on a fresh Debian/Ubuntu
 # machine: compilers and meson, OpenBLAS, cJSON, OpenMPI (apt), and the
-# pinned Python packages of tools/ (pip). Safe to run again.
+# pinned Python packages of tools/ (pip), and where nvcc is present the pinned
+# cuDNN frontend headers (pip) for the CUDA backend's cuDNN attention. Safe to
+# run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +35,15 @@ PY
 then
     echo "setup: installing Python packages from tools/requirements.txt"
     python3 -m pip install -q -r tools/requirements.txt
+fi
+
+# The cuDNN frontend is header-only; cuda/find_cuda_libs.py finds its headers
+# in this Python's site-packages/include.
+CUDNN_FRONTEND_VERSION=1.16.0
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+    have=$(python3 -c 'import importlib.metadata as m; print(m.version("nvidia-cudnn-frontend"))' 2>/dev/null || true)
+    if [ "$have" != "$CUDNN_FRONTEND_VERSION" ]; then
+        echo "setup: installing nvidia-cudnn-frontend==$CUDNN_FRONTEND_VERSION (cuDNN attention headers)"
+        python3 -m pip install -q "nvidia-cudnn-frontend==$CUDNN_FRONTEND_VERSION"
+    fi
 fi

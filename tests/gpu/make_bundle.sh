@@ -2,7 +2,9 @@
 # Makes gpu-bundle/: what a bare GPU machine (no internet, no package manager)
 # may lack to build essence: meson, ninja and pkg-config (Python wheels), and
 # libcjson and the OpenMP build of OpenBLAS with their headers, copied from
-# this machine's Debian packages, with .pc files that locate themselves.
+# this machine's Debian packages, with .pc files that locate themselves; and
+# the cuDNN frontend's headers (the nvidia-cudnn-frontend wheel, which
+# tools/setup.sh installs) for the cuDNN attention.
 # gpu-bundle/env.sh puts it all on PATH and the compiler/linker/loader paths.
 # Then it checks that the bundle alone configures and builds a scratch copy.
 #
@@ -85,6 +87,11 @@ Version: ${oblas_version:-0.3}
 Libs: -L\${libdir} -lopenblas
 Cflags: -I\${includedir}
 EOF
+echo "== cuDNN frontend headers"
+FE_INC=$(python3 cuda/find_cuda_libs.py | awk '$1 == "inc" && $2 == "cudnn_frontend.h" {print $3}')
+[ -n "$FE_INC" ] || die "no cudnn_frontend.h here (tools/setup.sh installs nvidia-cudnn-frontend)"
+cp -r "$FE_INC"/cudnn_frontend "$FE_INC"/cudnn_frontend*.h "$FE_INC"/cudnn_backend_base.h "$B/include/"
+fe_version=$(python3 -c 'import importlib.metadata as m; print(m.version("nvidia-cudnn-frontend"))' 2>/dev/null || true)
 
 cat > "$B/env.sh" <<'EOF'
 # Source this: puts gpu-bundle's tools first on PATH and its libraries and
@@ -104,7 +111,7 @@ EOF
 {
     echo "made $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
     echo "meson $MESON_VERSION, ninja $("$B/bin/ninja" --version), pkgconf $("$B/bin/pkg-config" --version)"
-    echo "libcjson ${cjson_version:-?}, openblas-openmp ${oblas_version:-?}"
+    echo "libcjson ${cjson_version:-?}, openblas-openmp ${oblas_version:-?}, cudnn-frontend ${fe_version:-?}"
 } > "$B/VERSIONS"
 echo "== $(du -sm "$B" | cut -f1) MiB in $B ($(find "$B" -type f | wc -l) files)"
 [ "$(du -sm "$B" | cut -f1)" -lt 60 ] || die "$B is over 60 MiB: too big to carry"

@@ -3,10 +3,10 @@
 # under about 8 minutes, downloading nothing (tests/gpu/README.md):
 #   build    gpu-bundle/ (when present) on the paths, meson -Dcuda=enabled
 #   ops      every CUDA op against the CPU backend (test_cuda_ops), attention
-#            with the default and the ESSENCE_ATTN=tc kernels
+#            on every path of the build (simple, tc, cudnn where built)
 #   memcheck compute-sanitizer on the op test (skipped when absent), early so
 #            that it has its time whatever the later steps take
-#   attn_tc  both attention kernels timed and compared (bench_attention_cuda)
+#   attn_tc  every attention path timed and compared (bench_attention_cuda)
 #   model    qwen3 + gpt2 forward, loss and every gradient, CUDA vs CPU
 #   curve    20 training steps on CUDA and on the CPU, loss curves compared
 #   fixtures transformers fixtures through the CUDA backend; torch bf16 forward
@@ -185,7 +185,7 @@ build() {
 note_build() {
     if grep -q 'build: meson setup failed' "$WORK/build.out"; then echo "meson setup failed"
     elif grep -q 'ninja: build stopped' "$WORK/build.out"; then echo "compile error"
-    elif [ -x "$BUILD/tests/test_cuda_ops" ]; then echo "CUDA backend built$(grep -q 'nccl' "$BUILD/build.ninja" && echo ', NCCL')"
+    elif [ -x "$BUILD/tests/test_cuda_ops" ]; then echo "CUDA backend built$(grep -q 'nccl' "$BUILD/build.ninja" && echo ', NCCL')$(grep -q 'cuda_attention_cudnn' "$BUILD/build.ninja" && echo ', cuDNN attention')"
     elif [ -x "$BUILD/essence" ]; then echo "CPU only$(grep -Eo 'CUDA backend off: .*' "$WORK/build.out" | head -n 1 | sed 's/^/: /')"; fi
 }
 
@@ -193,7 +193,7 @@ ops() { CUDA_LAUNCH_BLOCKING=1 "$BUILD/tests/test_cuda_ops" "$DEV"; }
 note_ops() { ok_of ops; }
 
 attn_tc() { "$BUILD/perf/bench_attention_cuda"; }
-note_attn_tc() { awk '($1 == "simple" || $1 == "tc") && NF == 5 {printf "%s%s fwd %s bwd %s TF/s", s, $1, $3, $5; s = "; "}' "$WORK/attn_tc.out"; }
+note_attn_tc() { awk '($1 == "simple" || $1 == "tc" || $1 == "cudnn") && NF == 5 {printf "%s%s fwd %s bwd %s TF/s", s, $1, $3, $5; s = "; "}' "$WORK/attn_tc.out"; }
 
 model() { CUDA_LAUNCH_BLOCKING=1 "$BUILD/tests/test_cuda_model" "$DEV"; }
 note_model() {

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "es_build.h"
 #include "common.h"
 #include "model.h"
 #include "test.h"
@@ -534,32 +535,46 @@ static void test_attention_kernel(const char *kernel) {
     }
 }
 
-// A second CUDA backend made without ESSENCE_ATTN runs the attention cases
-// with the tensor-core kernels, the default (D=32 falls back to the simple
-// ones); the first was made with ESSENCE_ATTN=simple. An unknown
-// ESSENCE_ATTN is refused at creation.
-static void test_attention_tc(void) {
+// The attention cases again on a CUDA backend made with ESSENCE_ATTN=path,
+// for each path of this build past simple (tc, cudnn where built; D=32 falls
+// back to simple, and cudnn to tc for shapes it declines); the first backend
+// was made with ESSENCE_ATTN=simple. An unknown ESSENCE_ATTN is refused at
+// creation, and unset it gives the first path, the default.
+static void test_attention_paths(void) {
     setenv("ESSENCE_ATTN", "bogus", 1);
     es_backend *bad = es_backend_cuda_create(0);
     CHECK(!bad && strstr(es_last_error(), "ESSENCE_ATTN"), "ESSENCE_ATTN=bogus accepted: %s",
           bad ? "backend made" : es_last_error());
     if (bad) bad->destroy(bad);
-    unsetenv("ESSENCE_ATTN");
-    es_backend *tc = es_backend_cuda_create(0), *def = gpu;
-    if (!tc) {
-        CHECK(0, "cuda backend without ESSENCE_ATTN: %s", es_last_error());
-        return;
+    char paths[64];
+    snprintf(paths, sizeof paths, "%s", ES_ATTENTION_PATHS);
+    for (char *path = strtok(paths, " "); path; path = strtok(NULL, " ")) {
+        if (!strcmp(path, "simple")) continue;
+        setenv("ESSENCE_ATTN", path, 1);
+        es_backend *alt = es_backend_cuda_create(0), *def = gpu;
+        unsetenv("ESSENCE_ATTN");
+        if (!alt) {
+            CHECK(0, "cuda backend with ESSENCE_ATTN=%s: %s", path, es_last_error());
+            continue;
+        }
+        CHECK(alt->attention_fwd != def->attention_fwd && alt->attention_bwd != def->attention_bwd &&
+                  !strncmp(alt->attention, path, strlen(path)),
+              "ESSENCE_ATTN=%s gave the attention '%s'", path, alt->attention);
+        if (path == paths) {  // the default: the same path without ESSENCE_ATTN
+            es_backend *d = es_backend_cuda_create(0);
+            CHECK(d && !strncmp(d->attention, path, strlen(path)), "the default attention is '%s', not %s",
+                  d ? d->attention : es_last_error(), path);
+            if (d) d->destroy(d);
+        }
+        gpu = alt;
+        test_attention_kernel(path);
+        gpu = def;
+        for (int k = 0; k < ES_MEM_KINDS; k++)
+            if (k != ES_MEM_WORKSPACE)
+                CHECK(alt->mem_now[k] == 0, "cuda %s tally: %zu bytes of %s still counted", path,
+                      alt->mem_now[k], es_mem_kind_names[k]);
+        alt->destroy(alt);
     }
-    CHECK(tc->attention_fwd != def->attention_fwd && tc->attention_bwd != def->attention_bwd,
-          "the default backend has the simple attention in its table");
-    gpu = tc;
-    test_attention_kernel("tc");
-    gpu = def;
-    for (int k = 0; k < ES_MEM_KINDS; k++)
-        if (k != ES_MEM_WORKSPACE)
-            CHECK(tc->mem_now[k] == 0, "cuda tc tally: %zu bytes of %s still counted",
-                  tc->mem_now[k], es_mem_kind_names[k]);
-    tc->destroy(tc);
 }
 
 int main(int argc, char **argv) {
@@ -587,7 +602,7 @@ int main(int argc, char **argv) {
     test_layernorm();
     test_rope();
     test_attention_kernel("simple");
-    if (!strcmp(gpu->name, "cuda")) test_attention_tc();
+    if (!strcmp(gpu->name, "cuda")) test_attention_paths();
     test_decode(8, 2, 64, "GQA D=64");
     test_decode(16, 4, 128, "GQA D=128");
     test_decode(4, 4, 128, "MHA D=128");

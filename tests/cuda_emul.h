@@ -1,0 +1,37 @@
+// The CUDA kernels' own host-and-device code (cuda/norm_rows.cuh,
+// swiglu_elem.cuh, adamw_elem.cuh) run on the CPU by tests/cuda_emul.cpp, for
+// tests/test_cuda_emul.c. bf16 buffers are arrays of 16-bit words (the bits
+// of __nv_bfloat16), 16-byte aligned where the kernel loads vectors.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// The conversions the kernels use (round to nearest even).
+uint16_t emul_to_bf16(float x);
+float emul_from_bf16(uint16_t h);
+
+// The one-pass RMSNorm backward (rmsnorm_bwd_vec_kernel, then the sum of its
+// weight-gradient partials) on a device of `sms` SMs, block by block, warp by
+// warp, lane by lane: dinp (N, C) written or added to (accumulate), dw (C)
+// added to. Returns 0, touching nothing, where the backend would take the
+// scalar kernels instead.
+int emul_rmsnorm_bwd(uint16_t *dinp, float *dw, const uint16_t *dout, const uint16_t *inp,
+                     const uint16_t *w, const float *rstd, int N, int C, int accumulate, int sms);
+
+// swiglu_fwd_kernel, swiglu_bwd_kernel over n elements.
+void emul_swiglu_fwd(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
+void emul_swiglu_bwd(uint16_t *dgate, uint16_t *dup, const uint16_t *dout, const uint16_t *gate,
+                     const uint16_t *up, size_t n);
+
+// adamw_kernel over n elements: master NULL updates fp32 params in place,
+// else master and its bf16 copy in params.
+void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, size_t n,
+                float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2);
+
+#ifdef __cplusplus
+}
+#endif

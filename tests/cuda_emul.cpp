@@ -108,10 +108,10 @@ void emul_swiglu_bwd(uint16_t *dgate, uint16_t *dup, const uint16_t *dout, const
 }
 
 void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, size_t n,
-                float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
+                float gscale, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
     float *p = master ? master : (float *)params;
     for (size_t i = 0; i < n; i++) {
-        float pi = adamw_elem(m + i, v + i, p[i], grads[i], lr, beta1, beta2, eps, wd, bc1, bc2);
+        float pi = adamw_elem(m + i, v + i, p[i], grads[i] * gscale, lr, beta1, beta2, eps, wd, bc1, bc2);
         p[i] = pi;
         if (master) ((uint16_t *)params)[i] = emul_to_bf16(pi);
     }

@@ -30,7 +30,7 @@ void emul_swiglu_bwd(uint16_t *dgate, uint16_t *dup, const uint16_t *dout, const
 // adamw_kernel over n elements: master NULL updates fp32 params in place,
 // else master and its bf16 copy in params.
 void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, size_t n,
-                float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2);
+                float gscale, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2);
 
 #ifdef __cplusplus
 }

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "cuda_common.cuh"
+#include "cuda_sizes.h"
 
 #define TC_TILE 64  // query rows per forward CTA, keys per forward step, key rows per backward CTA
 #define TC_WARPS 4
@@ -497,7 +498,7 @@ __global__ void tc_dq_kernel(bf16 *dq, const float *dqa, size_t n, float scale) 
 
 // These kernels take D = 64 or 128 and 16-byte aligned rows (cp.async).
 static int tc_takes(int D, const void *const *bufs, int n) {
-    if (D != 64 && D != 128) return 0;
+    if (!es_cuda_attn_tc_dim(D)) return 0;
     for (int i = 0; i < n; i++)
         if ((uintptr_t)bufs[i] % 16) return 0;
     return 1;
@@ -508,9 +509,6 @@ static void tc_check_shape(int N, int H, int KVH) {
                  H, KVH);
     CUDA_REQUIRE((long)N * H < 2147483647L, "cuda attention: %d rows too many", N);
 }
-
-// Rounds a byte count up to 256 so that scratch parts stay aligned.
-static size_t tc_align(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
 static void tc_attention_fwd(es_backend *be, void *out, float *lse, const void *q, const void *k,
                              const void *v, const void *cu_seqlens, int ndocs, int N, int H,
@@ -556,12 +554,11 @@ static void tc_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, const
     tc_check_shape(N, H, KVH);
     cudaStream_t st = c->stream;
     const int32_t *cu = (const int32_t *)cu_seqlens;
-    // Scratch: tiles (ndocs + 1) int32 | rowdot (N, H) fp32 | dQ sums (N, H, D) fp32.
-    const size_t tb = tc_align((size_t)(ndocs + 1) * sizeof(int32_t));
-    const size_t rb = tc_align((size_t)N * H * sizeof(float)), nq = (size_t)N * H * D;
-    char *scr = (char *)cuda_scratch(be, tb + rb + nq * sizeof(float));
+    const es_cuda_attn_scratch sz = es_cuda_attn_bwd_scratch(N, H, D, ndocs);
+    const size_t nq = (size_t)N * H * D;
+    char *scr = (char *)cuda_scratch(be, sz.tiles + sz.rowdot + sz.dq);
     int32_t *tiles = (int32_t *)scr;
-    float *rowdot = (float *)(scr + tb), *dqa = (float *)(scr + tb + rb);
+    float *rowdot = (float *)(scr + sz.tiles), *dqa = (float *)(scr + sz.tiles + sz.rowdot);
     CUDA_CHECK(cudaMemsetAsync(dqa, 0, nq * sizeof(float), st));
     tc_tiles_kernel<<<1, 1, 0, st>>>(tiles, cu, ndocs);
     LAUNCH_CHECK();

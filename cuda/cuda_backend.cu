@@ -4,8 +4,7 @@
 #include <string.h>
 
 #include "cuda_common.cuh"
-
-#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+#include "cuda_sizes.h"
 
 static size_t dt_size(es_dtype dt) { return dt == ES_DT_COMPUTE ? sizeof(bf16) : 4; }
 
@@ -161,10 +160,10 @@ static int cuda_ctx_init(cuda_ctx *c, double *peak_flops, int device) {
     c->device = device;
     if ((e = cudaSetDevice(device)) != cudaSuccess ||
         (e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
-        (e = cudaMalloc(&c->lt_workspace, LT_WORKSPACE_BYTES)) != cudaSuccess ||
+        (e = cudaMalloc(&c->lt_workspace, ES_CUDA_LT_WORKSPACE_BYTES)) != cudaSuccess ||
         (e = cudaMalloc((void **)&c->dsum, 4 * sizeof(double))) != cudaSuccess)
         return es_fail("device cuda: cannot set up GPU %d: %s", device, cudaGetErrorString(e));
-    c->lt_workspace_bytes = LT_WORKSPACE_BYTES;
+    c->lt_workspace_bytes = ES_CUDA_LT_WORKSPACE_BYTES;
     int sms = 0, khz = 0, major = 0;
     if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device)) != cudaSuccess ||
@@ -210,8 +209,7 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     be->offset = cuda_offset;
     be->sync = cuda_sync;
     be->destroy = cuda_destroy;
-    be->mem_now[ES_MEM_WORKSPACE] = be->mem_peak[ES_MEM_WORKSPACE] =
-        LT_WORKSPACE_BYTES + 4 * sizeof(double);
+    be->mem_now[ES_MEM_WORKSPACE] = be->mem_peak[ES_MEM_WORKSPACE] = ES_CUDA_HELD_BYTES;
     be->mem_now_total = be->mem_peak_total = be->mem_now[ES_MEM_WORKSPACE];
     cuda_fill_matmul(be);
     cuda_fill_norm(be);

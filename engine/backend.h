@@ -223,5 +223,11 @@ static inline void es_shard_range(size_t *lo, size_t *hi, size_t n, int r, int n
 es_backend *es_backend_cpu_create(void);
 // Returns NULL and records the reason when CUDA is not built or no GPU exists.
 es_backend *es_backend_cuda_create(int device);
+// A backend that allocates no device memory: each alloc is only tallied, by
+// kind, at compute_bytes per compute element (4: fp32 as on the CPU, 2: bf16
+// as on CUDA), and returns a handle that nothing may read through. The planner
+// sizes a run through the engine's own allocation calls on it. Only the memory
+// ops are set; upload, zero and sync do nothing, download gives zeros.
+es_backend *es_backend_count_create(int compute_bytes);
 // "cpu", "cuda" or "auto"; NULL with a recorded error when unavailable.
 es_backend *es_backend_create(const char *name);

@@ -90,7 +90,8 @@ static void row_num(const char *label, const char *fmt, double x, double y) {
     row(label, a, b, x, y);
 }
 
-static void row_gib(const char *label, double x, double y) { row_num(label, "%.2f", gib(x), gib(y)); }
+// Memory in `unit` bytes (GiB, or MiB for a small run).
+static void row_mem(const char *label, double x, double y, double unit) { row_num(label, "%.2f", x / unit, y / unit); }
 
 static void print_model(const char *role, const es_config *c, const char *tail) {
     printf("%-9s %s, %d layers, hidden %d, vocabulary %d: %lld parameters%s\n", role, c->model_type, c->layers,
@@ -102,26 +103,28 @@ static void print_memory(const es_plan *p) {
     const es_plan_mem *ma = &a->mem[p->recompute], *mb = &b->mem[p->recompute];
     const char *ct = p->dev.compute_bytes == 2 ? "bf16" : "fp32";
     char label[96];
-    printf("memory per device, GiB (run.recompute %s%s)\n", level_names[p->recompute],
+    int big = mb->total >= 1024.0 * 1048576.0;
+    double unit = big ? 1024.0 * 1048576.0 : 1048576.0;
+    printf("memory per device, %s (run.recompute %s%s)\n", big ? "GiB" : "MiB", level_names[p->recompute],
            p->zero1 ? "; ZeRO-1: master weights and moments are this device's 1/N part" : "");
     snprintf(label, sizeof label, "weights (%s)", ct);
-    row_gib(label, ma->weights, mb->weights);
-    row_gib("master weights (fp32)", ma->master, mb->master);
-    row_gib("gradients (fp32)", ma->grads, mb->grads);
-    row_gib("optimizer state (fp32 AdamW moments)", ma->moments, mb->moments);
+    row_mem(label, ma->weights, mb->weights, unit);
+    row_mem("master weights (fp32)", ma->master, mb->master, unit);
+    row_mem("gradients (fp32)", ma->grads, mb->grads, unit);
+    row_mem("optimizer state (fp32 AdamW moments)", ma->moments, mb->moments, unit);
     snprintf(label, sizeof label, "teacher weights (%s)", ct);
-    row_gib(label, ma->teacher, mb->teacher);
+    row_mem(label, ma->teacher, mb->teacher, unit);
     for (int l = 0; l < 3; l++) {
         snprintf(label, sizeof label, "activations, recompute %s%s", level_names[l], l == (int)p->recompute ? " *" : "");
-        row_gib(label, a->mem[l].acts, b->mem[l].acts);
+        row_mem(label, a->mem[l].acts, b->mem[l].acts, unit);
     }
-    row_gib("LM-head chunk (fused loss)", ma->lm_head, mb->lm_head);
-    row_gib("workspace", ma->workspace, mb->workspace);
-    row_gib("index", ma->index, mb->index);
-    if (ma->validation > 0) row_gib("validation view (whole sequences)", ma->validation, mb->validation);
+    row_mem("LM-head chunk (fused loss)", ma->lm_head, mb->lm_head, unit);
+    row_mem("workspace", ma->workspace, mb->workspace, unit);
+    row_mem("index", ma->index, mb->index, unit);
+    if (ma->validation > 0) row_mem("validation view (whole sequences)", ma->validation, mb->validation, unit);
     for (int l = 0; l < 3; l++) {
         snprintf(label, sizeof label, "total, recompute %s%s", level_names[l], l == (int)p->recompute ? " *" : "");
-        row_gib(label, a->mem[l].total, b->mem[l].total);
+        row_mem(label, a->mem[l].total, b->mem[l].total, unit);
     }
     snprintf(label, sizeof label, "fits %s (%.1f GiB usable)", p->dev.name, gib(p->usable));
     row(label, a->fits ? "yes" : "no", b->fits ? "yes" : "no", 0, 0);
@@ -253,9 +256,13 @@ int cmd_plan(int argc, char **argv) {
     if (o.lengths) {  // the histogram stands in for the training shards
         snprintf(rc.train[0], sizeof rc.train[0], "%s", o.lengths);
         rc.ntrain = 1;
+    } else if (rc.ntrain == 0) {
+        fprintf(stderr, "essence plan: %s: no length source: the config lists no training shards (data.train); "
+                        "give them or a length histogram (--lengths HIST.json)\n", config);
+        return 1;
     }
     if (es_run_config_validate(&rc)) {
-        fprintf(stderr, "essence: %s\n", es_last_error());
+        fprintf(stderr, "essence plan: %s\n", es_last_error());
         return 1;
     }
     if (!o.device && strcmp(rc.device, "cpu")) {

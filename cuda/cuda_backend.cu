@@ -8,18 +8,6 @@
 
 static size_t dt_size(es_dtype dt) { return dt == ES_DT_COMPUTE ? sizeof(bf16) : 4; }
 
-static void tally(es_backend *be, es_mem_kind kind, size_t bytes, int sign) {
-    if (sign > 0) {
-        be->mem_now[kind] += bytes;
-        be->mem_now_total += bytes;
-        if (be->mem_now[kind] > be->mem_peak[kind]) be->mem_peak[kind] = be->mem_now[kind];
-        if (be->mem_now_total > be->mem_peak_total) be->mem_peak_total = be->mem_now_total;
-    } else {
-        be->mem_now[kind] -= bytes;
-        be->mem_now_total -= bytes;
-    }
-}
-
 static void *cuda_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind) {
     cuda_ctx *c = cuda_of(be);
     if ((int)kind < 0 || kind >= ES_MEM_KINDS) {
@@ -51,7 +39,7 @@ static void *cuda_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind)
         c->recs = r;
     }
     c->recs[c->nrecs++] = (cuda_alloc_rec){p, bytes, kind};
-    tally(be, kind, bytes, +1);
+    es_mem_tally(be, kind, bytes, +1);
     return p;
 }
 
@@ -60,7 +48,7 @@ static void cuda_free(es_backend *be, void *p) {
     cuda_ctx *c = cuda_of(be);
     for (size_t i = c->nrecs; i-- > 0;) {
         if (c->recs[i].ptr != p) continue;
-        tally(be, c->recs[i].kind, c->recs[i].bytes, -1);
+        es_mem_tally(be, c->recs[i].kind, c->recs[i].bytes, -1);
         c->recs[i] = c->recs[--c->nrecs];
         CUDA_CHECK(cudaFree(p));
         return;
@@ -118,11 +106,11 @@ void *cuda_scratch(es_backend *be, size_t bytes) {
             // Earlier kernels may still read the old block.
             CUDA_CHECK(cudaStreamSynchronize(c->stream));
             CUDA_CHECK(cudaFree(c->scratch));
-            tally(be, ES_MEM_WORKSPACE, c->scratch_bytes, -1);
+            es_mem_tally(be, ES_MEM_WORKSPACE, c->scratch_bytes, -1);
         }
         CUDA_CHECK(cudaMalloc(&c->scratch, bytes));
         c->scratch_bytes = bytes;
-        tally(be, ES_MEM_WORKSPACE, bytes, +1);
+        es_mem_tally(be, ES_MEM_WORKSPACE, bytes, +1);
     }
     return c->scratch;
 }
@@ -209,8 +197,7 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     be->offset = cuda_offset;
     be->sync = cuda_sync;
     be->destroy = cuda_destroy;
-    be->mem_now[ES_MEM_WORKSPACE] = be->mem_peak[ES_MEM_WORKSPACE] = ES_CUDA_HELD_BYTES;
-    be->mem_now_total = be->mem_peak_total = be->mem_now[ES_MEM_WORKSPACE];
+    es_mem_tally(be, ES_MEM_WORKSPACE, ES_CUDA_HELD_BYTES, +1);
     cuda_fill_matmul(be);
     cuda_fill_norm(be);
     cuda_fill_rope(be);

@@ -71,8 +71,6 @@ static int parse_plan_opts(plan_opts *o, int *argc, char **argv) {
     return 0;
 }
 
-static double gib(double bytes) { return bytes / (1024.0 * 1048576.0); }
-
 static const char *const level_names[3] = {"none", "mlp", "full"};
 
 // ---- text ---------------------------------------------------------------------
@@ -103,8 +101,8 @@ static void print_memory(const es_plan *p) {
     const es_plan_mem *ma = &a->mem[p->recompute], *mb = &b->mem[p->recompute];
     const char *ct = p->dev.compute_bytes == 2 ? "bf16" : "fp32";
     char label[96];
-    int big = mb->total >= 1024.0 * 1048576.0;
-    double unit = big ? 1024.0 * 1048576.0 : 1048576.0;
+    int big = mb->total >= ES_GIB;
+    double unit = big ? ES_GIB : 1048576.0;
     printf("memory per device, %s (run.recompute %s%s)\n", big ? "GiB" : "MiB", level_names[p->recompute],
            p->zero1 ? "; ZeRO-1: master weights and moments are this device's 1/N part" : "");
     snprintf(label, sizeof label, "weights (%s)", ct);
@@ -115,7 +113,8 @@ static void print_memory(const es_plan *p) {
     snprintf(label, sizeof label, "teacher weights (%s)", ct);
     row_mem(label, ma->teacher, mb->teacher, unit);
     for (int l = 0; l < 3; l++) {
-        snprintf(label, sizeof label, "activations, recompute %s%s", level_names[l], l == (int)p->recompute ? " *" : "");
+        snprintf(label, sizeof label, "activations, recompute %s%s", level_names[l],
+                 l == (int)p->recompute ? " *" : "");
         row_mem(label, a->mem[l].acts, b->mem[l].acts, unit);
     }
     row_mem("LM-head chunk (fused loss)", ma->lm_head, mb->lm_head, unit);
@@ -126,7 +125,7 @@ static void print_memory(const es_plan *p) {
         snprintf(label, sizeof label, "total, recompute %s%s", level_names[l], l == (int)p->recompute ? " *" : "");
         row_mem(label, a->mem[l].total, b->mem[l].total, unit);
     }
-    snprintf(label, sizeof label, "fits %s (%.1f GiB usable)", p->dev.name, gib(p->usable));
+    snprintf(label, sizeof label, "fits %s (%.1f GiB usable)", p->dev.name, p->usable / ES_GIB);
     row(label, a->fits ? "yes" : "no", b->fits ? "yes" : "no", 0, 0);
     char ca[32], cb[32];
     snprintf(ca, sizeof ca, a->max_capacity ? "%d" : "none", a->max_capacity);
@@ -136,8 +135,8 @@ static void print_memory(const es_plan *p) {
 
 static void print_text(const es_plan *p, const char *config) {
     const es_plan_col *a = &p->col[0], *b = &p->col[1];
-    printf("plan: %s on %d x %s (%.1f GiB, %.1f usable each)%s\n", config, p->gpus, p->dev.name, gib(p->dev.memory),
-           gib(p->usable), p->zero1 ? ", ZeRO-1" : "");
+    printf("plan: %s on %d x %s (%.1f GiB, %.1f usable each)%s\n", config, p->gpus, p->dev.name,
+           p->dev.memory / ES_GIB, p->usable / ES_GIB, p->zero1 ? ", ZeRO-1" : "");
     print_model("student", &p->student, "");
     if (p->has_teacher) print_model("teacher", &p->teacher, ", forward only");
     printf("%-9s %s: %zu examples, %zu tokens\n", "data", p->data_source, p->examples, p->tokens);

@@ -99,10 +99,7 @@ static size_t cuda_scratch_bytes(const es_config *c, const mem_shape *s) {
 static int count_memory(es_plan_mem *m, const es_plan *p, const mem_shape *s) {
     memset(m, 0, sizeof *m);
     es_backend *be = es_backend_count_create(p->dev.compute_bytes);
-    if (p->dev.gpu) {  // what the CUDA backend holds from its creation on
-        be->mem_now[ES_MEM_WORKSPACE] = be->mem_peak[ES_MEM_WORKSPACE] = ES_CUDA_HELD_BYTES;
-        be->mem_now_total = be->mem_peak_total = ES_CUDA_HELD_BYTES;
-    }
+    if (p->dev.gpu) es_mem_tally(be, ES_MEM_WORKSPACE, ES_CUDA_HELD_BYTES, +1);  // held from creation on
     es_model student, teacher, view;
     es_optim opt;
     es_step_buffers buf;
@@ -277,8 +274,6 @@ static int validation_tokens(int *tokens, const es_run_config *rc, const plan_da
     return r;
 }
 
-static double gib(double bytes) { return bytes / (1024.0 * 1048576.0); }
-
 // The run's r fits no capacity that holds its longest kept example: the one
 // line says by how much, and whether recomputation would make it fit.
 static int no_fit(const es_plan *p, const es_plan_col *c, const es_run_config *rc, mem_shape s) {
@@ -290,12 +285,12 @@ static int no_fit(const es_plan *p, const es_plan_col *c, const es_run_config *r
     char full[96] = "";
     if (p->recompute != ES_RECOMPUTE_FULL) {
         s.mode = ES_MODEL_TRAIN_RECOMPUTE_FULL;
-        snprintf(full, sizeof full, "; with run.recompute=full %.1f GiB", gib(total_at(p, s, smallest)));
+        snprintf(full, sizeof full, "; with run.recompute=full %.1f GiB", total_at(p, s, smallest) / ES_GIB);
     }
     return es_fail("the run does not fit %s at any capacity: micro-batches of %d tokens (the longest kept example, "
                    "r = %g) need %.1f GiB per device of %.1f GiB usable, %.1f GiB of it before activations "
                    "(weights, master weights, gradients, optimizer state, teacher)%s",
-                   p->dev.name, smallest, (double)rc->lsp, gib(need), gib(p->usable), gib(state), full);
+                   p->dev.name, smallest, (double)rc->lsp, need / ES_GIB, p->usable / ES_GIB, state / ES_GIB, full);
 }
 
 int es_plan_make(es_plan *p, const es_run_config *rc, const es_device *dev, int gpus, double mfu,

@@ -13,6 +13,8 @@
 #include "run_config.h"
 #include "train.h"
 
+#define ES_GIB (1024.0 * 1048576.0)  // bytes
+
 // FLOPs of an epoch. The first three add up to the total; attention and the
 // LM head are the parts of it spent there (student 3x forward, teacher 1x).
 typedef struct {

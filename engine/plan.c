@@ -109,7 +109,7 @@ static int count_memory(es_plan_mem *m, const es_plan *p, const mem_shape *s) {
     memset(&buf, 0, sizeof buf);
     es_dp dp = {.nranks = p->gpus, .rank = 0, .sharded = p->zero1};
     void *scratch = NULL;
-    double workspace = (double)be->mem_now[ES_MEM_WORKSPACE];  // all but the loss's
+    double workspace = 0;  // all of it but the loss's
     int r = es_model_create(&student, &p->student, be, s->capacity, s->mode);
     if (r == ES_OK) {
         m->weights = (double)be->mem_now[ES_MEM_WEIGHTS];

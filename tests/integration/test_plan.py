@@ -2,7 +2,8 @@
 CPU backend's own tally in `essence bench` (within 5%; it is counted through
 the same allocation calls, so it agrees exactly), its FLOPs equal
 engine/flops.c's counter summed over the same epoch, for several configs and
-r; on a GPU it reproduces the tally the CUDA backend recorded on an H200. A
+r, and the peak `essence train` records with validation; on a GPU it reproduces
+the tally the CUDA backend recorded on an H200. A
 length histogram plans the same as the shards it describes; bad input gets
 one line naming the problem."""
 import json
@@ -90,6 +91,21 @@ def test_plan_agrees_with_bench_on_two_ranks_under_zero1(tmp_path, corpus):
     assert mem["gradients"] == mem1["gradients"] and mem["weights"] == mem1["weights"]
     b = bench(cfg, pl["run"]["steps_per_epoch"], "trunc.lsp=0.5", ranks=2)
     assert_agrees(pl, b)
+
+
+def test_plan_agrees_with_train_peak_with_validation(tmp_path, corpus):
+    """With validation shards the loss and index buffers take whole validation
+    sequences and validation adds a forward-only view: the peak `essence
+    train` records is the plan's total."""
+    cfg = run_config(tmp_path, corpus, tmp_path / "out", teacher={"preset": TEACHER}, run={"steps": 2})
+    pl = plan(cfg, "--device", "cpu", "--set", "trunc.lsp=0.5")
+    run_essence(["train", "--config", cfg, "--set", "trunc.lsp=0.5"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    mem = pl["run"]["memory"]
+    assert mem["validation"] > 0 and pl["run"]["max_tokens"] > pl["run"]["capacity"]
+    assert summary["capacity"] == pl["run"]["capacity"]
+    assert abs(mem["total"] - summary["peak_device_bytes"]) <= 0.05 * summary["peak_device_bytes"]
+    assert mem["total"] == summary["peak_device_bytes"]  # exactly, in fact
 
 
 def test_the_r1_column_is_the_plan_at_r1(tmp_path, corpus):

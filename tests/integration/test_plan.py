@@ -2,10 +2,10 @@
 CPU backend's own tally in `essence bench` (within 5%; it is counted through
 the same allocation calls, so it agrees exactly), its FLOPs equal
 engine/flops.c's counter summed over the same epoch, for several configs and
-r, and the peak `essence train` records with validation; on a GPU it reproduces
-the tally the CUDA backend recorded on an H200. A
-length histogram plans the same as the shards it describes; bad input gets
-one line naming the problem."""
+r, and the peak `essence train` records with validation; on a GPU it
+reproduces the tally the CUDA backend recorded on an H200. A length histogram
+plans the same as the shards it describes; bad input gets one line naming the
+problem."""
 import json
 import os
 import shutil

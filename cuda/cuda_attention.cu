@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "cuda_common.cuh"
+#include "cuda_sizes.h"
 
 #define ATT_WARPS 4  // warps per block
 #define ATT_MAX_D 256
@@ -185,7 +186,7 @@ static void cuda_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, con
     check_shape(N, H, KVH, D);
     cudaStream_t st = cuda_of(be)->stream;
     float scale = 1.0f / sqrtf((float)D);
-    float *rowdot = (float *)cuda_scratch(be, (size_t)N * H * sizeof(float));  // (N, H)
+    float *rowdot = (float *)cuda_scratch(be, es_cuda_attn_bwd_scratch_plain(N, H));  // (N, H)
     unsigned gq = warps_grid((long)N * H), gk = warps_grid((long)N * KVH);
 #define ARGS                                                                                \
     (bf16 *)dq, rowdot, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,               \

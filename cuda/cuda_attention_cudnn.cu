@@ -210,8 +210,8 @@ static const cudnn_plan &plan_for(cudnn_attn *a, const plan_key &key) {
 static void *cudnn_scratch(es_backend *be, std::unordered_map<int64_t, void *> &pack, const cudnn_plan &p,
                            const int32_t *cu, int ndocs, int64_t docs, int H, int KVH, int D) {
     cuda_ctx *c = cuda_of(be);
-    const size_t ws = cuda_align256((size_t)p.workspace), sb = cuda_align256((size_t)docs * sizeof(int32_t));
-    const size_t ob = cuda_align256((size_t)(docs + 1) * sizeof(int64_t));
+    const size_t ws = es_cuda_align256((size_t)p.workspace), sb = es_cuda_align256((size_t)docs * sizeof(int32_t));
+    const size_t ob = es_cuda_align256((size_t)(docs + 1) * sizeof(int64_t));
     char *scr = (char *)cuda_scratch(be, ws + sb + 3 * ob);
     int32_t *seq = (int32_t *)(scr + ws);
     int64_t *off = (int64_t *)(scr + ws + sb);

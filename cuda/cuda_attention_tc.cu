@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "cuda_common.cuh"
+#include "cuda_sizes.h"
 
 #define TC_TILE 64  // query rows per forward CTA, keys per forward step, key rows per backward CTA
 #define TC_WARPS 4
@@ -522,12 +523,11 @@ static void tc_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, const
     cuda_attn_check_shape(N, H, KVH);
     cudaStream_t st = c->stream;
     const int32_t *cu = (const int32_t *)cu_seqlens;
-    // Scratch: tiles (ndocs + 1) int32 | rowdot (N, H) fp32 | dQ sums (N, H, D) fp32.
-    const size_t tb = cuda_align256((size_t)(ndocs + 1) * sizeof(int32_t));
-    const size_t rb = cuda_align256((size_t)N * H * sizeof(float)), nq = (size_t)N * H * D;
-    char *scr = (char *)cuda_scratch(be, tb + rb + nq * sizeof(float));
+    const es_cuda_attn_scratch sz = es_cuda_attn_bwd_scratch(N, H, D, ndocs);
+    const size_t nq = (size_t)N * H * D;
+    char *scr = (char *)cuda_scratch(be, sz.tiles + sz.rowdot + sz.dq);
     int32_t *tiles = (int32_t *)scr;
-    float *rowdot = (float *)(scr + tb), *dqa = (float *)(scr + tb + rb);
+    float *rowdot = (float *)(scr + sz.tiles), *dqa = (float *)(scr + sz.tiles + sz.rowdot);
     CUDA_CHECK(cudaMemsetAsync(dqa, 0, nq * sizeof(float), st));
     tc_tiles_kernel<<<1, 1, 0, st>>>(tiles, cu, ndocs);
     LAUNCH_CHECK();

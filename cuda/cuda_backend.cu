@@ -6,21 +6,7 @@
 #include "cuda_common.cuh"
 #include "es_build.h"
 
-#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
-
 static size_t dt_size(es_dtype dt) { return dt == ES_DT_COMPUTE ? sizeof(bf16) : 4; }
-
-static void tally(es_backend *be, es_mem_kind kind, size_t bytes, int sign) {
-    if (sign > 0) {
-        be->mem_now[kind] += bytes;
-        be->mem_now_total += bytes;
-        if (be->mem_now[kind] > be->mem_peak[kind]) be->mem_peak[kind] = be->mem_now[kind];
-        if (be->mem_now_total > be->mem_peak_total) be->mem_peak_total = be->mem_now_total;
-    } else {
-        be->mem_now[kind] -= bytes;
-        be->mem_now_total -= bytes;
-    }
-}
 
 static void *cuda_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind) {
     cuda_ctx *c = cuda_of(be);
@@ -53,7 +39,7 @@ static void *cuda_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind)
         c->recs = r;
     }
     c->recs[c->nrecs++] = (cuda_alloc_rec){p, bytes, kind};
-    tally(be, kind, bytes, +1);
+    es_mem_tally(be, kind, bytes, +1);
     return p;
 }
 
@@ -62,7 +48,7 @@ static void cuda_free(es_backend *be, void *p) {
     cuda_ctx *c = cuda_of(be);
     for (size_t i = c->nrecs; i-- > 0;) {
         if (c->recs[i].ptr != p) continue;
-        tally(be, c->recs[i].kind, c->recs[i].bytes, -1);
+        es_mem_tally(be, c->recs[i].kind, c->recs[i].bytes, -1);
         c->recs[i] = c->recs[--c->nrecs];
         CUDA_CHECK(cudaFree(p));
         return;
@@ -120,11 +106,11 @@ void *cuda_scratch(es_backend *be, size_t bytes) {
             // Earlier kernels may still read the old block.
             CUDA_CHECK(cudaStreamSynchronize(c->stream));
             CUDA_CHECK(cudaFree(c->scratch));
-            tally(be, ES_MEM_WORKSPACE, c->scratch_bytes, -1);
+            es_mem_tally(be, ES_MEM_WORKSPACE, c->scratch_bytes, -1);
         }
         CUDA_CHECK(cudaMalloc(&c->scratch, bytes));
         c->scratch_bytes = bytes;
-        tally(be, ES_MEM_WORKSPACE, bytes, +1);
+        es_mem_tally(be, ES_MEM_WORKSPACE, bytes, +1);
     }
     return c->scratch;
 }
@@ -166,10 +152,10 @@ static int cuda_ctx_init(cuda_ctx *c, double *peak_flops, int device) {
     c->device = device;
     if ((e = cudaSetDevice(device)) != cudaSuccess ||
         (e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
-        (e = cudaMalloc(&c->lt_workspace, LT_WORKSPACE_BYTES)) != cudaSuccess ||
+        (e = cudaMalloc(&c->lt_workspace, ES_CUDA_LT_WORKSPACE_BYTES)) != cudaSuccess ||
         (e = cudaMalloc((void **)&c->dsum, 4 * sizeof(double))) != cudaSuccess)
         return es_fail("device cuda: cannot set up GPU %d: %s", device, cudaGetErrorString(e));
-    c->lt_workspace_bytes = LT_WORKSPACE_BYTES;
+    c->lt_workspace_bytes = ES_CUDA_LT_WORKSPACE_BYTES;
     int sms = 0, khz = 0, major = 0;
     if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device)) != cudaSuccess ||
@@ -236,9 +222,7 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     be->offset = cuda_offset;
     be->sync = cuda_sync;
     be->destroy = cuda_destroy;
-    be->mem_now[ES_MEM_WORKSPACE] = be->mem_peak[ES_MEM_WORKSPACE] =
-        LT_WORKSPACE_BYTES + 4 * sizeof(double);
-    be->mem_now_total = be->mem_peak_total = be->mem_now[ES_MEM_WORKSPACE];
+    es_mem_tally(be, ES_MEM_WORKSPACE, ES_CUDA_HELD_BYTES, +1);
     cuda_fill_matmul(be);
     cuda_fill_norm(be);
     cuda_fill_rope(be);

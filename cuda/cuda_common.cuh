@@ -12,6 +12,7 @@
 extern "C" {
 #include "backend.h"
 #include "common.h"
+#include "cuda_sizes.h"
 }
 
 typedef __nv_bfloat16 bf16;
@@ -85,13 +86,10 @@ static inline cuda_ctx *cuda_of(es_backend *be) { return (cuda_ctx *)be->ctx; }
 // Scratch of at least `bytes` on the backend's stream, valid until the next call.
 void *cuda_scratch(es_backend *be, size_t bytes);
 
-// Rounds a byte count up to 256 so that the parts of a scratch block stay aligned.
-static inline size_t cuda_align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
-
 // Whether the tensor-core and cuDNN attention take a call: head dims 64 and
 // 128, every buffer 16-byte aligned; the simple kernels take the rest.
 static inline int cuda_attn_tc_takes(int D, const void *const *bufs, int n) {
-    if (D != 64 && D != 128) return 0;
+    if (!es_cuda_attn_tc_dim(D)) return 0;
     for (int i = 0; i < n; i++)
         if ((uintptr_t)bufs[i] % 16) return 0;
     return 1;

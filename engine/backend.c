@@ -10,6 +10,18 @@
 const char *const es_mem_kind_names[ES_MEM_KINDS] = {
     "weights", "gradients", "optimizer", "activations", "workspace", "index"};
 
+void es_mem_tally(es_backend *be, es_mem_kind kind, size_t bytes, int sign) {
+    if (sign > 0) {
+        be->mem_now[kind] += bytes;
+        be->mem_now_total += bytes;
+        if (be->mem_now[kind] > be->mem_peak[kind]) be->mem_peak[kind] = be->mem_now[kind];
+        if (be->mem_now_total > be->mem_peak_total) be->mem_peak_total = be->mem_now_total;
+    } else {
+        be->mem_now[kind] -= bytes;
+        be->mem_now_total -= bytes;
+    }
+}
+
 #if !ES_HAVE_CUDA
 es_backend *es_backend_cuda_create(int device) {
     (void)device;

@@ -215,6 +215,10 @@ struct es_backend {
     int (*comm_wait)(es_backend *be);
 };
 
+// Every backend's tally: adds (sign > 0) or takes back (sign < 0) `bytes`
+// of `kind` in be->mem_now, keeping the peaks.
+void es_mem_tally(es_backend *be, es_mem_kind kind, size_t bytes, int sign);
+
 #define ES_COMM_ID_BYTES 128
 
 // The part [*lo, *hi) of n elements that rank r of nranks owns under ZeRO-1:
@@ -228,6 +232,12 @@ static inline void es_shard_range(size_t *lo, size_t *hi, size_t n, int r, int n
 es_backend *es_backend_cpu_create(void);
 // Returns NULL and records the reason when CUDA is not built or no GPU exists.
 es_backend *es_backend_cuda_create(int device);
+// A backend that allocates no device memory: each alloc is only tallied, by
+// kind, at compute_bytes per compute element (4: fp32 as on the CPU, 2: bf16
+// as on CUDA), and returns a handle that nothing may read through. The planner
+// sizes a run through the engine's own allocation calls on it. Only the memory
+// ops are set; upload, download, zero and sync do nothing.
+es_backend *es_backend_count_create(int compute_bytes);
 // "cpu", "cuda" or "auto"; NULL with a recorded error when unavailable. Sets
 // peak_flops and peak_source from engine/peaks.c.
 es_backend *es_backend_create(const char *name);

@@ -28,10 +28,16 @@ int cmd_generate(int argc, char **argv);
 // `essence eval`: generate on math problems and score the answers (runs tools/eval_math.py).
 int cmd_eval(int argc, char **argv);
 
+// `essence plan`: memory, FLOPs and time of a run on a device, without running it (engine/cmd_plan.c).
+int cmd_plan(int argc, char **argv);
+
 #include <stdio.h>
 
 #include "run_config.h"
 
 // Parses `--config RUN.json [--set key=value ...] [--fresh]` (and --help,
-// --help-config) into rc. Returns 0 to go on, else the exit code + 1.
+// --help-config) into rc and validates it. Returns 0 to go on, else the exit
+// code + 1.
 int es_parse_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void (*help)(FILE *));
+// The same without the validation, for a caller that completes rc first.
+int es_read_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void (*help)(FILE *));

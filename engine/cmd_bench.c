@@ -134,12 +134,12 @@ static void print_json(const es_trainer *t, const bench_sum *s, const es_op_time
     printf("{\"device\": \"%s\", \"model_type\": \"%s\", \"params\": %lld, \"teacher\": %d, \"lsp\": %g, "
            "\"trunc_mode\": \"%s\", \"ranks\": %d, \"capacity\": %d, \"accum\": %d, \"steps\": %d, "
            "\"ms_per_step\": %.6g, \"tokens_per_step\": %.0f, \"supervised_per_step\": %.0f, "
-           "\"tokens_per_s\": %.6g, \"flops_per_step\": %.6g, \"flops_per_s\": %.6g, \"peak_flops\": %.6g, "
+           "\"tokens_per_s\": %.6g, \"flops_per_step\": %.17g, \"flops_per_s\": %.6g, \"peak_flops\": %.6g, "
            "\"peak_source\": \"%s\", \"mfu\": %.6g, \"attention\": \"%s\", \"chunk_rows\": %d, \"mem_peak\": {",
            be->name, t->student.cfg.model_type, es_config_param_count(&t->student.cfg), t->has_teacher, t->rc.lsp,
            t->rc.trunc_mode, t->dist->size, t->capacity, t->accum, s->steps, 1e3 * s->seconds / s->steps,
            s->tokens / s->steps, s->nsup / s->steps, s->tokens / s->seconds, s->flops / s->steps, fl_s, peak,
-           peak_src, fl_s / (peak * t->dist->size), be->attention, t->loss.chunk);
+           peak_src, fl_s / (peak * t->dist->size), be->attention, t->buf.loss.chunk);
     for (int k = 0; k < ES_MEM_KINDS; k++) printf("%s\"%s\": %zu", k ? ", " : "", es_mem_kind_names[k], be->mem_peak[k]);
     // The op-timer step's own batch, for reading its per-op times against perf/cost_model.py.
     printf("}, \"mem_peak_total\": %zu, \"rss_peak\": %.0f, \"op_steps\": %d, \"op_tokens_per_step\": %.0f, "

@@ -40,19 +40,15 @@ static int parse_num(double *out, const char *opt, const char *s) {
 
 static const char *const window_names[3] = {"lead", "middle", "tail"};
 
-// The baseline column: the same shards and supervision at r = 1, without
-// dropping the answer or masking labels; the given capacity when every
-// example fits it.
+// The baseline column: the same shards and supervision at r = 1.
 static void full_config(es_pack_config *fc, const es_pack_config *pc, const es_dataset *ds) {
-    *fc = *pc;
-    fc->ratio = 1.0;
-    fc->drop_answer = 0;
-    fc->label_mask = 0;
+    uint32_t longest = 0;
     for (size_t i = 0; i < ds->ndocs; i++) {
         es_doc_info d;
         es_dataset_doc(ds, i, &d);
-        if (d.len > (uint32_t)fc->capacity) fc->capacity = 0;
+        if (d.len > longest) longest = d.len;
     }
+    es_pack_config_untruncated(fc, pc, longest);
 }
 
 static int print_stats(const es_pack_config *pc, const char *const *paths, int npaths);

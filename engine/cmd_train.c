@@ -34,7 +34,7 @@ static void usage(FILE *f) {
 }
 
 // Parses the command line into a run config; returns 0 to go on, or an exit code + 1.
-int es_parse_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void (*help)(FILE *)) {
+int es_read_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void (*help)(FILE *)) {
     es_run_config_defaults(rc);
     const char *config = NULL;
     *fresh = 0;
@@ -63,11 +63,20 @@ int es_parse_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void
     if (es_run_config_load(rc, config)) goto fail;
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--set") && es_run_config_set(rc, argv[++i])) goto fail;
-    if (es_run_config_validate(rc)) goto fail;
     return 0;
 fail:
     fprintf(stderr, "essence: %s\n", es_last_error());
     return 2;
+}
+
+int es_parse_run_args(es_run_config *rc, int *fresh, int argc, char **argv, void (*help)(FILE *)) {
+    int code = es_read_run_args(rc, fresh, argc, argv, help);
+    if (code) return code;
+    if (es_run_config_validate(rc)) {
+        fprintf(stderr, "essence: %s\n", es_last_error());
+        return 2;
+    }
+    return 0;
 }
 
 static void progress(const es_trainer *t, const es_step_result *r, double tok_s, double mfu, double eta_s,

@@ -11,6 +11,7 @@ static const es_command commands[] = {
     {"version", "print the version and the backends built in", cmd_version},
     {"train", "train or distil a student from a run config", cmd_train},
     {"bench", "time training steps: throughput, MFU, memory, time per op", cmd_bench},
+    {"plan", "memory per GPU, FLOPs and time of a run on a device, without running it", cmd_plan},
     {"eval", "generate answers to math problems and score them (pass@1, majority)", cmd_eval},
     {"data", "validate data shards and print their statistics", cmd_data},
     {"teacher", "precompute an offline teacher's top-k log-probabilities for shards", cmd_teacher},

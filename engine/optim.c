@@ -6,6 +6,8 @@
 
 #include "common.h"
 
+#define MASTER_COPY_CHUNK ((size_t)1 << 24)  // elements per host round trip (64 MiB)
+
 int es_optim_create_part(es_optim *o, es_model *m, size_t lo, size_t hi) {
     es_backend *be = m->be;
     size_t n = hi - lo;
@@ -16,12 +18,17 @@ int es_optim_create_part(es_optim *o, es_model *m, size_t lo, size_t hi) {
     be->zero(be, o->m, n, ES_DT_F32);
     be->zero(be, o->v, n, ES_DT_F32);
     if (!be->compute_is_f32) {
-        // master weights start from the loaded parameters
+        // master weights start from the loaded parameters, copied through a
+        // bounded host buffer (all of an 8B model at once would take 32 GB)
         o->master = be->alloc(be, n, ES_DT_F32, ES_MEM_OPTIM);
         if (!o->master) return es_fail("optimizer: cannot allocate %zu master weights", n);
-        float *host = es_xmalloc((n ? n : 1) * sizeof(float));
-        be->download(be, host, be->offset(be, m->params, lo, ES_DT_COMPUTE), n, ES_DT_COMPUTE);
-        be->upload(be, o->master, host, n, ES_DT_F32);
+        size_t chunk = n < MASTER_COPY_CHUNK ? n : MASTER_COPY_CHUNK;
+        float *host = es_xmalloc((chunk ? chunk : 1) * sizeof(float));
+        for (size_t i = 0; i < n; i += chunk) {
+            size_t k = n - i < chunk ? n - i : chunk;
+            be->download(be, host, be->offset(be, m->params, lo + i, ES_DT_COMPUTE), k, ES_DT_COMPUTE);
+            be->upload(be, be->offset(be, o->master, i, ES_DT_F32), host, k, ES_DT_F32);
+        }
         free(host);
     }
     return ES_OK;

@@ -7,7 +7,6 @@
 #include "common.h"
 
 #define DEFAULT_WINDOW 1024
-#define CAPACITY_ROUND 64
 #define MAX_DOC_LEN (1u << 30)
 
 struct es_packer {
@@ -19,6 +18,7 @@ struct es_packer {
     const uint32_t **own_toks;
     uint32_t *kept;               // (ndocs) kept tokens per document
     size_t kept_total, sup_total;
+    uint32_t longest;             // kept tokens of the longest document
     int capacity;
     // plan of the current epoch: bin b holds docs bin_docs[bin_start[b] .. bin_start[b+1])
     uint64_t epoch, pos;          // pos: micro-batches of the epoch taken, all ranks together
@@ -39,6 +39,14 @@ void es_pack_config_defaults(es_pack_config *pc) {
     pc->ratio = 1.0;
     for (int s = 0; s < ES_NSECTIONS; s++) pc->weights[s] = 1.0f;
     pc->nranks = 1;
+}
+
+void es_pack_config_untruncated(es_pack_config *full, const es_pack_config *pc, uint32_t longest) {
+    *full = *pc;
+    full->ratio = 1.0;
+    full->drop_answer = 0;
+    full->label_mask = 0;
+    if (longest > (uint32_t)full->capacity) full->capacity = 0;
 }
 
 int es_supervision_parse(float w[ES_NSECTIONS], const char *spec) {
@@ -232,10 +240,11 @@ int es_packer_create(es_packer **out, const es_doc_info *docs, const uint32_t *c
                                          scratch + 2 * (size_t)maxlen, scratch + 3 * (size_t)maxlen);
     }
     free(scratch);
+    p->longest = maxkept;
     p->capacity = pc->capacity;
     if (p->capacity == 0) {
         double want = (double)maxkept * (pc->capacity_factor > 0 ? pc->capacity_factor : 1.0);
-        p->capacity = (int)(((size_t)ceil(want) + CAPACITY_ROUND - 1) / CAPACITY_ROUND * CAPACITY_ROUND);
+        p->capacity = (int)(((size_t)ceil(want) + ES_CAPACITY_ROUND - 1) / ES_CAPACITY_ROUND * ES_CAPACITY_ROUND);
     } else if ((uint32_t)p->capacity < maxkept) {
         int cap = p->capacity;
         es_packer_free(p);
@@ -278,6 +287,7 @@ void es_packer_free(es_packer *p) {
 }
 
 int es_packer_capacity(const es_packer *p) { return p->capacity; }
+int es_packer_longest(const es_packer *p) { return (int)p->longest; }
 size_t es_packer_kept_tokens(const es_packer *p) { return p->kept_total; }
 size_t es_packer_supervised_tokens(const es_packer *p) { return p->sup_total; }
 

@@ -15,6 +15,9 @@
 
 #include "shard.h"
 
+// Default capacities are rounded up to a multiple of this many tokens.
+#define ES_CAPACITY_ROUND 64
+
 typedef enum { ES_TRUNC_SEQ = 0, ES_TRUNC_COT } es_trunc_mode;
 typedef enum { ES_WIN_LEAD = 0, ES_WIN_MIDDLE, ES_WIN_TAIL } es_trunc_window;
 typedef enum { ES_SEC_PROMPT = 0, ES_SEC_COT, ES_SEC_ANSWER, ES_NSECTIONS } es_section;
@@ -46,6 +49,11 @@ typedef struct {
 // Defaults: seq, lead, r = 1, weights of promptcotAns, capacity 0, window 1024,
 // seed 0, rank 0 of 1.
 void es_pack_config_defaults(es_pack_config *pc);
+
+// The baseline of pc: the same packing without truncation (r = 1, no answer
+// drop, no label mask); pc's capacity when the longest example (`longest`
+// tokens) fits it, else the default one.
+void es_pack_config_untruncated(es_pack_config *full, const es_pack_config *pc, uint32_t longest);
 
 // The kept part of one document: original token indices [a0, a1) then [b0, b1).
 typedef struct {
@@ -93,6 +101,8 @@ int es_packer_from_dataset(es_packer **out, const es_dataset *ds, const es_pack_
 void es_packer_free(es_packer *p);
 
 int es_packer_capacity(const es_packer *p);
+// Tokens of the longest kept document.
+int es_packer_longest(const es_packer *p);
 // Rounds of es_packer_next in the current epoch (packing differs a little
 // between epochs). The same on every rank: the last round may hand some ranks
 // an empty micro-batch (n == 0) so that collectives stay in step.

@@ -86,18 +86,16 @@ static int check_teacher_tokenizer(const es_trainer *t, uint64_t fp) {
 // Micro-batches per optimizer step, all ranks together: the step target over
 // the average micro-batch of epoch 0, so that neither the number of ranks nor
 // the epoch a run resumes in changes the batch, the steps or the schedule.
-static void plan_steps(es_trainer *t) {
-    const es_run_config *rc = &t->rc;
-    size_t all_mb = es_packer_epoch_batches(t->packer);
-    double items = rc->step_tokens ? (double)es_packer_kept_tokens(t->packer) : (double)t->train.ndocs;
+void es_run_steps_plan(es_run_steps *s, const es_run_config *rc, const es_packer *p, size_t ndocs) {
+    size_t all_mb = es_packer_epoch_batches(p);
+    double items = rc->step_tokens ? (double)es_packer_kept_tokens(p) : (double)ndocs;
     double target = rc->step_tokens ? rc->step_tokens : rc->step_examples;
     long g = lround(target / (items / (double)all_mb));
     if (g < 1) g = 1;
     if ((size_t)g > all_mb) g = (long)all_mb;
-    t->step_mbs = (int)g;
-    t->accum = (t->step_mbs + t->dist->size - 1) / t->dist->size;
-    t->steps_per_epoch = (int)(all_mb / (size_t)t->step_mbs);
-    t->total_steps = rc->steps ? rc->steps : rc->epochs * t->steps_per_epoch;
+    s->step_mbs = (int)g;
+    s->steps_per_epoch = (int)(all_mb / (size_t)s->step_mbs);
+    s->total_steps = rc->steps ? rc->steps : rc->epochs * s->steps_per_epoch;
 }
 
 static void print_plan(const es_trainer *t) {
@@ -167,7 +165,12 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
                        "the kept spans hold none of the supervised sections",
                        rc->supervise, rc->lsp, rc->trunc_mode);
     t->capacity = es_packer_capacity(t->packer);
-    plan_steps(t);
+    es_run_steps rs;
+    es_run_steps_plan(&rs, rc, t->packer, t->train.ndocs);
+    t->step_mbs = rs.step_mbs;
+    t->accum = (t->step_mbs + dist->size - 1) / dist->size;
+    t->steps_per_epoch = rs.steps_per_epoch;
+    t->total_steps = rs.total_steps;
     int max_tokens = t->capacity;
     if (t->has_val) {  // validation runs whole sequences: size the activations for them
         es_packer *vp;
@@ -216,8 +219,8 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
         if (rc->teacher_path[0] && check_teacher_tokenizer(t, fp)) return ES_ERR;
     }
     int topk = !t->has_teacher && t->train.topk > 0 && rc->alpha < 1 ? t->train.topk : 0;
-    if (es_distill_create(&t->loss, t->be, max_tokens, sc->hidden, sc->vocab, rc->chunk_rows,
-                          t->has_teacher ? t->teacher.cfg.hidden : 0, topk))
+    if (es_step_buffers_create(&t->buf, t->be, t->capacity, max_tokens, sc->hidden, sc->vocab, rc->chunk_rows,
+                               t->has_teacher ? t->teacher.cfg.hidden : 0, topk))
         return ES_ERR;
     if (topk) {
         t->topk_ids = es_xmalloc((size_t)max_tokens * (size_t)topk * sizeof(int32_t));
@@ -233,14 +236,6 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
     }
     t->st.seed = rc->seed;
 
-    // batch buffers on the device
-    es_backend *be = t->be;
-    t->d_tokens = be->alloc(be, (size_t)max_tokens, ES_DT_I32, ES_MEM_INDEX);
-    t->d_pos = be->alloc(be, (size_t)max_tokens, ES_DT_I32, ES_MEM_INDEX);
-    t->d_cu = be->alloc(be, (size_t)max_tokens + 1, ES_DT_I32, ES_MEM_INDEX);
-    t->dhidden = be->alloc(be, (size_t)t->capacity * (size_t)sc->hidden, ES_DT_COMPUTE, ES_MEM_ACTS);
-    if (!t->d_tokens || !t->d_pos || !t->d_cu || !t->dhidden) return ES_ERR;
-
     t->mbs = es_xcalloc((size_t)t->accum, sizeof *t->mbs);  // this rank's share of a step
     for (int a = 0; a < t->accum; a++) es_microbatch_alloc(&t->mbs[a], t->capacity);
     if (verbose && dist->rank == 0) print_plan(t);
@@ -255,11 +250,8 @@ void es_trainer_free(es_trainer *t) {
     free(t->topk_ids);
     free(t->topk_logp);
     if (be) {
-        void *bufs[] = {t->d_tokens, t->d_pos, t->d_cu, t->dhidden};
-        for (int i = 0; i < 4; i++)
-            if (bufs[i]) be->free(be, bufs[i]);
+        es_step_buffers_free(&t->buf, be);
         es_optim_free(&t->opt, be);
-        es_distill_free(&t->loss);
         if (t->has_teacher) es_model_free(&t->teacher);
         if (t->student.be) es_model_free(&t->student);
     }
@@ -275,10 +267,11 @@ void es_trainer_free(es_trainer *t) {
 // exactly its kept tokens.
 static int forward_student(es_trainer *t, es_model *m, es_model_batch *b, const es_microbatch *mb) {
     es_backend *be = t->be;
-    be->upload(be, t->d_tokens, mb->tokens, (size_t)mb->n, ES_DT_I32);
-    be->upload(be, t->d_pos, mb->pos, (size_t)mb->n, ES_DT_I32);
-    be->upload(be, t->d_cu, mb->cu_seqlens, (size_t)mb->ndocs + 1, ES_DT_I32);
-    *b = (es_model_batch){.N = mb->n, .ndocs = mb->ndocs, .tokens = t->d_tokens, .pos = t->d_pos, .cu_seqlens = t->d_cu};
+    be->upload(be, t->buf.tokens, mb->tokens, (size_t)mb->n, ES_DT_I32);
+    be->upload(be, t->buf.pos, mb->pos, (size_t)mb->n, ES_DT_I32);
+    be->upload(be, t->buf.cu, mb->cu_seqlens, (size_t)mb->ndocs + 1, ES_DT_I32);
+    *b = (es_model_batch){.N = mb->n, .ndocs = mb->ndocs, .tokens = t->buf.tokens, .pos = t->buf.pos,
+                          .cu_seqlens = t->buf.cu};
     return es_model_forward(m, b);
 }
 
@@ -312,11 +305,11 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
         if (t->has_teacher && es_model_forward(&t->teacher, &b)) return ES_ERR;
         if (t->topk_ids && es_microbatch_topk(t->topk_ids, t->topk_logp, mb, &t->train)) return ES_ERR;
         float ls[2];
-        if (es_distill_model(&t->loss, ls, t->dhidden, &t->student, t->has_teacher ? &t->teacher : NULL, t->topk_ids,
+        if (es_distill_model(&t->buf.loss, ls, t->buf.dhidden, &t->student, t->has_teacher ? &t->teacher : NULL, t->topk_ids,
                              t->topk_logp, mb, &dp))
             return ES_ERR;
         if (a == last) es_dp_overlap_begin(&t->dp, &t->student);
-        if (es_model_backward(&t->student, &b, t->dhidden)) return ES_ERR;
+        if (es_model_backward(&t->student, &b, t->buf.dhidden)) return ES_ERR;
         sums[3] += ls[0];
         sums[4] += ls[1];
         flops += es_flops_train(&t->student.cfg, t->has_teacher ? &t->teacher.cfg : NULL, mb->cu_seqlens, mb->ndocs,
@@ -383,7 +376,7 @@ int es_trainer_validate(es_trainer *t, double *val_loss) {
         float ls[2] = {0, 0};
         rcode = forward_student(t, &view, &b, &mb);
         if (rcode == ES_OK)
-            rcode = es_distill_loss(&t->loss, ls, NULL, NULL, view.hidden, es_model_lm_head(&view), NULL, &mb, &dp);
+            rcode = es_distill_loss(&t->buf.loss, ls, NULL, NULL, view.hidden, es_model_lm_head(&view), NULL, &mb, &dp);
         sums[0] += ls[0];
         sums[1] += mb.nsup;
     }

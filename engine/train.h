@@ -14,6 +14,7 @@
 #include "packer.h"
 #include "run_config.h"
 #include "shard.h"
+#include "step_buffers.h"
 
 typedef struct {
     es_run_config rc;
@@ -25,7 +26,7 @@ typedef struct {
     int has_val;
     es_pack_config pack, val_pack;
     es_packer *packer;
-    es_distill loss;
+    es_step_buffers buf;   // loss workspace and batch buffers on the device
     es_optim opt;          // this rank's part of the state under ZeRO-1
     es_dp dp;              // gradient reduction across ranks, ZeRO-1 part
     es_schedule sched;
@@ -38,8 +39,6 @@ typedef struct {
     int steps_per_epoch;   // optimizer steps
     int total_steps;
     es_microbatch *mbs;    // (accum) micro-batches of the current step
-    void *d_tokens, *d_pos, *d_cu;  // device copies of the batch indices
-    void *dhidden;         // (capacity, C)
     int32_t *topk_ids;     // (capacity, K) offline teacher rows, or NULL
     float *topk_logp;
     char *config_json;     // resolved config, stored in checkpoints
@@ -62,6 +61,15 @@ typedef struct {
 // The packer settings a run config gives (full: r = 1, no answer drop or
 // label mask, as validation uses).
 int es_run_pack_config(es_pack_config *pc, const es_run_config *rc, int rank, int nranks, int full);
+
+// The optimizer steps of a run over the packer's epoch 0 (packed for all
+// ranks together) of `ndocs` training examples.
+typedef struct {
+    int step_mbs;         // micro-batches per optimizer step, all ranks together
+    int steps_per_epoch;  // optimizer steps
+    int total_steps;      // run.steps, or run.epochs x steps_per_epoch
+} es_run_steps;
+void es_run_steps_plan(es_run_steps *s, const es_run_config *rc, const es_packer *p, size_t ndocs);
 
 // Sets up everything; resumes from the newest checkpoint in rc->out unless
 // `fresh`. Prints the resolved config and the memory plan when `verbose`.

@@ -36,10 +36,7 @@ static void *cpu_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind) 
     cpu_block *hdr = (cpu_block *)base;
     hdr->bytes = bytes;
     hdr->kind = kind;
-    be->mem_now[kind] += bytes;
-    be->mem_now_total += bytes;
-    if (be->mem_now[kind] > be->mem_peak[kind]) be->mem_peak[kind] = be->mem_now[kind];
-    if (be->mem_now_total > be->mem_peak_total) be->mem_peak_total = be->mem_now_total;
+    es_mem_tally(be, kind, bytes, +1);
     return base + CPU_ALIGN;
 }
 
@@ -47,8 +44,7 @@ static void cpu_free(es_backend *be, void *p) {
     if (!p) return;
     char *base = (char *)p - CPU_ALIGN;
     const cpu_block *hdr = (const cpu_block *)base;
-    be->mem_now[hdr->kind] -= hdr->bytes;
-    be->mem_now_total -= hdr->bytes;
+    es_mem_tally(be, hdr->kind, hdr->bytes, -1);
     free(base);
 }
 

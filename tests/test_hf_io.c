@@ -252,19 +252,8 @@ static void test_config_parse(void) {
     CHECK(es_config_parse(&c, "{\"model_type\":", "x.json") == ES_ERR && mentions("x.json", "JSON"), "bad JSON");
 }
 
-// meta-llama/Llama-3.2-1B config.json as published.
-static const char LLAMA32_1B[] =
-    "{\"architectures\": [\"LlamaForCausalLM\"], \"attention_bias\": false, "
-    "\"attention_dropout\": 0.0, \"bos_token_id\": 128000, \"eos_token_id\": 128001, "
-    "\"head_dim\": 64, \"hidden_act\": \"silu\", \"hidden_size\": 2048, "
-    "\"initializer_range\": 0.02, \"intermediate_size\": 8192, "
-    "\"max_position_embeddings\": 131072, \"mlp_bias\": false, \"model_type\": \"llama\", "
-    "\"num_attention_heads\": 32, \"num_hidden_layers\": 16, \"num_key_value_heads\": 8, "
-    "\"pretraining_tp\": 1, \"rms_norm_eps\": 1e-05, \"rope_scaling\": {\"factor\": 32.0, "
-    "\"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0, "
-    "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}, "
-    "\"rope_theta\": 500000.0, \"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\", "
-    "\"transformers_version\": \"4.45.0.dev0\", \"use_cache\": true, \"vocab_size\": 128256}";
+// meta-llama/Llama-3.2-1B's config.json as published.
+#define LLAMA32_1B "tests/data/hub/meta-llama/Llama-3.2-1B/config.json"
 
 // meta-llama/Llama-3.1-8B (and DeepSeek-R1-Distill-Llama-8B): the same rope
 // scaling with factor 8, untied.
@@ -292,7 +281,7 @@ static void test_llama3_configs(void) {
         1.41927202e-07f, 9.41830649e-08f,
     };
     es_config c, back;
-    int rc = es_config_parse(&c, LLAMA32_1B, "llama-3.2-1b.json");
+    int rc = es_config_load(&c, LLAMA32_1B);
     CHECK(rc == ES_OK, "Llama-3.2-1B refused: %s", es_last_error());
     if (rc) return;
     const es_rope_scaling *s = &c.rope_scaling;
@@ -351,6 +340,41 @@ static void test_presets(void) {
     es_config c;
     CHECK(es_config_load(&c, "configs/models/qwen3-student-tiny.json") == ES_OK && c.head_dim == 64 &&
               c.heads * c.head_dim != c.hidden && c.tied && c.vocab == 4096, "student preset");
+}
+
+// The config.json files of the hub, taken as published (tests/data/hub/ORG/NAME),
+// give the parameter counts their publishers state. Each count is derived
+// from the config (V vocabulary, C hidden, L layers, H and KVH heads of D, F
+// intermediate): embedding V*C, once more for an untied LM head; per layer
+// q and o 2*C*H*D, k and v 2*C*KVH*D, MLP 3*C*F, two norms 2*C, qwen3's
+// q/k norms 2*D, qwen2's q/k/v biases H*D + 2*KVH*D; the final norm C.
+static void test_published_configs(void) {
+    static const struct { const char *repo; long long params; const char *how; } hub[] = {
+        // 155,582,464 embedding + 28 x 15,730,944 + 1,024: "0.6B" on the model card
+        {"Qwen/Qwen3-0.6B", 596049920LL, "tied"},
+        // 311,164,928 embedding + 28 x 50,336,000 + 2,048. The hub shows 2,031,739,904
+        // = this + 151,936 x 2,048: its safetensors stores the tied head a second time
+        {"Qwen/Qwen3-1.7B", 1720574976LL, "tied"},
+        // 388,956,160 embedding + 36 x 100,930,816 + 2,560: "4.0B" (4,022,468,096 on the hub)
+        {"Qwen/Qwen3-4B", 4022468096LL, "tied"},
+        // 2 x 622,329,856 embedding and head + 36 x 192,946,432 + 4,096: "8.2B"
+        {"Qwen/Qwen3-8B", 8190735360LL, "untied"},
+        // 136,134,656 embedding + 24 x 14,912,384 (1,152 of it q/k/v biases) + 896: "0.49B"
+        {"Qwen/Qwen2.5-0.5B", 494032768LL, "tied"},
+        // 262,668,288 embedding + 16 x 60,821,504 + 2,048: "1.23B"
+        {"meta-llama/Llama-3.2-1B", 1235814400LL, "tied"},
+    };
+    for (size_t i = 0; i < sizeof hub / sizeof hub[0]; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "tests/data/hub/%s/config.json", hub[i].repo);
+        es_config c;
+        int rc = es_config_load(&c, path);
+        CHECK(rc == ES_OK, "%s refused: %s", hub[i].repo, es_last_error());
+        if (rc) continue;
+        CHECK(c.tied == !strcmp(hub[i].how, "tied"), "%s: tie_word_embeddings", hub[i].repo);
+        CHECK(es_config_param_count(&c) == hub[i].params, "%s: %lld parameters, published %lld", hub[i].repo,
+              es_config_param_count(&c), hub[i].params);
+    }
 }
 
 static void test_layout(void) {
@@ -649,6 +673,7 @@ int main(void) {
     test_config_parse();
     test_llama3_configs();
     test_presets();
+    test_published_configs();
     test_layout();
     es_backend *be = es_backend_cpu_create();
     CHECK(be != NULL, "cpu backend: %s", es_last_error());

@@ -226,6 +226,7 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     cuda_fill_matmul(be);
     cuda_fill_norm(be);
     cuda_fill_rope(be);
+    cuda_fill_qkv(be);
     cuda_fill_attention(be);
     cuda_fill_pointwise(be);
     cuda_fill_loss(be);

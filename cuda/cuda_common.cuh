@@ -120,6 +120,9 @@ void cuda_fill_matmul(es_backend *be);
 void cuda_matmul_destroy(es_backend *be);  // before the cuBLASLt handle goes
 void cuda_fill_norm(es_backend *be);
 void cuda_fill_rope(es_backend *be);
+void cuda_fill_qkv(es_backend *be);
+// dw (C) += the column sums of part (rows, C), in a fixed order (cuda_norm.cu).
+void cuda_dw_sum(cudaStream_t st, float *dw, const float *part, int rows, int C);
 void cuda_fill_attention(es_backend *be);
 // x (N, W) on st: zero in the rows outside every document (before cu[0], from
 // cu[ndocs] on), which the attention kernels leave alone; bf16 or float.

@@ -154,6 +154,11 @@ __global__ void rmsnorm_dw_sum_kernel(float *dw, const float *part, int rows, in
     }
 }
 
+void cuda_dw_sum(cudaStream_t st, float *dw, const float *part, int rows, int C) {
+    rmsnorm_dw_sum_kernel<<<(C + 31) / 32, dim3(32, 32), 0, st>>>(dw, part, rows, C);
+    LAUNCH_CHECK();
+}
+
 static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
 
 // The one-pass kernel where it applies (rows of whole 16-byte vectors, at
@@ -178,10 +183,7 @@ static int rmsnorm_bwd_vec(es_backend *be, void *dinp, void *dw, const void *dou
     default: rmsnorm_bwd_vec_kernel<8><<<blocks, threads, 0, c->stream>>>(dx, part, g, x, wt, rstd, N, C, accumulate); break;
     }
     LAUNCH_CHECK();
-    if (dw) {
-        rmsnorm_dw_sum_kernel<<<(C + 31) / 32, dim3(32, 32), 0, c->stream>>>((float *)dw, part, warps, C);
-        LAUNCH_CHECK();
-    }
+    if (dw) cuda_dw_sum(c->stream, (float *)dw, part, warps, C);
     return 1;
 }
 

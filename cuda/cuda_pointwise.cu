@@ -32,20 +32,14 @@ __global__ void embed_bwd_kernel(float *dwte, float *dwpe, const bf16 *dout,
     }
 }
 
-__global__ void swiglu_fwd_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n) {
-    GRID_STRIDE(i, n) {
-        out[i] = tobf(swiglu_elem(bf(gate[i]), bf(up[i])));
-    }
+// One chunk of 8 outputs a thread (swiglu_elem.cuh).
+__global__ void swiglu_fwd_kernel(bf16 *out, const bf16 *gu, size_t n, int F, int vec) {
+    GRID_STRIDE(k, swiglu_chunks(n)) swiglu_fwd_chunk(out, gu, k, n, F, vec);
 }
 
-__global__ void swiglu_bwd_kernel(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate,
-                                  const bf16 *up, size_t n) {
-    GRID_STRIDE(i, n) {
-        float dg, du;
-        swiglu_bwd_elem(&dg, &du, bf(dout[i]), bf(gate[i]), bf(up[i]));
-        dup[i] = tobf(du);
-        dgate[i] = tobf(dg);
-    }
+__global__ void swiglu_bwd_kernel(bf16 *dgu, const bf16 *dout, const bf16 *gu, size_t n, int F,
+                                  int vec) {
+    GRID_STRIDE(k, swiglu_chunks(n)) swiglu_bwd_chunk(dgu, dout, gu, k, n, F, vec);
 }
 
 #define GELU_K 0.7978845608028654f  // sqrt(2 / pi)
@@ -102,19 +96,24 @@ static void cuda_embed_bwd(es_backend *be, void *dwte, void *dwpe, const void *d
     LAUNCH_CHECK();
 }
 
-static void cuda_swiglu_fwd(es_backend *be, void *out, const void *gate, const void *up,
-                            size_t n) {
+static void cuda_swiglu_fwd(es_backend *be, void *out, const void *gu, int N, int F) {
+    size_t n = (size_t)N * F;
     if (!n) return;
-    swiglu_fwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
-        (bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n);
+    const void *bufs[] = {out, gu};
+    int vec = swiglu_vec(F, bufs, 2);
+    swiglu_fwd_kernel<<<cuda_blocks(swiglu_chunks(n), THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)out, (const bf16 *)gu, n, F, vec);
     LAUNCH_CHECK();
 }
 
-static void cuda_swiglu_bwd(es_backend *be, void *dgate, void *dup, const void *dout,
-                            const void *gate, const void *up, size_t n) {
+static void cuda_swiglu_bwd(es_backend *be, void *dgu, const void *dout, const void *gu, int N,
+                            int F) {
+    size_t n = (size_t)N * F;
     if (!n) return;
-    swiglu_bwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
-        (bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
+    const void *bufs[] = {dgu, dout, gu};
+    int vec = swiglu_vec(F, bufs, 3);
+    swiglu_bwd_kernel<<<cuda_blocks(swiglu_chunks(n), THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)dgu, (const bf16 *)dout, (const bf16 *)gu, n, F, vec);
     LAUNCH_CHECK();
 }
 

@@ -41,3 +41,8 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
 #endif
 
 #define HD_INLINE __host__ __device__ __forceinline__
+
+// Eight bf16 values: one 16-byte load or store.
+typedef struct __align__(16) {
+    __nv_bfloat16 v[8];
+} bf16x8;

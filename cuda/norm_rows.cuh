@@ -16,10 +16,6 @@
 #define NR_UNROLL
 #endif
 
-typedef struct __align__(16) {
-    __nv_bfloat16 v[8];
-} bf16x8;
-
 // Vectors per lane the one-pass kernel is instantiated for at row length C
 // (1, 2, 4 or 8); 0 where it does not apply (C not whole 16-byte vectors, or
 // over 2048), and the two scalar passes run instead.

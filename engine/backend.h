@@ -84,7 +84,6 @@ struct es_backend {
 
     // ---- normalisation --------------------------------------------------
     // RMSNorm over rows: out (N, C) = inp / rms(inp) * w ; rstd (N) fp32 saved.
-    // Also used for Qwen3's per-head q/k norm with N*H rows of C = D.
     void (*rmsnorm_fwd)(es_backend *be, void *out, float *rstd, const void *inp, const void *w,
                         int N, int C, float eps);
     // dinp (N, C) overwrite (or += when accumulate); dw (C) +=
@@ -107,6 +106,26 @@ struct es_backend {
     void (*rope_bwd)(es_backend *be, void *dinp, const void *dout, const void *pos,
                      const float *inv_freq, int N, int H, int D);
 
+    // ---- the fused QKV projection's split, qk-norm and rope ------------
+    // qkv (N, (H + 2 KVH) D): rows [q (H, D) | k (KVH, D) | v (KVH, D)], the
+    // output of one matmul over the adjacent q/k/v_proj weights. In one pass:
+    // q (N, H, D) = rope(rmsnorm_D(q rows) * q_norm), k (N, KVH, D) likewise
+    // with k_norm, v (N, KVH, D) copied; q_rstd (N*H), k_rstd (N*KVH) fp32
+    // saved. q_norm, k_norm (D) NULL (both): no norm, rstd not written.
+    // Rotation and eps as rmsnorm_fwd then rope_fwd.
+    void (*qkv_fwd)(es_backend *be, void *q, void *k, void *v, float *q_rstd, float *k_rstd,
+                    const void *qkv, const void *q_norm, const void *k_norm, const void *pos,
+                    const float *inv_freq, int N, int H, int KVH, int D, float eps);
+    // dqkv (N, (H + 2 KVH) D) overwritten from the gradients of the attention
+    // inputs dq (N, H, D), dk, dv (N, KVH, D): rope's inverse, then the norm's
+    // backward (reading the forward's input qkv and rstd) with dq_norm,
+    // dk_norm (D) fp32 +=. Without norm weights qkv, rstd and dq_norm/dk_norm
+    // are not read (may be NULL).
+    void (*qkv_bwd)(es_backend *be, void *dqkv, void *dq_norm, void *dk_norm, const void *dq,
+                    const void *dk, const void *dv, const void *qkv, const void *q_norm,
+                    const void *k_norm, const float *q_rstd, const float *k_rstd,
+                    const void *pos, const float *inv_freq, int N, int H, int KVH, int D);
+
     // ---- attention over packed documents --------------------------------
     // q (N, H, D), k/v (N, KVH, D), out (N, H, D), lse (N, H) fp32 saved.
     // cu_seqlens (ndocs + 1) int32: document d holds tokens [cu[d], cu[d+1]).
@@ -122,10 +141,11 @@ struct es_backend {
                           int KVH, int D);
 
     // ---- pointwise ------------------------------------------------------
-    // out (n) = silu(gate) * up
-    void (*swiglu_fwd)(es_backend *be, void *out, const void *gate, const void *up, size_t n);
-    void (*swiglu_bwd)(es_backend *be, void *dgate, void *dup, const void *dout,
-                       const void *gate, const void *up, size_t n);
+    // SwiGLU over the fused gate|up projection: gu (N, 2F) holds rows
+    // [gate (F) | up (F)]; out (N, F) = silu(gate) * up.
+    void (*swiglu_fwd)(es_backend *be, void *out, const void *gu, int N, int F);
+    // dgu (N, 2F) = [dgate | dup] rows, overwritten.
+    void (*swiglu_bwd)(es_backend *be, void *dgu, const void *dout, const void *gu, int N, int F);
     // GELU, tanh approximation (GPT-2's gelu_new)
     void (*gelu_fwd)(es_backend *be, void *out, const void *inp, size_t n);
     void (*gelu_bwd)(es_backend *be, void *dinp, const void *dout, const void *inp, size_t n);

@@ -1,7 +1,10 @@
 // The flat parameter buffer: every tensor named as in Hugging Face's
 // qwen3/llama models, contiguous, in a fixed order. GPT-2 uses the same names
 // (its c_fc is mlp.up_proj, c_proj mlp.down_proj, ln_f model.norm) plus its
-// learned positions, named "model.wpe.weight" (P, C).
+// learned positions, named "model.wpe.weight" (P, C). Outside gpt2 the q/k/v
+// weights are adjacent (then their biases), as are gate and up, so that each
+// group is one matrix for one matmul. Checkpoints before this order
+// (qkv_bias models only) are refused on resume (checkpoint.c).
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,18 +53,28 @@ static void build_layer(builder *b, es_layer_params *lp, const es_config *c, int
     snprintf(pre, sizeof pre, "model.layers.%d.", l);
     lp->ln1_w = add_layer(b, pre, C, 0, "input_layernorm.weight");
     lp->ln1_b = ln_bias ? add_layer(b, pre, C, 0, "input_layernorm.bias") : -1;
-    lp->q_w = add_layer(b, pre, QD, C, "self_attn.q_proj.weight");
-    lp->q_b = c->qkv_bias ? add_layer(b, pre, QD, 0, "self_attn.q_proj.bias") : -1;
-    lp->k_w = add_layer(b, pre, KD, C, "self_attn.k_proj.weight");
-    lp->k_b = c->qkv_bias ? add_layer(b, pre, KD, 0, "self_attn.k_proj.bias") : -1;
-    lp->v_w = add_layer(b, pre, KD, C, "self_attn.v_proj.weight");
-    lp->v_b = c->qkv_bias ? add_layer(b, pre, KD, 0, "self_attn.v_proj.bias") : -1;
+    if (c->arch == ES_ARCH_GPT2) {  // each projection with its bias, as before
+        lp->q_w = add_layer(b, pre, QD, C, "self_attn.q_proj.weight");
+        lp->q_b = add_layer(b, pre, QD, 0, "self_attn.q_proj.bias");
+        lp->k_w = add_layer(b, pre, KD, C, "self_attn.k_proj.weight");
+        lp->k_b = add_layer(b, pre, KD, 0, "self_attn.k_proj.bias");
+        lp->v_w = add_layer(b, pre, KD, C, "self_attn.v_proj.weight");
+        lp->v_b = add_layer(b, pre, KD, 0, "self_attn.v_proj.bias");
+    } else {  // one ((H + 2 KVH) D, C) matrix and one bias: the fused QKV matmul's
+        lp->q_w = add_layer(b, pre, QD, C, "self_attn.q_proj.weight");
+        lp->k_w = add_layer(b, pre, KD, C, "self_attn.k_proj.weight");
+        lp->v_w = add_layer(b, pre, KD, C, "self_attn.v_proj.weight");
+        lp->q_b = c->qkv_bias ? add_layer(b, pre, QD, 0, "self_attn.q_proj.bias") : -1;
+        lp->k_b = c->qkv_bias ? add_layer(b, pre, KD, 0, "self_attn.k_proj.bias") : -1;
+        lp->v_b = c->qkv_bias ? add_layer(b, pre, KD, 0, "self_attn.v_proj.bias") : -1;
+    }
     lp->q_norm = c->qk_norm ? add_layer(b, pre, c->head_dim, 0, "self_attn.q_norm.weight") : -1;
     lp->k_norm = c->qk_norm ? add_layer(b, pre, c->head_dim, 0, "self_attn.k_norm.weight") : -1;
     lp->o_w = add_layer(b, pre, C, QD, "self_attn.o_proj.weight");
     lp->o_b = c->o_bias ? add_layer(b, pre, C, 0, "self_attn.o_proj.bias") : -1;
     lp->ln2_w = add_layer(b, pre, C, 0, "post_attention_layernorm.weight");
     lp->ln2_b = ln_bias ? add_layer(b, pre, C, 0, "post_attention_layernorm.bias") : -1;
+    // gate then up: one (2F, C) matrix, the fused gate|up matmul's
     lp->gate_w = c->arch == ES_ARCH_GPT2 ? -1 : add_layer(b, pre, F, C, "mlp.gate_proj.weight");
     lp->up_w = add_layer(b, pre, F, C, "mlp.up_proj.weight");
     lp->up_b = c->mlp_bias ? add_layer(b, pre, F, 0, "mlp.up_proj.bias") : -1;

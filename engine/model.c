@@ -41,7 +41,7 @@ static int is_gpt2(const es_model *m) { return m->cfg.arch == ES_ARCH_GPT2; }
 enum {
     ACTS_INPUT = 1,  // ln1_in: the residual stream entering the layer (always kept)
     ACTS_NORM = 2,   // ln1_out, ln2_out: dropped from level MLP on
-    ACTS_MLP = 4,    // gate, up, act: dropped from level MLP on
+    ACTS_MLP = 4,    // gate_up, act: dropped from level MLP on
     ACTS_REST = 8,   // attention tensors, res2, norm statistics: dropped at level FULL
     ACTS_ALL = 15,
 };
@@ -60,11 +60,9 @@ static int alloc_layer_acts(es_model *m, es_layer_acts *a, const es_layer_acts *
     if ((groups & ACTS_NORM) && (own(m, &a->ln1_out, N * C, ES_DT_COMPUTE, A) ||
                                  own(m, &a->ln2_out, N * C, ES_DT_COMPUTE, A)))
         return ES_ERR;
-    if (groups & ACTS_MLP) {
-        if (own(m, &a->up, N * F, ES_DT_COMPUTE, A) || own(m, &a->act, N * F, ES_DT_COMPUTE, A))
-            return ES_ERR;
-        if (!is_gpt2(m) && own(m, &a->gate, N * F, ES_DT_COMPUTE, A)) return ES_ERR;
-    }
+    if ((groups & ACTS_MLP) && (own(m, &a->gate_up, (is_gpt2(m) ? 1 : 2) * N * F, ES_DT_COMPUTE, A) ||
+                                own(m, &a->act, N * F, ES_DT_COMPUTE, A)))
+        return ES_ERR;
     if (!(groups & ACTS_REST)) return ES_OK;
     if (own_f32(m, &a->ln1_rstd, N, A) || own(m, &a->q, N * QD, ES_DT_COMPUTE, A) ||
         own(m, &a->k, N * KD, ES_DT_COMPUTE, A) || own(m, &a->v, N * KD, ES_DT_COMPUTE, A) ||
@@ -75,8 +73,7 @@ static int alloc_layer_acts(es_model *m, es_layer_acts *a, const es_layer_acts *
     if (is_gpt2(m) && (own_f32(m, &a->ln1_mean, N, A) || own_f32(m, &a->ln2_mean, N, A)))
         return ES_ERR;
     if (c->qk_norm) {
-        if (own(m, &a->q_raw, N * QD, ES_DT_COMPUTE, A) ||
-            own(m, &a->k_raw, N * KD, ES_DT_COMPUTE, A) ||
+        if (own(m, &a->qkv, N * (QD + 2 * KD), ES_DT_COMPUTE, A) ||
             own_f32(m, &a->q_rstd, N * (size_t)c->heads, A) ||
             own_f32(m, &a->k_rstd, N * (size_t)c->kv_heads, A))
             return ES_ERR;
@@ -113,12 +110,33 @@ static int alloc_layer_sets(es_model *m, int trainable, size_t N) {
     return ES_OK;
 }
 
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+// Rows of the fused QKV projection: (H + 2 KVH) D.
+static int qkv_width(const es_config *c) { return (c->heads + 2 * c->kv_heads) * c->head_dim; }
+
+// The workspace, in elements of N-token rows. Forward: the fused QKV output
+// (when not kept) and the projections' outputs at 0. Backward of attention:
+// at 0 the output gradient, then dqkv; at work_mid dq | dk | dv, then the
+// norm input's gradient. Backward of the MLP: at 0 dgate|dup, at 2F per
+// token d(act), then the norm input's gradient.
+static size_t work_mid(const es_model *m, size_t N) {
+    return N * max_sz((size_t)qkv_width(&m->cfg), (size_t)m->cfg.hidden);
+}
+
+static size_t work_size(const es_model *m, size_t N, int trainable) {
+    size_t C = (size_t)m->cfg.hidden, F = (size_t)m->cfg.ffn;
+    if (!trainable) return work_mid(m, N);
+    return max_sz(2 * work_mid(m, N), N * (2 * F + max_sz(F, C)));
+}
+
+static void *work_at(const es_model *m, size_t off) {
+    return m->be->offset(m->be, m->work, off, ES_DT_COMPUTE);
+}
+
 static int alloc_acts(es_model *m, int trainable) {
     const es_config *c = &m->cfg;
     size_t N = (size_t)m->max_tokens, C = (size_t)c->hidden;
-    size_t wide = (size_t)c->ffn;
-    if ((size_t)c->heads * c->head_dim > wide) wide = (size_t)c->heads * c->head_dim;
-    if (C > wide) wide = C;
     if (alloc_layer_sets(m, trainable, N)) return ES_ERR;
     if (trainable) {
         if (own(m, &m->final_in, N * C, ES_DT_COMPUTE, ES_MEM_ACTS)) return ES_ERR;
@@ -129,9 +147,7 @@ static int alloc_acts(es_model *m, int trainable) {
         own_f32(m, &m->lnf_rstd, N, ES_MEM_ACTS))
         return ES_ERR;
     if (is_gpt2(m) && own_f32(m, &m->lnf_mean, N, ES_MEM_ACTS)) return ES_ERR;
-    int nscratch = trainable ? 4 : 1;
-    for (int i = 0; i < nscratch; i++)
-        if (own(m, &m->scratch[i], N * wide, ES_DT_COMPUTE, ES_MEM_WORKSPACE)) return ES_ERR;
+    if (own(m, &m->work, work_size(m, N, trainable), ES_DT_COMPUTE, ES_MEM_WORKSPACE)) return ES_ERR;
     if (trainable && own(m, &m->dres, N * C, ES_DT_COMPUTE, ES_MEM_WORKSPACE)) return ES_ERR;
     return ES_OK;
 }
@@ -294,24 +310,21 @@ static void attention_block_fwd(es_model *m, es_layer_acts *a, int layer, const 
     const es_layer_params *lp = &m->layout.layer[layer];
     int C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim;
     norm_fwd(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
-    // With qk-norm the projections are kept for its backward; without, rope
-    // (linear) runs in place on them.
-    void *q = c->qk_norm ? a->q_raw : a->q, *k = c->qk_norm ? a->k_raw : a->k;
-    be->matmul_fwd(be, q, a->ln1_out, P(m, lp->q_w), P(m, lp->q_b), N, C, H * D);
-    be->matmul_fwd(be, k, a->ln1_out, P(m, lp->k_w), P(m, lp->k_b), N, C, KVH * D);
-    be->matmul_fwd(be, a->v, a->ln1_out, P(m, lp->v_w), P(m, lp->v_b), N, C, KVH * D);
-    if (c->qk_norm) {  // per-head RMSNorm, rows of D, before rope
-        be->rmsnorm_fwd(be, a->q, a->q_rstd, a->q_raw, P(m, lp->q_norm), N * H, D, c->norm_eps);
-        be->rmsnorm_fwd(be, a->k, a->k_rstd, a->k_raw, P(m, lp->k_norm), N * KVH, D,
-                        c->norm_eps);
-    }
-    if (!is_gpt2(m)) {
-        be->rope_fwd(be, a->q, a->q, pos, m->inv_freq, N, H, D);
-        be->rope_fwd(be, a->k, a->k, pos, m->inv_freq, N, KVH, D);
+    if (is_gpt2(m)) {
+        be->matmul_fwd(be, a->q, a->ln1_out, P(m, lp->q_w), P(m, lp->q_b), N, C, H * D);
+        be->matmul_fwd(be, a->k, a->ln1_out, P(m, lp->k_w), P(m, lp->k_b), N, C, KVH * D);
+        be->matmul_fwd(be, a->v, a->ln1_out, P(m, lp->v_w), P(m, lp->v_b), N, C, KVH * D);
+    } else {
+        // One matmul over the adjacent q/k/v weights, then split, qk-norm and
+        // rope in one pass. The fused rows are kept only for qk-norm's backward.
+        void *qkv = c->qk_norm ? a->qkv : m->work;
+        be->matmul_fwd(be, qkv, a->ln1_out, P(m, lp->q_w), P(m, lp->q_b), N, C, qkv_width(c));
+        be->qkv_fwd(be, a->q, a->k, a->v, a->q_rstd, a->k_rstd, qkv, P(m, lp->q_norm),
+                    P(m, lp->k_norm), pos, m->inv_freq, N, H, KVH, D, c->norm_eps);
     }
     attend(ctx, m, a, layer, N);
-    be->matmul_fwd(be, m->scratch[0], a->att, P(m, lp->o_w), P(m, lp->o_b), N, H * D, C);
-    be->add(be, a->res2, a->ln1_in, m->scratch[0], (size_t)N * C);
+    be->matmul_fwd(be, m->work, a->att, P(m, lp->o_w), P(m, lp->o_b), N, H * D, C);
+    be->add(be, a->res2, a->ln1_in, m->work, (size_t)N * C);
 }
 
 // Training's attention step: causal within each document of the packed batch.
@@ -327,14 +340,13 @@ static void packed_attention(const void *ctx, es_model *m, es_layer_acts *a, int
 static void mlp_inner_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp, int N) {
     es_backend *be = m->be;
     int C = m->cfg.hidden, F = m->cfg.ffn;
-    size_t NF = (size_t)N * F;
     norm_fwd(m, a->ln2_out, a->ln2_mean, a->ln2_rstd, a->res2, lp->ln2_w, lp->ln2_b, N);
-    be->matmul_fwd(be, a->up, a->ln2_out, P(m, lp->up_w), P(m, lp->up_b), N, C, F);
     if (is_gpt2(m)) {
-        be->gelu_fwd(be, a->act, a->up, NF);
-    } else {
-        be->matmul_fwd(be, a->gate, a->ln2_out, P(m, lp->gate_w), NULL, N, C, F);
-        be->swiglu_fwd(be, a->act, a->gate, a->up, NF);
+        be->matmul_fwd(be, a->gate_up, a->ln2_out, P(m, lp->up_w), P(m, lp->up_b), N, C, F);
+        be->gelu_fwd(be, a->act, a->gate_up, (size_t)N * F);
+    } else {  // one matmul over the adjacent gate and up weights
+        be->matmul_fwd(be, a->gate_up, a->ln2_out, P(m, lp->gate_w), NULL, N, C, 2 * F);
+        be->swiglu_fwd(be, a->act, a->gate_up, N, F);
     }
 }
 
@@ -343,8 +355,8 @@ static void mlp_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *
     es_backend *be = m->be;
     int C = m->cfg.hidden, F = m->cfg.ffn;
     mlp_inner_fwd(m, a, lp, N);
-    be->matmul_fwd(be, m->scratch[0], a->act, P(m, lp->down_w), P(m, lp->down_b), N, F, C);
-    be->add(be, out, a->res2, m->scratch[0], (size_t)N * C);
+    be->matmul_fwd(be, m->work, a->act, P(m, lp->down_w), P(m, lp->down_b), N, F, C);
+    be->add(be, out, a->res2, m->work, (size_t)N * C);
 }
 
 void es_model_forward_with(es_model *m, const void *tokens, const void *pos, int N,
@@ -373,20 +385,19 @@ int es_model_forward(es_model *m, const es_model_batch *b) {
 static void mlp_block_bwd(es_model *m, const es_layer_acts *a, const es_layer_params *lp, int N) {
     es_backend *be = m->be;
     int C = m->cfg.hidden, F = m->cfg.ffn;
-    size_t NF = (size_t)N * F;
-    void *dact = m->scratch[0], *dgate = m->scratch[1], *dup = m->scratch[2];
-    void *dln = m->scratch[0];  // dact is dead once the activation's backward ran
+    void *dgu = m->work, *dact = work_at(m, (size_t)N * 2 * F);
+    void *dln = dact;  // dact is dead once the activation's backward ran
     be->matmul_bwd(be, dact, G(m, lp->down_w), G(m, lp->down_b), m->dres, a->act,
                    P(m, lp->down_w), N, F, C, 0);
     if (is_gpt2(m)) {
-        be->gelu_bwd(be, dup, dact, a->up, NF);
+        be->gelu_bwd(be, dgu, dact, a->gate_up, (size_t)N * F);
+        be->matmul_bwd(be, dln, G(m, lp->up_w), G(m, lp->up_b), dgu, a->ln2_out, P(m, lp->up_w),
+                       N, C, F, 0);
     } else {
-        be->swiglu_bwd(be, dgate, dup, dact, a->gate, a->up, NF);
-        be->matmul_bwd(be, dln, G(m, lp->gate_w), NULL, dgate, a->ln2_out, P(m, lp->gate_w), N,
-                       C, F, 0);
+        be->swiglu_bwd(be, dgu, dact, a->gate_up, N, F);
+        be->matmul_bwd(be, dln, G(m, lp->gate_w), NULL, dgu, a->ln2_out, P(m, lp->gate_w), N, C,
+                       2 * F, 0);
     }
-    be->matmul_bwd(be, dln, G(m, lp->up_w), G(m, lp->up_b), dup, a->ln2_out, P(m, lp->up_w), N,
-                   C, F, !is_gpt2(m));
     norm_bwd(m, m->dres, dln, a->res2, lp->ln2_w, lp->ln2_b, a->ln2_mean, a->ln2_rstd, N, 1);
 }
 
@@ -395,31 +406,33 @@ static void attention_block_bwd(es_model *m, const es_layer_acts *a, const es_la
     es_backend *be = m->be;
     const es_config *c = &m->cfg;
     int N = b->N, C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim;
-    void *datt = m->scratch[0], *dq = m->scratch[1], *dk = m->scratch[2], *dv = m->scratch[3];
+    size_t mid = work_mid(m, (size_t)N), QD = (size_t)N * H * D, KD = (size_t)N * KVH * D;
+    void *datt = m->work, *dq = work_at(m, mid), *dk = work_at(m, mid + QD),
+         *dv = work_at(m, mid + QD + KD);
     be->matmul_bwd(be, datt, G(m, lp->o_w), G(m, lp->o_b), m->dres, a->att, P(m, lp->o_w), N,
                    H * D, C, 0);
     be->attention_bwd(be, dq, dk, dv, datt, a->q, a->k, a->v, a->att, a->lse, b->cu_seqlens,
                       b->ndocs, N, H, KVH, D);
-    if (!is_gpt2(m)) {
-        be->rope_bwd(be, dq, dq, b->pos, m->inv_freq, N, H, D);
-        be->rope_bwd(be, dk, dk, b->pos, m->inv_freq, N, KVH, D);
+    if (is_gpt2(m)) {
+        void *dln = m->work;  // datt is dead after attention_bwd
+        be->matmul_bwd(be, dln, G(m, lp->q_w), G(m, lp->q_b), dq, a->ln1_out, P(m, lp->q_w), N,
+                       C, H * D, 0);
+        be->matmul_bwd(be, dln, G(m, lp->k_w), G(m, lp->k_b), dk, a->ln1_out, P(m, lp->k_w), N,
+                       C, KVH * D, 1);
+        be->matmul_bwd(be, dln, G(m, lp->v_w), G(m, lp->v_b), dv, a->ln1_out, P(m, lp->v_w), N,
+                       C, KVH * D, 1);
+        norm_bwd(m, m->dres, dln, a->ln1_in, lp->ln1_w, lp->ln1_b, a->ln1_mean, a->ln1_rstd, N,
+                 1);
+        return;
     }
-    void *dln = m->scratch[0];  // datt is dead after attention_bwd
-    if (c->qk_norm) {  // move dq, dk down one scratch so each norm's output is distinct
-        be->rmsnorm_bwd(be, m->scratch[0], G(m, lp->q_norm), dq, a->q_raw, P(m, lp->q_norm),
-                        a->q_rstd, N * H, D, 0);
-        be->rmsnorm_bwd(be, m->scratch[1], G(m, lp->k_norm), dk, a->k_raw, P(m, lp->k_norm),
-                        a->k_rstd, N * KVH, D, 0);
-        dq = m->scratch[0];
-        dk = m->scratch[1];
-        dln = m->scratch[2];
-    }
-    be->matmul_bwd(be, dln, G(m, lp->q_w), G(m, lp->q_b), dq, a->ln1_out, P(m, lp->q_w), N, C,
-                   H * D, 0);
-    be->matmul_bwd(be, dln, G(m, lp->k_w), G(m, lp->k_b), dk, a->ln1_out, P(m, lp->k_w), N, C,
-                   KVH * D, 1);
-    be->matmul_bwd(be, dln, G(m, lp->v_w), G(m, lp->v_b), dv, a->ln1_out, P(m, lp->v_w), N, C,
-                   KVH * D, 1);
+    // rope's inverse and qk-norm's backward into the fused rows (over datt,
+    // dead now), then one matmul; dq, dk, dv are dead after the first.
+    void *dqkv = m->work, *dln = dq;
+    be->qkv_bwd(be, dqkv, G(m, lp->q_norm), G(m, lp->k_norm), dq, dk, dv, a->qkv,
+                P(m, lp->q_norm), P(m, lp->k_norm), a->q_rstd, a->k_rstd, b->pos, m->inv_freq, N,
+                H, KVH, D);
+    be->matmul_bwd(be, dln, G(m, lp->q_w), G(m, lp->q_b), dqkv, a->ln1_out, P(m, lp->q_w), N, C,
+                   qkv_width(c), 0);
     norm_bwd(m, m->dres, dln, a->ln1_in, lp->ln1_w, lp->ln1_b, a->ln1_mean, a->ln1_rstd, N, 1);
 }
 

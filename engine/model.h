@@ -102,7 +102,8 @@ typedef struct {
     void *ln1_in;   // (N, C) residual stream entering the layer
     void *ln1_out;  // (N, C)
     float *ln1_mean, *ln1_rstd;  // (N); mean only for LayerNorm (gpt2)
-    void *q_raw, *k_raw;  // (N, H*D), (N, KVH*D) before qk-norm (qwen3 only, else NULL)
+    void *qkv;      // (N, (H + 2 KVH) D) the fused projection, kept for qk-norm's backward
+                    // (qwen3 only, else NULL: it lives in the model's workspace)
     float *q_rstd, *k_rstd;  // (N*H), (N*KVH) (qwen3 only)
     void *q, *k, *v;  // (N, H*D), (N, KVH*D) x2: attention inputs, after norm and rope
     void *att;      // (N, H*D)
@@ -110,7 +111,7 @@ typedef struct {
     void *res2;     // (N, C) residual after attention
     void *ln2_out;  // (N, C)
     float *ln2_mean, *ln2_rstd;  // (N)
-    void *gate, *up;  // (N, F) (gate NULL for gpt2: up is the fc output)
+    void *gate_up;    // (N, 2F) rows [gate | up]; (N, F) for gpt2: its fc output
     void *act;        // (N, F) swiglu / gelu output
 } es_layer_acts;
 
@@ -118,7 +119,7 @@ typedef struct {
 // FLOPs for memory). Gradients are the same at every level: backward reruns the
 // same ops on the same inputs.
 //   NONE: every activation of every layer.
-//   MLP:  not the norm outputs nor the MLP intermediates (gate, up, act: 3 x N x F
+//   MLP:  not the norm outputs nor the MLP intermediates (gate|up, act: 3 x N x F
 //         per layer); backward recomputes them from the saved sub-block inputs
 //         into one set shared by every layer.
 //   FULL: only each layer's input; backward reruns the layer's forward into one
@@ -160,7 +161,7 @@ typedef struct {
     void *final_in;   // (N, C) residual stream before the final norm
     void *hidden;     // (N, C) output of the final norm: the LM head input
     float *lnf_mean, *lnf_rstd;
-    void *scratch[4]; // temporaries (N, max(C, F, H*D)); forward-only models have only [0]
+    void *work;       // temporaries of a layer's forward and backward (model.c's work_size)
     void *dres;       // (N, C) gradient of the residual stream (NULL when forward-only)
     void **owned;     // every device buffer the model allocated, freed together
     int nowned, cap_owned;

@@ -79,6 +79,17 @@ static void w_rope_bwd(es_backend *be, void *dinp, const void *dout, const void 
                        int N, int H, int D) {
     TIMED(rope_bwd, 0, dinp, dout, pos, inv_freq, N, H, D);
 }
+static void w_qkv_fwd(es_backend *be, void *q, void *k, void *v, float *q_rstd, float *k_rstd, const void *qkv,
+                      const void *q_norm, const void *k_norm, const void *pos, const float *inv_freq, int N, int H,
+                      int KVH, int D, float eps) {
+    TIMED(qkv_fwd, 0, q, k, v, q_rstd, k_rstd, qkv, q_norm, k_norm, pos, inv_freq, N, H, KVH, D, eps);
+}
+static void w_qkv_bwd(es_backend *be, void *dqkv, void *dq_norm, void *dk_norm, const void *dq, const void *dk,
+                      const void *dv, const void *qkv, const void *q_norm, const void *k_norm, const float *q_rstd,
+                      const float *k_rstd, const void *pos, const float *inv_freq, int N, int H, int KVH, int D) {
+    TIMED(qkv_bwd, 0, dqkv, dq_norm, dk_norm, dq, dk, dv, qkv, q_norm, k_norm, q_rstd, k_rstd, pos, inv_freq, N, H,
+          KVH, D);
+}
 static void w_attention_fwd(es_backend *be, void *out, float *lse, const void *q, const void *k, const void *v,
                             const void *cu, int ndocs, int N, int H, int KVH, int D) {
     TIMED(attention_fwd, 0, out, lse, q, k, v, cu, ndocs, N, H, KVH, D);
@@ -88,12 +99,11 @@ static void w_attention_bwd(es_backend *be, void *dq, void *dk, void *dv, const 
                             int ndocs, int N, int H, int KVH, int D) {
     TIMED(attention_bwd, 0, dq, dk, dv, dout, q, k, v, out, lse, cu, ndocs, N, H, KVH, D);
 }
-static void w_swiglu_fwd(es_backend *be, void *out, const void *gate, const void *up, size_t n) {
-    TIMED(swiglu_fwd, 0, out, gate, up, n);
+static void w_swiglu_fwd(es_backend *be, void *out, const void *gu, int N, int F) {
+    TIMED(swiglu_fwd, 0, out, gu, N, F);
 }
-static void w_swiglu_bwd(es_backend *be, void *dgate, void *dup, const void *dout, const void *gate,
-                         const void *up, size_t n) {
-    TIMED(swiglu_bwd, 0, dgate, dup, dout, gate, up, n);
+static void w_swiglu_bwd(es_backend *be, void *dgu, const void *dout, const void *gu, int N, int F) {
+    TIMED(swiglu_bwd, 0, dgu, dout, gu, N, F);
 }
 static void w_gelu_fwd(es_backend *be, void *out, const void *inp, size_t n) { TIMED(gelu_fwd, 0, out, inp, n); }
 static void w_gelu_bwd(es_backend *be, void *dinp, const void *dout, const void *inp, size_t n) {

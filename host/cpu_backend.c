@@ -129,6 +129,8 @@ es_backend *es_backend_cpu_create(void) {
     be->layernorm_bwd = cpu_layernorm_bwd;
     be->rope_fwd = cpu_rope_fwd;
     be->rope_bwd = cpu_rope_bwd;
+    be->qkv_fwd = cpu_qkv_fwd;
+    be->qkv_bwd = cpu_qkv_bwd;
     be->attention_fwd = cpu_attention_fwd;
     be->attention_bwd = cpu_attention_bwd;
     be->swiglu_fwd = cpu_swiglu_fwd;

@@ -7,33 +7,51 @@
 
 #define NORM_COLS 64  // columns per task in the weight-gradient sums
 
+float cpu_rms_row(float *y, const float *x, const float *w, int C, float eps) {
+    double ss = 0.0;
+    for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+    for (int c = 0; c < C; c++) y[c] = x[c] * r * w[c];
+    return r;
+}
+
 void cpu_rmsnorm_fwd(es_backend *be, void *out_, float *rstd, const void *inp_, const void *w_,
                      int N, int C, float eps) {
     (void)be;
     float *out = out_;
     const float *inp = inp_, *w = w_;
     #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C;
-        float *y = out + (size_t)i * C;
-        double ss = 0.0;
-        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
-        float r = (float)(1.0 / sqrt(ss / C + eps));
-        for (int c = 0; c < C; c++) y[c] = x[c] * r * w[c];
-        rstd[i] = r;
-    }
+    for (int i = 0; i < N; i++)
+        rstd[i] = cpu_rms_row(out + (size_t)i * C, inp + (size_t)i * C, w, C, eps);
 }
 
-void cpu_rmsnorm_bwd(es_backend *be, void *dinp_, void *dw_, const void *dout_, const void *inp_,
-                     const void *w_, const float *rstd, int N, int C, int accumulate) {
-    (void)be;
-    float *dinp = dinp_, *dw = dw_;
-    const float *dout = dout_, *inp = inp_, *w = w_;
+// Offset of row r of C when rows come in groups of `per`, groups `gs` apart.
+static size_t row_at(int r, int per, size_t gs, int C) {
+    return (size_t)(r / per) * gs + (size_t)(r % per) * C;
+}
+
+void cpu_rmsnorm_bwd_rows(float *dinp, float *dw, const float *dout, const float *inp,
+                          const float *w, const float *rstd, int N, int C, int per, size_t gs,
+                          int accumulate) {
+    // The weight gradient first, so that dinp may be dout.
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += NORM_COLS) {
+        int c1 = c0 + NORM_COLS < C ? c0 + NORM_COLS : C;
+        float acc[NORM_COLS] = {0};
+        for (int i = 0; i < N; i++) {
+            size_t o = row_at(i, per, gs, C);
+            const float *x = inp + o, *dy = dout + o;
+            float r = rstd[i];
+            for (int c = c0; c < c1; c++) acc[c - c0] += dy[c] * x[c] * r;
+        }
+        for (int c = c0; c < c1; c++) dw[c] += acc[c - c0];
+    }
     // dx = r * (w * dy) - r^3 / C * x * sum(w * dy * x)
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
-        float *dx = dinp + (size_t)i * C;
+        size_t o = row_at(i, per, gs, C);
+        const float *x = inp + o, *dy = dout + o;
+        float *dx = dinp + o;
         float r = rstd[i];
         double dot = 0.0;
         for (int c = 0; c < C; c++) dot += (double)w[c] * dy[c] * x[c];
@@ -43,17 +61,12 @@ void cpu_rmsnorm_bwd(es_backend *be, void *dinp_, void *dw_, const void *dout_, 
         else
             for (int c = 0; c < C; c++) dx[c] = r * w[c] * dy[c] - k * x[c];
     }
-    #pragma omp parallel for schedule(static)
-    for (int c0 = 0; c0 < C; c0 += NORM_COLS) {
-        int c1 = c0 + NORM_COLS < C ? c0 + NORM_COLS : C;
-        float acc[NORM_COLS] = {0};
-        for (int i = 0; i < N; i++) {
-            const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
-            float r = rstd[i];
-            for (int c = c0; c < c1; c++) acc[c - c0] += dy[c] * x[c] * r;
-        }
-        for (int c = c0; c < c1; c++) dw[c] += acc[c - c0];
-    }
+}
+
+void cpu_rmsnorm_bwd(es_backend *be, void *dinp, void *dw, const void *dout, const void *inp,
+                     const void *w, const float *rstd, int N, int C, int accumulate) {
+    (void)be;
+    cpu_rmsnorm_bwd_rows(dinp, dw, dout, inp, w, rstd, N, C, 1, (size_t)C, accumulate);
 }
 
 void cpu_layernorm_fwd(es_backend *be, void *out_, float *mean, float *rstd, const void *inp_,

@@ -30,6 +30,14 @@ void cpu_rmsnorm_fwd(es_backend *be, void *out, float *rstd, const void *inp, co
                      int C, float eps);
 void cpu_rmsnorm_bwd(es_backend *be, void *dinp, void *dw, const void *dout, const void *inp,
                      const void *w, const float *rstd, int N, int C, int accumulate);
+// One row of RMSNorm: y (C) = x / rms(x) * w; returns the row's rstd.
+float cpu_rms_row(float *y, const float *x, const float *w, int C, float eps);
+// rmsnorm_bwd over N rows of C that come in groups of `per` rows, groups `gs`
+// floats apart (per = 1, gs = C: contiguous rows), alike in dinp, dout and
+// inp. dinp may be dout.
+void cpu_rmsnorm_bwd_rows(float *dinp, float *dw, const float *dout, const float *inp,
+                          const float *w, const float *rstd, int N, int C, int per, size_t gs,
+                          int accumulate);
 void cpu_layernorm_fwd(es_backend *be, void *out, float *mean, float *rstd, const void *inp,
                        const void *w, const void *b, int N, int C, float eps);
 void cpu_layernorm_bwd(es_backend *be, void *dinp, void *dw, void *db, const void *dout,
@@ -40,6 +48,17 @@ void cpu_rope_fwd(es_backend *be, void *out, const void *inp, const void *pos,
                   const float *inv_freq, int N, int H, int D);
 void cpu_rope_bwd(es_backend *be, void *dinp, const void *dout, const void *pos,
                   const float *inv_freq, int N, int H, int D);
+// The rotation of one token's H heads of D at position p (sign -1: the
+// inverse); in place allowed.
+void cpu_rope_token(float *out, const float *inp, float p, const float *inv_freq, int H, int D,
+                    float sign);
+void cpu_qkv_fwd(es_backend *be, void *q, void *k, void *v, float *q_rstd, float *k_rstd,
+                 const void *qkv, const void *q_norm, const void *k_norm, const void *pos,
+                 const float *inv_freq, int N, int H, int KVH, int D, float eps);
+void cpu_qkv_bwd(es_backend *be, void *dqkv, void *dq_norm, void *dk_norm, const void *dq,
+                 const void *dk, const void *dv, const void *qkv, const void *q_norm,
+                 const void *k_norm, const float *q_rstd, const float *k_rstd, const void *pos,
+                 const float *inv_freq, int N, int H, int KVH, int D);
 
 void cpu_attention_fwd(es_backend *be, void *out, float *lse, const void *q, const void *k,
                        const void *v, const void *cu_seqlens, int ndocs, int N, int H, int KVH,
@@ -53,9 +72,8 @@ void cpu_embed_fwd(es_backend *be, void *out, const void *tokens, const void *po
                    const void *wpe, int N, int C);
 void cpu_embed_bwd(es_backend *be, void *dwte, void *dwpe, const void *dout, const void *tokens,
                    const void *pos, int N, int C);
-void cpu_swiglu_fwd(es_backend *be, void *out, const void *gate, const void *up, size_t n);
-void cpu_swiglu_bwd(es_backend *be, void *dgate, void *dup, const void *dout, const void *gate,
-                    const void *up, size_t n);
+void cpu_swiglu_fwd(es_backend *be, void *out, const void *gu, int N, int F);
+void cpu_swiglu_bwd(es_backend *be, void *dgu, const void *dout, const void *gu, int N, int F);
 void cpu_gelu_fwd(es_backend *be, void *out, const void *inp, size_t n);
 void cpu_gelu_bwd(es_backend *be, void *dinp, const void *dout, const void *inp, size_t n);
 void cpu_add(es_backend *be, void *out, const void *a, const void *b, size_t n);

@@ -49,28 +49,34 @@ void cpu_embed_bwd(es_backend *be, void *dwte, void *dwpe, const void *dout, con
     if (dwpe) scatter_add(dwpe, dout, pos, N, C);
 }
 
-void cpu_swiglu_fwd(es_backend *be, void *out_, const void *gate_, const void *up_, size_t n) {
+void cpu_swiglu_fwd(es_backend *be, void *out_, const void *gu_, int N, int F) {
     (void)be;
     float *out = out_;
-    const float *gate = gate_, *up = up_;
+    const float *gu = gu_;
     #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + es_expf(-g)) * up[i];
+    for (int i = 0; i < N; i++) {
+        const float *gate = gu + (size_t)i * 2 * F, *up = gate + F;
+        float *o = out + (size_t)i * F;
+        for (int c = 0; c < F; c++) {
+            float g = gate[c];
+            o[c] = g / (1.0f + es_expf(-g)) * up[c];
+        }
     }
 }
 
-void cpu_swiglu_bwd(es_backend *be, void *dgate_, void *dup_, const void *dout_, const void *gate_,
-                    const void *up_, size_t n) {
+void cpu_swiglu_bwd(es_backend *be, void *dgu_, const void *dout_, const void *gu_, int N, int F) {
     (void)be;
-    float *dgate = dgate_, *dup = dup_;
-    const float *dout = dout_, *gate = gate_, *up = up_;
+    float *dgu = dgu_;
+    const float *dout = dout_, *gu = gu_;
     #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i], s = 1.0f / (1.0f + es_expf(-g)), dy = dout[i];
-        float u = up[i];  // read before writing: dup may alias up
-        dup[i] = dy * g * s;
-        dgate[i] = dy * u * s * (1.0f + g * (1.0f - s));
+    for (int i = 0; i < N; i++) {
+        const float *gate = gu + (size_t)i * 2 * F, *up = gate + F, *dy = dout + (size_t)i * F;
+        float *dgate = dgu + (size_t)i * 2 * F, *dup = dgate + F;
+        for (int c = 0; c < F; c++) {
+            float g = gate[c], s = 1.0f / (1.0f + es_expf(-g));
+            dup[c] = dy[c] * g * s;
+            dgate[c] = dy[c] * up[c] * s * (1.0f + g * (1.0f - s));
+        }
     }
 }
 

@@ -7,23 +7,27 @@
 
 #include "cpu_ops.h"
 
-// sign = +1 rotates forward, -1 applies the inverse rotation (the backward).
+void cpu_rope_token(float *out, const float *inp, float p, const float *inv_freq, int H, int D,
+                    float sign) {
+    int half = D / 2;
+    for (int j = 0; j < half; j++) {
+        double angle = (double)(p * inv_freq[j]);
+        float c = (float)cos(angle), s = sign * (float)sin(angle);
+        for (int h = 0; h < H; h++) {
+            size_t base = (size_t)h * D;
+            float x1 = inp[base + j], x2 = inp[base + j + half];
+            out[base + j] = x1 * c - x2 * s;
+            out[base + j + half] = x2 * c + x1 * s;
+        }
+    }
+}
+
 static void rope_apply(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
                        int N, int H, int D, float sign) {
-    int half = D / 2;
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
-        float p = (float)pos[i];
-        for (int j = 0; j < half; j++) {
-            double angle = (double)(p * inv_freq[j]);
-            float c = (float)cos(angle), s = sign * (float)sin(angle);
-            for (int h = 0; h < H; h++) {
-                size_t base = ((size_t)i * H + h) * D;
-                float x1 = inp[base + j], x2 = inp[base + j + half];
-                out[base + j] = x1 * c - x2 * s;
-                out[base + j + half] = x2 * c + x1 * s;
-            }
-        }
+        size_t o = (size_t)i * H * D;
+        cpu_rope_token(out + o, inp + o, (float)pos[i], inv_freq, H, D, sign);
     }
 }
 

@@ -366,6 +366,100 @@ static void test_rope(void) {
     free_all();
 }
 
+// ---- the fused QKV split, qk-norm and rope ------------------------------------
+static struct { float *q, *k, *v, *qr, *kr, *qkv, *qn, *kn, *inv_freq, *Rq, *Rk, *Rv; int32_t *pos; int N, H, KVH, D; } qk;
+
+static double qkv_loss(void) {
+    be->qkv_fwd(be, qk.q, qk.k, qk.v, qk.qr, qk.kr, qk.qkv, qk.qn, qk.kn, qk.pos, qk.inv_freq, qk.N, qk.H,
+                qk.KVH, qk.D, 1e-6f);
+    size_t nq = (size_t)qk.N * qk.H * qk.D, nk = (size_t)qk.N * qk.KVH * qk.D;
+    return proj(qk.q, qk.Rq, nq) + proj(qk.k, qk.Rk, nk) + proj(qk.v, qk.Rv, nk);
+}
+
+// The fused op against the composition it replaces: the fused rows split
+// into q, k, v, rmsnorm_fwd per head (with norm), rope_fwd; backward as
+// rope_bwd, rmsnorm_bwd, and the three gradients put back side by side. The
+// CPU op runs the same arithmetic, so they agree exactly; and finite
+// differences of the fused op.
+static void test_qkv_case(int norm) {
+    const int N = 5, H = 4, KVH = 2, D = 16, QD = H * D, KD = KVH * D, W = QD + 2 * KD;
+    const float eps = 1e-6f;
+    size_t nq = (size_t)N * QD, nk = (size_t)N * KD, nw = (size_t)N * W;
+    int32_t *pos = ibuf(N);
+    const int32_t positions[5] = {0, 3, 1, 700, 2};
+    memcpy(pos, positions, sizeof positions);
+    float *inv_freq = fbuf(D / 2);
+    for (int j = 0; j < D / 2; j++) inv_freq[j] = powf(10000.0f, -2.0f * j / D);
+    float *qkv = frand(nw, 1), *qn = norm ? frand(D, 1) : NULL, *kn = norm ? frand(D, 1) : NULL;
+    float *q = fnan(nq), *k = fnan(nk), *v = fnan(nk), *qr = norm ? fnan((size_t)N * H) : NULL;
+    float *kr = norm ? fnan((size_t)N * KVH) : NULL;
+    be->qkv_fwd(be, q, k, v, qr, kr, qkv, qn, kn, pos, inv_freq, N, H, KVH, D, eps);
+    // the composition
+    float *rq = fbuf(nq), *rk = fbuf(nk), *rv = fbuf(nk), *sq = fbuf(nq), *sk = fbuf(nk);
+    float *rqr = fbuf((size_t)N * H), *rkr = fbuf((size_t)N * KVH);
+    for (int i = 0; i < N; i++) {
+        memcpy(sq + (size_t)i * QD, qkv + (size_t)i * W, QD * sizeof(float));
+        memcpy(sk + (size_t)i * KD, qkv + (size_t)i * W + QD, KD * sizeof(float));
+        memcpy(rv + (size_t)i * KD, qkv + (size_t)i * W + QD + KD, KD * sizeof(float));
+    }
+    if (norm) {
+        be->rmsnorm_fwd(be, rq, rqr, sq, qn, N * H, D, eps);
+        be->rmsnorm_fwd(be, rk, rkr, sk, kn, N * KVH, D, eps);
+    } else {
+        memcpy(rq, sq, nq * sizeof(float));
+        memcpy(rk, sk, nk * sizeof(float));
+    }
+    be->rope_fwd(be, rq, rq, pos, inv_freq, N, H, D);
+    be->rope_fwd(be, rk, rk, pos, inv_freq, N, KVH, D);
+    int same = !memcmp(q, rq, nq * 4) && !memcmp(k, rk, nk * 4) && !memcmp(v, rv, nk * 4);
+    if (norm) same &= !memcmp(qr, rqr, (size_t)N * H * 4) && !memcmp(kr, rkr, (size_t)N * KVH * 4);
+    CHECK(same, "qkv_fwd norm=%d differs from split + rmsnorm_fwd + rope_fwd", norm);
+
+    // backward
+    float *dq = frand(nq, 1), *dk = frand(nk, 1), *dv = frand(nk, 1), *dqkv = fnan(nw);
+    float *dqn = norm ? frand(D, 1) : NULL, *dkn = norm ? frand(D, 1) : NULL;
+    float *dqn0 = norm ? fcopy(dqn, D) : NULL, *dkn0 = norm ? fcopy(dkn, D) : NULL;
+    be->qkv_bwd(be, dqkv, dqn, dkn, dq, dk, dv, norm ? qkv : NULL, qn, kn, qr, kr, pos, inv_freq, N, H, KVH,
+                D);
+    float *gq = fbuf(nq), *gk = fbuf(nk), *xq = fbuf(nq), *xk = fbuf(nk), *ref = fbuf(nw);
+    be->rope_bwd(be, gq, dq, pos, inv_freq, N, H, D);
+    be->rope_bwd(be, gk, dk, pos, inv_freq, N, KVH, D);
+    if (norm) {
+        be->rmsnorm_bwd(be, xq, dqn0, gq, sq, qn, rqr, N * H, D, 0);
+        be->rmsnorm_bwd(be, xk, dkn0, gk, sk, kn, rkr, N * KVH, D, 0);
+    } else {
+        memcpy(xq, gq, nq * 4);
+        memcpy(xk, gk, nk * 4);
+    }
+    for (int i = 0; i < N; i++) {
+        memcpy(ref + (size_t)i * W, xq + (size_t)i * QD, QD * sizeof(float));
+        memcpy(ref + (size_t)i * W + QD, xk + (size_t)i * KD, KD * sizeof(float));
+        memcpy(ref + (size_t)i * W + QD + KD, dv + (size_t)i * KD, KD * sizeof(float));
+    }
+    same = !memcmp(dqkv, ref, nw * 4);
+    if (norm) same &= !memcmp(dqn, dqn0, D * 4) && !memcmp(dkn, dkn0, D * 4);
+    CHECK(same, "qkv_bwd norm=%d differs from rope_bwd + rmsnorm_bwd + concatenation", norm);
+
+    // finite differences of the fused op: the input, then the norm weights
+    qk.q = q; qk.k = k; qk.v = v; qk.qr = qr; qk.kr = kr; qk.qkv = qkv; qk.qn = qn; qk.kn = kn; qk.pos = pos;
+    qk.inv_freq = inv_freq; qk.N = N; qk.H = H; qk.KVH = KVH; qk.D = D; qk.Rq = dq; qk.Rk = dk; qk.Rv = dv;
+    check_fd("qkv dqkv", dqkv, qkv, nw, 1e-2f, qkv_loss);
+    if (norm) {
+        float *gqn = fbuf(D), *gkn = fbuf(D);  // the gradients alone: from zero
+        memset(gqn, 0, D * sizeof(float));
+        memset(gkn, 0, D * sizeof(float));
+        be->qkv_bwd(be, dqkv, gqn, gkn, dq, dk, dv, qkv, qn, kn, qr, kr, pos, inv_freq, N, H, KVH, D);
+        check_fd("qkv dq_norm", gqn, qn, D, 1e-2f, qkv_loss);
+        check_fd("qkv dk_norm", gkn, kn, D, 1e-2f, qkv_loss);
+    }
+    free_all();
+}
+
+static void test_qkv(void) {
+    test_qkv_case(1);
+    test_qkv_case(0);
+}
+
 // ---- attention --------------------------------------------------------------
 static struct {
     float *out, *lse, *q, *k, *v, *R;
@@ -566,23 +660,31 @@ static void test_embed(void) {
     free_all();
 }
 
-static struct { float *out, *a, *b, *R; size_t n; int gelu; } pw;
+static struct { float *out, *a, *R; size_t n; int N, F, gelu; } pw;
 
 static double pw_loss(void) {
     if (pw.gelu)
         be->gelu_fwd(be, pw.out, pw.a, pw.n);
     else
-        be->swiglu_fwd(be, pw.out, pw.a, pw.b, pw.n);
+        be->swiglu_fwd(be, pw.out, pw.a, pw.N, pw.F);
     return proj(pw.out, pw.R, pw.n);
 }
 
+// SwiGLU over fused gate|up rows against the unfused formula on the split
+// halves g, u (double references); GELU on g.
 static void test_activations(void) {
-    const size_t n = 203;
-    float *g = frand(n, 2), *u = frand(n, 1), *out = fnan(n);
-    g[0] = -30.0f;  // far tails stay finite
-    g[1] = 30.0f;
+    const int N = 7, F = 29;
+    const size_t n = (size_t)N * F;
+    float *gu = fbuf(2 * n), *g = fbuf(n), *u = fbuf(n), *out = fnan(n);
+    for (size_t e = 0; e < n; e++) {
+        size_t at = e / F * 2 * F + e % F;
+        gu[at] = g[e] = 2.0f * es_rng_normal(&rng);
+        gu[at + F] = u[e] = es_rng_normal(&rng);
+    }
+    gu[0] = g[0] = -30.0f;  // far tails stay finite
+    gu[1] = g[1] = 30.0f;
     double *ref = es_xmalloc(n * sizeof(double));
-    be->swiglu_fwd(be, out, g, u, n);
+    be->swiglu_fwd(be, out, gu, N, F);
     for (size_t i = 0; i < n; i++) ref[i] = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
     CHECK(rel_err_d(out, ref, n) < 1e-6, "swiglu_fwd rel err %.3g", rel_err_d(out, ref, n));
     const double k = sqrt(2.0 / M_PI);
@@ -594,10 +696,15 @@ static void test_activations(void) {
     }
     CHECK(rel_err_d(out, ref, n) < 1e-6, "gelu_fwd rel err %.3g", rel_err_d(out, ref, n));
 
-    pw.out = out; pw.a = g; pw.b = u; pw.n = n; pw.R = frand(n, 1);
-    float *dg = fnan(n), *du = fnan(n);
+    pw.out = out; pw.a = gu; pw.n = n; pw.N = N; pw.F = F; pw.R = frand(n, 1);
+    float *dgu = fnan(2 * n), *dg = fbuf(n), *du = fbuf(n);
     // analytic double references for the derivatives as well
-    be->swiglu_bwd(be, dg, du, pw.R, g, u, n);
+    be->swiglu_bwd(be, dgu, pw.R, gu, N, F);
+    for (size_t e = 0; e < n; e++) {
+        size_t at = e / F * 2 * F + e % F;
+        dg[e] = dgu[at];
+        du[e] = dgu[at + F];
+    }
     double *rg = es_xmalloc(n * sizeof(double)), *ru = es_xmalloc(n * sizeof(double));
     for (size_t i = 0; i < n; i++) {
         double x = g[i], s = 1.0 / (1.0 + exp(-x));
@@ -606,9 +713,9 @@ static void test_activations(void) {
     }
     CHECK(rel_err_d(dg, rg, n) < 1e-5 && rel_err_d(du, ru, n) < 1e-5, "swiglu_bwd vs analytic");
     pw.gelu = 0;
-    check_fd("swiglu dgate", dg, g, n, 1e-3f, pw_loss);
-    check_fd("swiglu dup", du, u, n, 1e-3f, pw_loss);
+    check_fd("swiglu dgate|dup", dgu, gu, 2 * n, 1e-3f, pw_loss);
     t_poison(dg, n);
+    pw.a = g;
     be->gelu_bwd(be, dg, pw.R, g, n);
     for (size_t i = 0; i < n; i++) {
         double x = g[i], t = tanh(k * (x + 0.044715 * x * x * x));
@@ -819,6 +926,7 @@ int main(void) {
     test_norm(1, 4, 9);
     test_norm(1, 3, 150);
     test_rope();
+    test_qkv();
     test_attention();
     test_embed();
     test_activations();

@@ -188,9 +188,10 @@ static void check_recompute_memory(const es_config *cfg) {
            KD = KVH * cfg->head_dim;
     int gpt2 = cfg->arch == ES_ARCH_GPT2;
     size_t norm_out = 2 * n * C, mlp = (gpt2 ? 2 : 3) * n * F;
-    // res2, q, att, k, v, lse, rstd x2 (+ mean x2), qk-norm inputs and their rstd
+    // res2, q, att, k, v, lse, rstd x2 (+ mean x2), the fused q|k|v rows
+    // qk-norm reads in backward and its rstd
     size_t rest = n * (C + 2 * QD + 2 * KD + H + 2 + (gpt2 ? 2 : 0)) +
-                  (cfg->qk_norm ? n * (QD + KD + H + KVH) : 0);
+                  (cfg->qk_norm ? n * (QD + 2 * KD + H + KVH) : 0);
     size_t layer = n * C + norm_out + mlp + rest;
     size_t none = acts_peak(cfg, ES_MODEL_TRAIN), fwd = acts_peak(cfg, ES_MODEL_FORWARD_ONLY);
     size_t lmlp = acts_peak(cfg, ES_MODEL_TRAIN_RECOMPUTE_MLP),

@@ -83,6 +83,11 @@ static int save_optim(const char *path, const es_model *m, const es_optim *o, si
     return r;
 }
 
+// The order of the flat layout the optimizer state is stored in: 2 since the
+// q/k/v weights are adjacent (layout.c). Before, absent: each q/k/v bias
+// followed its weight, which differs only for qkv_bias models outside gpt2.
+#define FLAT_ORDER 2
+
 // `files` (taken over) lists the other files of the checkpoint with their checksums.
 static char *state_json(const es_train_state *st, const char *config_json, int nparts, cJSON *files) {
     cJSON *root = cJSON_CreateObject();
@@ -100,6 +105,7 @@ static char *state_json(const es_train_state *st, const char *config_json, int n
     cJSON_AddNumberToObject(root, "flops", st->flops);
     cJSON_AddNumberToObject(root, "seconds", st->seconds);
     if (nparts) cJSON_AddNumberToObject(root, "optim_parts", nparts);
+    cJSON_AddNumberToObject(root, "flat_order", FLAT_ORDER);
     cJSON *cfg = config_json ? cJSON_Parse(config_json) : NULL;
     if (cfg) cJSON_AddItemToObject(root, "config", cfg);
     cJSON_AddItemToObject(root, "files", files);
@@ -353,6 +359,21 @@ static void layout_diff(char *why, size_t size, const es_layout *ck, const es_la
     }
 }
 
+// Refuses optimizer state stored in a flat order other than this layout's.
+static int check_flat_order(const char *ckpt_dir, const es_config *c) {
+    char path[PATH_MAX];
+    cJSON *root;
+    snprintf(path, sizeof path, "%s/trainer_state.json", ckpt_dir);
+    if (read_state(&root, path)) return ES_ERR;
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "flat_order");
+    double order = cJSON_IsNumber(o) ? o->valuedouble : 1;
+    cJSON_Delete(root);
+    if (order == FLAT_ORDER || (order == 1 && (!c->qkv_bias || c->arch == ES_ARCH_GPT2))) return ES_OK;
+    return es_fail("%s: optimizer state in flat order %g, this essence's is %d (q/k/v weights adjacent, then "
+                   "their biases): resume with the essence that wrote it, or start over with --fresh",
+                   path, order, FLAT_ORDER);
+}
+
 int es_ckpt_check_model(const char *ckpt_dir, const es_config *run) {
     char path[PATH_MAX], why[256];
     es_config cc;
@@ -376,7 +397,7 @@ int es_ckpt_check_model(const char *ckpt_dir, const es_config *run) {
     if (why[0])
         return es_fail("%s: a checkpoint of another model (%s): use another run.out, or start over with --fresh",
                        path, why);
-    return ES_OK;
+    return check_flat_order(ckpt_dir, run);
 }
 
 static int load_vec(float *host, es_st_file *f, const char *name, size_t n) {

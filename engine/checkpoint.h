@@ -35,7 +35,10 @@ int es_ckpt_clean(const char *out_dir, int all);
 // which checkpoint resumes instead. ES_ERR when none is intact.
 int es_ckpt_pick(char *path, size_t size, const char *out_dir);
 // Refuses (one line naming config.json and the first differing tensor) a
-// checkpoint whose model has other tensors than the run's student.
+// checkpoint whose model has other tensors than the run's student, and (one
+// line naming trainer_state.json) one whose optimizer state is stored in
+// another flat order (before the q/k/v weights were adjacent, for qkv_bias
+// models).
 int es_ckpt_check_model(const char *ckpt_dir, const es_config *run);
 // Restores the optimizer and trainer state of a checkpoint into an already
 // loaded model (load the weights with es_model_load_hf on the same directory).

@@ -93,18 +93,19 @@ int emul_rmsnorm_bwd(uint16_t *dinp, float *dw, const uint16_t *dout, const uint
     return 1;
 }
 
-void emul_swiglu_fwd(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = emul_to_bf16(swiglu_elem(emul_from_bf16(gate[i]), emul_from_bf16(up[i])));
+void emul_swiglu_fwd(uint16_t *out, const uint16_t *gu, int N, int F) {
+    const void *bufs[] = {out, gu};
+    int vec = swiglu_vec(F, bufs, 2);
+    size_t n = (size_t)N * F;
+    for (size_t k = 0; k < swiglu_chunks(n); k++) swiglu_fwd_chunk((bf16 *)out, (const bf16 *)gu, k, n, F, vec);
 }
 
-void emul_swiglu_bwd(uint16_t *dgate, uint16_t *dup, const uint16_t *dout, const uint16_t *gate,
-                     const uint16_t *up, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float dg, du;
-        swiglu_bwd_elem(&dg, &du, emul_from_bf16(dout[i]), emul_from_bf16(gate[i]), emul_from_bf16(up[i]));
-        dup[i] = emul_to_bf16(du);
-        dgate[i] = emul_to_bf16(dg);
-    }
+void emul_swiglu_bwd(uint16_t *dgu, const uint16_t *dout, const uint16_t *gu, int N, int F) {
+    const void *bufs[] = {dgu, dout, gu};
+    int vec = swiglu_vec(F, bufs, 3);
+    size_t n = (size_t)N * F;
+    for (size_t k = 0; k < swiglu_chunks(n); k++)
+        swiglu_bwd_chunk((bf16 *)dgu, (const bf16 *)dout, (const bf16 *)gu, k, n, F, vec);
 }
 
 void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, size_t n,

@@ -22,10 +22,11 @@ float emul_from_bf16(uint16_t h);
 int emul_rmsnorm_bwd(uint16_t *dinp, float *dw, const uint16_t *dout, const uint16_t *inp,
                      const uint16_t *w, const float *rstd, int N, int C, int accumulate, int sms);
 
-// swiglu_fwd_kernel, swiglu_bwd_kernel over n elements.
-void emul_swiglu_fwd(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
-void emul_swiglu_bwd(uint16_t *dgate, uint16_t *dup, const uint16_t *dout, const uint16_t *gate,
-                     const uint16_t *up, size_t n);
+// swiglu_fwd_kernel, swiglu_bwd_kernel over gu (N, 2F) rows [gate | up]:
+// out (N, F), dgu (N, 2F); chunk by chunk, with the vectors where the
+// backend would take them (swiglu_vec).
+void emul_swiglu_fwd(uint16_t *out, const uint16_t *gu, int N, int F);
+void emul_swiglu_bwd(uint16_t *dgu, const uint16_t *dout, const uint16_t *gu, int N, int F);
 
 // adamw_kernel over n elements: master NULL updates fp32 params in place,
 // else master and its bf16 copy in params.

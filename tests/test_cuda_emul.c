@@ -1,9 +1,10 @@
 // The CUDA kernels' own code, emulated on the CPU (tests/cuda_emul.cpp), against
 // the CPU backend: the one-pass RMSNorm backward lane by lane, SwiGLU forward
-// and backward, AdamW. Runs in every build, without CUDA or a GPU, so that a
-// change to the kernels' arithmetic or lane layout is caught in CI. Inputs are
-// fresh random bf16 values each run (the seed is printed); outputs start as
-// NaN, so an element the code forgets stays NaN and fails.
+// and backward over fused gate|up rows, AdamW. Runs in every build, without
+// CUDA or a GPU, so that a change to the kernels' arithmetic or lane layout
+// is caught in CI. Inputs are fresh random bf16 values each run (the seed is
+// printed); outputs start as NaN, so an element the code forgets stays NaN
+// and fails.
 #include <stdint.h>
 #include <time.h>
 
@@ -82,30 +83,30 @@ static void test_rmsnorm_bwd_declines(int C) {
           "rmsnorm_bwd C=%d should take the scalar kernels", C);
 }
 
-static void test_swiglu(size_t n) {
-    uint16_t *g = aligned(n * 2), *u = aligned(n * 2), *dy = aligned(n * 2);
-    uint16_t *out = aligned(n * 2), *dg = aligned(n * 2), *du = aligned(n * 2);
-    float *gf = aligned(n * 4), *uf = aligned(n * 4), *dyf = aligned(n * 4), *got = aligned(n * 4);
-    float *ref = aligned(n * 4), *dgref = aligned(n * 4), *duref = aligned(n * 4);
-    bf16_rand(g, gf, n, 3.0f);  // both tails of the sigmoid
-    bf16_rand(u, uf, n, 1.0f);
+// The fused op over N rows of F: with 16-byte vectors (F a multiple of 8),
+// element by element otherwise, and, with `shift`, on buffers one element off
+// 16-byte alignment, which must take the element path.
+static void test_swiglu(int N, int F, int shift) {
+    size_t n = (size_t)N * F, s = (size_t)shift;
+    uint16_t *gub = aligned((2 * n + s) * 2), *dyb = aligned((n + s) * 2);
+    uint16_t *outb = aligned((n + s) * 2), *dgub = aligned((2 * n + s) * 2);
+    uint16_t *gu = gub + s, *dy = dyb + s, *out = outb + s, *dgu = dgub + s;
+    float *guf = aligned(2 * n * 4), *dyf = aligned(n * 4), *got = aligned(2 * n * 4);
+    float *ref = aligned(2 * n * 4);
+    bf16_rand(gu, guf, 2 * n, 3.0f);  // both tails of the sigmoid
     bf16_rand(dy, dyf, n, 1.0f);
-    bf16_poison(out, n), bf16_poison(dg, n), bf16_poison(du, n);
-    emul_swiglu_fwd(out, g, u, n);
-    emul_swiglu_bwd(dg, du, dy, g, u, n);
-    be->swiglu_fwd(be, ref, gf, uf, n);
-    be->swiglu_bwd(be, dgref, duref, dyf, gf, uf, n);
+    bf16_poison(out, n), bf16_poison(dgu, 2 * n);
+    emul_swiglu_fwd(out, gu, N, F);
+    emul_swiglu_bwd(dgu, dy, gu, N, F);
+    be->swiglu_fwd(be, ref, guf, N, F);
     bf16_to_f32(got, out, n);
     double e = t_rel_err(got, ref, n, 1e-6);
-    CHECK(e < BF16_TOL, "swiglu_fwd n=%zu rel err %.3g", n, e);
-    bf16_to_f32(got, dg, n);
-    e = t_rel_err(got, dgref, n, 1e-6);
-    CHECK(e < BF16_TOL, "swiglu_bwd dgate n=%zu rel err %.3g", n, e);
-    bf16_to_f32(got, du, n);
-    e = t_rel_err(got, duref, n, 1e-6);
-    CHECK(e < BF16_TOL, "swiglu_bwd dup n=%zu rel err %.3g", n, e);
-    free(g), free(u), free(dy), free(out), free(dg), free(du), free(gf), free(uf), free(dyf);
-    free(got), free(ref), free(dgref), free(duref);
+    CHECK(e < BF16_TOL, "swiglu_fwd N=%d F=%d shift=%d rel err %.3g", N, F, shift, e);
+    be->swiglu_bwd(be, ref, dyf, guf, N, F);
+    bf16_to_f32(got, dgu, 2 * n);
+    e = t_rel_err(got, ref, 2 * n, 1e-6);
+    CHECK(e < BF16_TOL, "swiglu_bwd N=%d F=%d shift=%d rel err %.3g", N, F, shift, e);
+    free(gub), free(dyb), free(outb), free(dgub), free(guf), free(dyf), free(got), free(ref);
 }
 
 // A few steps of AdamW on fp32 weights (no master) and on bf16 weights with
@@ -161,7 +162,9 @@ int main(void) {
     }
     test_rmsnorm_bwd_declines(100);   // not whole 16-byte vectors
     test_rmsnorm_bwd_declines(2056);  // more than 8 vectors a lane
-    test_swiglu(1000);
+    test_swiglu(7, 64, 0);   // vectors
+    test_swiglu(5, 200, 1);  // misaligned: elements
+    test_swiglu(9, 29, 0);   // rows not whole vectors; a last partial chunk
     test_adamw(1000, 0);
     test_adamw(1000, 1);
     be->destroy(be);

@@ -291,17 +291,6 @@ static void test_pointwise(void) {
     buf a = rnd(n, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS), b = rnd(n, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf dout = rnd(n, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf o1 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS), o2 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
-    cpu->swiglu_fwd(cpu, o1.c, a.c, b.c, n);
-    gpu->swiglu_fwd(gpu, o1.g, a.g, b.g, n);
-    compare("swiglu_fwd", o1);
-    drop(o1);
-    o1 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
-    cpu->swiglu_bwd(cpu, o1.c, o2.c, dout.c, a.c, b.c, n);
-    gpu->swiglu_bwd(gpu, o1.g, o2.g, dout.g, a.g, b.g, n);
-    compare("swiglu_bwd dgate", o1);
-    compare("swiglu_bwd dup", o2);
-    drop(o1);
-    o1 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
     cpu->gelu_fwd(cpu, o1.c, a.c, n);
     gpu->gelu_fwd(gpu, o1.g, a.g, n);
     compare("gelu_fwd", o1);
@@ -317,6 +306,83 @@ static void test_pointwise(void) {
     compare("add", o1);
     buf x[] = {a, b, dout, o1, o2};
     for (size_t i = 0; i < 5; i++) drop(x[i]);
+}
+
+// b's elements from `off` on, on both backends.
+static buf view(buf b, size_t off) {
+    buf v = {cpu->offset(cpu, b.c, off, b.dt), gpu->offset(gpu, b.g, off, b.dt), b.n - off, b.dt};
+    return v;
+}
+
+// SwiGLU over fused gate|up rows (N, 2F); `shift` moves every buffer one
+// element off 16-byte alignment, which the vector path must leave alone.
+static void test_swiglu(int N, int F, int shift, const char *tag) {
+    char name[48];
+    size_t n = (size_t)N * F, s = (size_t)shift;
+    buf gub = rnd(2 * n + s, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS), doutb = rnd(n + s, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf outb = nan_buf(n + s, ES_DT_COMPUTE, ES_MEM_ACTS), dgub = nan_buf(2 * n + s, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf gu = view(gub, s), dout = view(doutb, s), out = view(outb, s), dgu = view(dgub, s);
+    cpu->swiglu_fwd(cpu, out.c, gu.c, N, F);
+    gpu->swiglu_fwd(gpu, out.g, gu.g, N, F);
+    snprintf(name, sizeof name, "swiglu_fwd %s", tag);
+    compare(name, out);
+    cpu->swiglu_bwd(cpu, dgu.c, dout.c, gu.c, N, F);
+    gpu->swiglu_bwd(gpu, dgu.g, dout.g, gu.g, N, F);
+    snprintf(name, sizeof name, "swiglu_bwd %s", tag);
+    compare(name, dgu);
+    buf x[] = {gub, doutb, outb, dgub};
+    for (size_t i = 0; i < 4; i++) drop(x[i]);
+}
+
+// The fused QKV rows (N, (H + 2 KVH) D) split, normalised (`norm`) and
+// rotated, and back, with a Qwen3 config's frequencies.
+static void test_qkv(int N, int H, int KVH, int D, int norm, const char *tag) {
+    char name[64];
+    size_t nq = (size_t)N * H * D, nk = (size_t)N * KVH * D, nw = nq + 2 * nk;
+    es_config c = {.head_dim = D, .rope_theta = 1e6f};
+    float host[256];
+    es_rope_inv_freq(host, &c);
+    buf inv_freq = mk(D / 2, ES_DT_F32, ES_MEM_WEIGHTS);
+    put(inv_freq, host);
+    buf pos = rand_ints(N, 40960), qkv = rnd(nw, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf qn = rnd(D, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS), kn = rnd(D, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf q = nan_buf(nq, ES_DT_COMPUTE, ES_MEM_ACTS), k = nan_buf(nk, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf v = nan_buf(nk, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf qr = nan_buf((size_t)N * H, ES_DT_F32, ES_MEM_ACTS), kr = nan_buf((size_t)N * KVH, ES_DT_F32, ES_MEM_ACTS);
+    cpu->qkv_fwd(cpu, q.c, k.c, v.c, norm ? qr.c : NULL, norm ? kr.c : NULL, qkv.c, norm ? qn.c : NULL,
+                 norm ? kn.c : NULL, pos.c, inv_freq.c, N, H, KVH, D, 1e-6f);
+    gpu->qkv_fwd(gpu, q.g, k.g, v.g, norm ? qr.g : NULL, norm ? kr.g : NULL, qkv.g, norm ? qn.g : NULL,
+                 norm ? kn.g : NULL, pos.g, inv_freq.g, N, H, KVH, D, 1e-6f);
+    const char *what[] = {"q", "k", "v", "q_rstd", "k_rstd"};
+    buf outs[] = {q, k, v, qr, kr};
+    for (int i = 0; i < (norm ? 5 : 3); i++) {
+        snprintf(name, sizeof name, "qkv_fwd %s %s", what[i], tag);
+        compare(name, outs[i]);
+    }
+    if (norm) {  // the backward reads the forward's rstd: give both the CPU's
+        for (int i = 3; i < 5; i++) {
+            float *h = host_of(cpu, outs[i].c, outs[i].n, outs[i].dt);
+            put(outs[i], h);
+            free(h);
+        }
+    }
+    buf dq = rnd(nq, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS), dk = rnd(nk, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dv = rnd(nk, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS), dqkv = nan_buf(nw, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf dqn = rnd(D, 1.0f, ES_DT_F32, ES_MEM_GRADS), dkn = rnd(D, 1.0f, ES_DT_F32, ES_MEM_GRADS);
+    cpu->qkv_bwd(cpu, dqkv.c, dqn.c, dkn.c, dq.c, dk.c, dv.c, qkv.c, norm ? qn.c : NULL, norm ? kn.c : NULL,
+                 qr.c, kr.c, pos.c, inv_freq.c, N, H, KVH, D);
+    gpu->qkv_bwd(gpu, dqkv.g, dqn.g, dkn.g, dq.g, dk.g, dv.g, qkv.g, norm ? qn.g : NULL, norm ? kn.g : NULL,
+                 qr.g, kr.g, pos.g, inv_freq.g, N, H, KVH, D);
+    snprintf(name, sizeof name, "qkv_bwd dqkv %s", tag);
+    compare(name, dqkv);
+    if (norm) {
+        snprintf(name, sizeof name, "qkv_bwd dq_norm %s", tag);
+        compare(name, dqn);
+        snprintf(name, sizeof name, "qkv_bwd dk_norm %s", tag);
+        compare(name, dkn);
+    }
+    buf x[] = {inv_freq, pos, qkv, qn, kn, q, k, v, qr, kr, dq, dk, dv, dqkv, dqn, dkn};
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++) drop(x[i]);
 }
 
 static void test_rows(void) {
@@ -601,12 +667,23 @@ int main(int argc, char **argv) {
     test_rmsnorm(67, 100, "rmsnorm C=100 (scalar path)");
     test_layernorm();
     test_rope();
+    // Qwen3-0.6B's heads (16-byte vectors, 8 lanes a head), Llama's D = 64
+    // without norm, and head dims the element path takes (not whole vector
+    // pairs: D = 24, a half-warp a head; D = 72, a warp and 2 chunks a lane; D = 8)
+    test_qkv(300, 16, 8, 128, 1, "D=128 norm");
+    test_qkv(257, 8, 2, 64, 0, "D=64");
+    test_qkv(97, 6, 2, 24, 1, "D=24 norm (elements)");
+    test_qkv(41, 2, 1, 72, 1, "D=72 norm (elements)");
+    test_qkv(33, 4, 4, 8, 1, "D=8 norm (elements)");
     test_attention_kernel("simple");
     if (!strcmp(gpu->name, "cuda")) test_attention_paths();
     test_decode(8, 2, 64, "GQA D=64");
     test_decode(16, 4, 128, "GQA D=128");
     test_decode(4, 4, 128, "MHA D=128");
     test_pointwise();
+    test_swiglu(301, 1024, 0, "F=1024 (vectors)");
+    test_swiglu(257, 129, 0, "F=129 (elements)");
+    test_swiglu(65, 96, 1, "F=96 misaligned (elements)");
     test_rows();
     test_loss(12, 5003, 1, "KD V=5003");
     test_loss(6, 151936, 1, "KD V=151936");

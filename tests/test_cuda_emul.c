@@ -165,6 +165,7 @@ int main(void) {
     test_swiglu(7, 64, 0);   // vectors
     test_swiglu(5, 200, 1);  // misaligned: elements
     test_swiglu(9, 29, 0);   // rows not whole vectors; a last partial chunk
+    test_swiglu(6, 36, 0);   // whole 8-byte halves, not vectors: chunks across rows
     test_adamw(1000, 0);
     test_adamw(1000, 1);
     be->destroy(be);

@@ -119,3 +119,40 @@ def test_checkpoint_without_checksums_resumes_unverified(base, tmp_path):
     assert p.returncode == 0, p.stderr
     assert f"essence: {out}/ckpt-00000004: no checksums recorded (an older checkpoint): resuming unverified" in p.stderr
     assert f"resuming from {out}/ckpt-00000004 at step 4" in p.stdout
+
+
+def forget_flat_order(ckpt):
+    """Makes ckpt's trainer state look written before the flat order was recorded."""
+    state = ckpt / "trainer_state.json"
+    s = json.loads(state.read_text())
+    assert s["flat_order"] == 2
+    del s["flat_order"]
+    state.write_text(json.dumps(s))
+    return state
+
+
+def test_checkpoint_in_the_old_flat_order_is_refused_with_qkv_biases(tmp_path, corpus):
+    # Qwen2's q/k/v biases sat between the weights in the flat layout the
+    # optimizer state is stored in: such a checkpoint cannot resume.
+    cfg = run_config(tmp_path, corpus, tmp_path / "out", student={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+                     run={"ckpt_every": 2})
+    run_essence(["train", "--config", cfg, "--fresh", "--stop-at", "2"])
+    state = forget_flat_order(tmp_path / "out" / "ckpt-00000002")
+    p = run_essence(["train", "--config", cfg, "--stop-at", "3"], check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip() == (
+        f"essence: {state}: optimizer state in flat order 1, this essence's is 2 (q/k/v weights adjacent, then "
+        "their biases): resume with the essence that wrote it, or start over with --fresh"), p.stderr
+    assert not (tmp_path / "out" / "ckpt-00000003").exists()
+
+
+def test_checkpoint_in_the_old_flat_order_resumes_without_qkv_biases(base, tmp_path):
+    # Without q/k/v biases both orders are the same: the checkpoint resumes, bit for bit.
+    out = copy_run(base, tmp_path)
+    forget_flat_order(out / "ckpt-00000002")
+    shutil.rmtree(out / "ckpt-00000004")
+    before = train_losses(base / "out")
+    p = resume(base, out)
+    assert p.returncode == 0, p.stderr
+    assert f"resuming from {out}/ckpt-00000002 at step 2" in p.stdout
+    assert train_losses(out) == before

@@ -36,9 +36,11 @@ BF16, F32, I32 = 2, 4, 4
 DEFAULT_TFLOPS, DEFAULT_TBPS = 790.0, 3.0
 DATASHEET_TFLOPS = 989.0  # engine/peaks.c's dense bf16 peak for H100 SXM / H200: MFU's denominator
 # The op-timer's names (engine/op_timer.h), in the order bench prints them.
+# rope_fwd/rope_bwd: issued before qkv_fwd/qkv_bwd fused them, so kept for older bench files.
 OPS = ["upload", "zero", "embed_fwd", "embed_bwd", "matmul_fwd", "matmul_bwd", "rmsnorm_fwd",
-       "rmsnorm_bwd", "rope_fwd", "rope_bwd", "attention_fwd", "attention_bwd", "swiglu_fwd",
-       "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss", "sumsq", "adamw"]
+       "rmsnorm_bwd", "rope_fwd", "rope_bwd", "qkv_fwd", "qkv_bwd", "attention_fwd", "attention_bwd",
+       "swiglu_fwd", "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss", "sumsq",
+       "adamw"]
 
 
 class Shape:
@@ -113,8 +115,14 @@ class Model:
         self.call("rmsnorm_bwd", 0, BF16 * (rows * C * (4 if accumulate else 3) + C)
                   + F32 * (rows + 2 * C))
 
-    def rope(self, op, N, heads, D):
-        self.call(op, 0, BF16 * 2 * N * heads * D + I32 * N + F32 * D // 2)
+    def qkv(self, op, N, H, KVH, D, qk_norm):
+        """The fused QKV rows split, normalised and rotated: (N, (H + 2 KVH) D) in,
+        the same out; with qk-norm the rows' rstd and (backward) the forward's input."""
+        W = (H + 2 * KVH) * D
+        nb = BF16 * 2 * N * W + I32 * N + F32 * D // 2
+        if qk_norm:
+            nb += F32 * N * (H + KVH) + BF16 * 2 * D + (BF16 * N * W + 2 * F32 * D if op == "qkv_bwd" else 0)
+        self.call(op, 0, nb)
 
     def elementwise(self, op, n, tensors):
         self.call(op, 0, BF16 * n * tensors)
@@ -140,19 +148,13 @@ def step(m, s, N, docs, nsup, chunk):
     m.call("embed_fwd", 0, BF16 * 2 * N * C + I32 * N)
     for _ in range(L):
         m.rmsnorm_fwd(N, C)
-        for oc in (H * D, KVH * D, KVH * D):
-            m.matmul_fwd(N, C, oc)
-        if s.qk_norm:
-            m.rmsnorm_fwd(N * H, D)
-            m.rmsnorm_fwd(N * KVH, D)
-        m.rope("rope_fwd", N, H, D)
-        m.rope("rope_fwd", N, KVH, D)
+        m.matmul_fwd(N, C, (H + 2 * KVH) * D)  # q, k, v in one
+        m.qkv("qkv_fwd", N, H, KVH, D, s.qk_norm)
         m.call("attention_fwd", att_fwd, qkv_bytes + BF16 * N * H * D + F32 * N * H)
         m.matmul_fwd(N, H * D, C)
         m.elementwise("add", N * C, 3)
         m.rmsnorm_fwd(N, C)
-        m.matmul_fwd(N, C, F)
-        m.matmul_fwd(N, C, F)
+        m.matmul_fwd(N, C, 2 * F)  # gate and up in one
         m.elementwise("swiglu_fwd", N * F, 3)
         m.matmul_fwd(N, F, C)
         m.elementwise("add", N * C, 3)
@@ -176,19 +178,12 @@ def step(m, s, N, docs, nsup, chunk):
     for _ in range(L):
         m.matmul_bwd(N, F, C)  # down
         m.elementwise("swiglu_bwd", N * F, 5)
-        m.matmul_bwd(N, C, F)  # gate
-        m.matmul_bwd(N, C, F, accumulate=True)  # up
+        m.matmul_bwd(N, C, 2 * F)  # gate|up
         m.rmsnorm_bwd(N, C, True)
         m.matmul_bwd(N, H * D, C)  # o
         m.call("attention_bwd", 2.5 * att_fwd, 2 * qkv_bytes + 2 * BF16 * N * H * D + F32 * N * H)
-        m.rope("rope_bwd", N, H, D)
-        m.rope("rope_bwd", N, KVH, D)
-        if s.qk_norm:
-            m.rmsnorm_bwd(N * H, D, False)
-            m.rmsnorm_bwd(N * KVH, D, False)
-        m.matmul_bwd(N, C, H * D)
-        m.matmul_bwd(N, C, KVH * D, accumulate=True)
-        m.matmul_bwd(N, C, KVH * D, accumulate=True)
+        m.qkv("qkv_bwd", N, H, KVH, D, s.qk_norm)
+        m.matmul_bwd(N, C, (H + 2 * KVH) * D)  # q|k|v
         m.rmsnorm_bwd(N, C, True)
     m.call("embed_bwd", 0, BF16 * N * C + 2 * F32 * N * C + I32 * N)
 

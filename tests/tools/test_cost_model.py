@@ -70,3 +70,17 @@ def test_entries_of_other_engines_are_passed_over(tmp_path):
     f = tmp_path / "b.jsonl"
     f.write_text("== hf.json\n" + json.dumps({"engine": "transformers", "ops": {}}) + "\n")
     assert list(cm.bench_entries(str(f))) == []
+
+
+def test_op_list_is_the_op_timers():
+    # bench prints the op timer's ops in engine/op_timer.h's order: OPS is a
+    # part of that list, in that order, and holds every op a modelled step issues
+    import re
+    text = (ROOT / "engine" / "op_timer.h").read_text()
+    body = text[text.index("#define ES_OP_TIMER_OPS"):text.index("#define ES_OP_TIMER_ENUM")]
+    timer = re.findall(r"X\((\w+)\)", body)
+    assert [op for op in timer if op in cm.OPS] == cm.OPS
+    for name in ("qwen3-0.6b.json", "qwen3-1.7b.json"):
+        m = cm.Model(790, 3)
+        cm.step(m, shape(name), 4096, 11, 4096, 256)
+        assert set(m.ops) <= set(cm.OPS) and m.ops["qkv_fwd"][3] == shape(name).L

@@ -2,8 +2,9 @@
 every other file of a checkpoint; resume verifies them, names the damaged
 file in one line and falls back to the previous intact checkpoint (which it
 really resumes from), or stops when there is none. A checkpoint of another
-model is refused before anything is loaded from it. (ZeRO-1 optimizer parts:
-tests/tools/test_mpi.py.)"""
+model is refused before anything is loaded from it, and so is one whose
+optimizer state is in an older flat order that differs from this one's.
+(ZeRO-1 optimizer parts: tests/tools/test_mpi.py.)"""
 import json
 import shutil
 from pathlib import Path
@@ -131,11 +132,25 @@ def forget_flat_order(ckpt):
     return state
 
 
+QWEN2 = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+
+
+def test_qkv_bias_checkpoint_resumes_bit_exact(tmp_path, corpus):
+    # Qwen2: q/k/v weights, then their biases, adjacent in the flat layout
+    cfg = run_config(tmp_path, corpus, tmp_path / "out", student=QWEN2, run={"ckpt_every": 2})
+    run_essence(["train", "--config", cfg, "--fresh", "--stop-at", "4"])
+    out = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "out", out)
+    shutil.rmtree(out / "ckpt-00000004")
+    p = run_essence(["train", "--config", cfg, "--set", f"run.out={out}", "--stop-at", "4"])
+    assert f"resuming from {out}/ckpt-00000002 at step 2" in p.stdout
+    assert train_losses(out) == train_losses(tmp_path / "out")
+
+
 def test_checkpoint_in_the_old_flat_order_is_refused_with_qkv_biases(tmp_path, corpus):
     # Qwen2's q/k/v biases sat between the weights in the flat layout the
     # optimizer state is stored in: such a checkpoint cannot resume.
-    cfg = run_config(tmp_path, corpus, tmp_path / "out", student={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
-                     run={"ckpt_every": 2})
+    cfg = run_config(tmp_path, corpus, tmp_path / "out", student=QWEN2, run={"ckpt_every": 2})
     run_essence(["train", "--config", cfg, "--fresh", "--stop-at", "2"])
     state = forget_flat_order(tmp_path / "out" / "ckpt-00000002")
     p = run_essence(["train", "--config", cfg, "--stop-at", "3"], check=False)

@@ -102,7 +102,8 @@ struct es_backend {
     // fp32 buffer (the model's scaled frequencies, es_rope_inv_freq).
     void (*rope_fwd)(es_backend *be, void *out, const void *inp, const void *pos,
                      const float *inv_freq, int N, int H, int D);
-    // dinp = rope^-1(dout); in place allowed.
+    // dinp = rope^-1(dout); in place allowed. (The model rotates through
+    // qkv_fwd/qkv_bwd, which fuse these; they are the unfused reference.)
     void (*rope_bwd)(es_backend *be, void *dinp, const void *dout, const void *pos,
                      const float *inv_freq, int N, int H, int D);
 

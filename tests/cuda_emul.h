@@ -1,5 +1,5 @@
 // The CUDA kernels' own host-and-device code (cuda/norm_rows.cuh,
-// swiglu_elem.cuh, adamw_elem.cuh) run on the CPU by tests/cuda_emul.cpp, for
+// swiglu_elem.cuh, qkv_rows.cuh, adamw_elem.cuh) run on the CPU by tests/cuda_emul.cpp, for
 // tests/test_cuda_emul.c. bf16 buffers are arrays of 16-bit words (the bits
 // of __nv_bfloat16), 16-byte aligned where the kernel loads vectors.
 #pragma once
@@ -27,6 +27,18 @@ int emul_rmsnorm_bwd(uint16_t *dinp, float *dw, const uint16_t *dout, const uint
 // backend would take them (swiglu_vec).
 void emul_swiglu_fwd(uint16_t *out, const uint16_t *gu, int N, int F);
 void emul_swiglu_bwd(uint16_t *dgu, const uint16_t *dout, const uint16_t *gu, int N, int F);
+
+// qkv_fwd_kernel, and qkv_bwd_kernel then its cuda_dw_sum, on a device of
+// `sms` SMs, group by group, lane by lane, with the vectors where the backend
+// would take them (qr_vec): the arguments of qkv_fwd/qkv_bwd, bf16 as words.
+// Return 0, touching nothing, for a head dim the kernels refuse.
+int emul_qkv_fwd(uint16_t *q, uint16_t *k, uint16_t *v, float *q_rstd, float *k_rstd, const uint16_t *qkv,
+                 const uint16_t *q_norm, const uint16_t *k_norm, const int32_t *pos, const float *inv_freq, int N,
+                 int H, int KVH, int D, float eps, int sms);
+int emul_qkv_bwd(uint16_t *dqkv, float *dq_norm, float *dk_norm, const uint16_t *dq, const uint16_t *dk,
+                 const uint16_t *dv, const uint16_t *qkv, const uint16_t *q_norm, const uint16_t *k_norm,
+                 const float *q_rstd, const float *k_rstd, const int32_t *pos, const float *inv_freq, int N, int H,
+                 int KVH, int D, int sms);
 
 // adamw_kernel over n elements: master NULL updates fp32 params in place,
 // else master and its bf16 copy in params.

@@ -1,6 +1,7 @@
 // The CUDA kernels' own code, emulated on the CPU (tests/cuda_emul.cpp), against
 // the CPU backend: the one-pass RMSNorm backward lane by lane, SwiGLU forward
-// and backward over fused gate|up rows, AdamW. Runs in every build, without
+// and backward over fused gate|up rows, the fused QKV split with qk-norm and
+// rope and its backward, AdamW. Runs in every build, without
 // CUDA or a GPU, so that a change to the kernels' arithmetic or lane layout
 // is caught in CI. Inputs are fresh random bf16 values each run (the seed is
 // printed); outputs start as NaN, so an element the code forgets stays NaN
@@ -109,6 +110,76 @@ static void test_swiglu(int N, int F, int shift) {
     free(gub), free(dyb), free(outb), free(dgub), free(guf), free(dyf), free(got), free(ref);
 }
 
+// The fused QKV split, qk-norm and rope (`norm`) and its backward on a device
+// of `sms` SMs; `shift` moves the bf16 buffers one element off 16-byte
+// alignment, which the vector path must leave to the element path.
+static void test_qkv(int N, int H, int KVH, int D, int norm, int sms, int shift) {
+    size_t nq = (size_t)N * H * D, nk = (size_t)N * KVH * D, nw = nq + 2 * nk, s = (size_t)shift;
+    size_t nqr = (size_t)N * H, nkr = (size_t)N * KVH;
+    int32_t *pos = aligned((size_t)N * 4);
+    float *inv_freq = aligned((size_t)D / 2 * 4);
+    for (int i = 0; i < N; i++) pos[i] = (int32_t)(es_rng_u64(&rng) % 40960);
+    for (int j = 0; j < D / 2; j++) inv_freq[j] = powf(1e6f, -2.0f * j / D);
+    // bf16 buffers (words) with their float values for the CPU backend
+    uint16_t *b[9];
+    size_t len[9] = {nw, D, D, nq, nk, nk, nq, nk, nk};  // qkv, qn, kn, q, k, v, dq, dk, dv
+    for (int i = 0; i < 9; i++) b[i] = (uint16_t *)aligned((len[i] + s) * 2) + s;
+    uint16_t *dqkv = (uint16_t *)aligned((nw + s) * 2) + s;
+    float *f[9];
+    for (int i = 0; i < 9; i++) f[i] = aligned(len[i] * 4);
+    bf16_rand(b[0], f[0], nw, 2.0f);
+    for (int i = 1; i < 3; i++) bf16_rand(b[i], f[i], D, 1.0f);
+    for (int i = 6; i < 9; i++) bf16_rand(b[i], f[i], len[i], 1.0f);
+    for (int i = 3; i < 6; i++) bf16_poison(b[i], len[i]);
+    float *qr = aligned(nqr * 4), *kr = aligned(nkr * 4), *rq = aligned(nqr * 4), *rk = aligned(nkr * 4);
+    t_poison(qr, nqr), t_poison(kr, nkr);
+    float *ref = aligned(nw * 4), *got = aligned(nw * 4);
+    const uint16_t *qn = norm ? b[1] : NULL, *kn = norm ? b[2] : NULL;
+    const float *qnf = norm ? f[1] : NULL, *knf = norm ? f[2] : NULL;
+    int ran = emul_qkv_fwd(b[3], b[4], b[5], norm ? qr : NULL, norm ? kr : NULL, b[0], qn, kn, pos, inv_freq, N, H,
+                           KVH, D, 1e-6f, sms);
+    CHECK(ran, "qkv D=%d: the kernels should apply", D);
+    // the CPU backend's q, k, v into ref, one after another
+    be->qkv_fwd(be, ref, ref + nq, ref + nq + nk, rq, rk, f[0], qnf, knf, pos, inv_freq, N, H, KVH, D, 1e-6f);
+    const char *what[3] = {"q", "k", "v"};
+    size_t at = 0;
+    for (int i = 0; i < 3; i++) {
+        bf16_to_f32(got, b[3 + i], len[3 + i]);
+        double e = t_rel_err(got, ref + at, len[3 + i], 1e-6);
+        CHECK(e < BF16_TOL, "qkv_fwd %s N=%d D=%d norm=%d sms=%d shift=%d: rel err %.3g", what[i], N, D, norm, sms,
+              shift, e);
+        at += len[3 + i];
+    }
+    if (norm) {
+        double e = t_rel_err(qr, rq, nqr, 1e-6), ek = t_rel_err(kr, rk, nkr, 1e-6);
+        CHECK(e < F32_TOL && ek < F32_TOL, "qkv_fwd rstd D=%d: rel err %.3g %.3g", D, e, ek);
+    }
+    // backward from the CPU's rstd
+    float dn[4][256];
+    for (int j = 0; j < D; j++) dn[0][j] = dn[2][j] = es_rng_normal(&rng), dn[1][j] = dn[3][j] = es_rng_normal(&rng);
+    bf16_poison(dqkv, nw);
+    emul_qkv_bwd(dqkv, dn[0], dn[1], b[6], b[7], b[8], b[0], qn, kn, rq, rk, pos, inv_freq, N, H, KVH, D, sms);
+    be->qkv_bwd(be, ref, dn[2], dn[3], f[6], f[7], f[8], f[0], qnf, knf, rq, rk, pos, inv_freq, N, H, KVH, D);
+    bf16_to_f32(got, dqkv, nw);
+    double e = t_rel_err(got, ref, nw, 1e-6);
+    CHECK(e < BF16_TOL, "qkv_bwd dqkv N=%d D=%d norm=%d sms=%d shift=%d: rel err %.3g", N, D, norm, sms, shift, e);
+    if (norm) {
+        double eq = t_rel_err(dn[0], dn[2], D, 1e-6), ek = t_rel_err(dn[1], dn[3], D, 1e-6);
+        CHECK(eq < F32_TOL && ek < F32_TOL, "qkv_bwd dq_norm, dk_norm D=%d sms=%d: rel err %.3g %.3g", D, sms, eq, ek);
+    }
+    for (int i = 0; i < 9; i++) free(b[i] - s), free(f[i]);
+    free(dqkv - s), free(pos), free(inv_freq), free(qr), free(kr), free(rq), free(rk), free(ref), free(got);
+}
+
+// A head dim the kernels refuse (elements past 256), untouched.
+static void test_qkv_declines(void) {
+    uint16_t w[8] = {0};
+    int32_t p = 0;
+    float f = 1.0f;
+    CHECK(!emul_qkv_fwd(w, w, w, NULL, NULL, w, NULL, NULL, &p, &f, 1, 1, 1, 264, 1e-6f, 1),
+          "qkv D=264 (not whole vectors) should be refused");
+}
+
 // A few steps of AdamW on fp32 weights (no master) and on bf16 weights with
 // fp32 masters, against the CPU backend's steps from the same state.
 static void test_adamw(size_t n, int with_master) {
@@ -166,6 +237,16 @@ int main(void) {
     test_swiglu(5, 200, 1);  // misaligned: elements
     test_swiglu(9, 29, 0);   // rows not whole vectors; a last partial chunk
     test_swiglu(6, 36, 0);   // whole 8-byte halves, not vectors: chunks across rows
+    // Qwen3's heads (16-byte vectors, 8 lanes a head) on many SMs and few
+    // (groups taking many rows), D = 64 without norm, and the element path:
+    // D = 24 (half a warp a head), 72 (a warp, 2 chunks a lane), misaligned
+    test_qkv(37, 16, 8, 128, 1, 132, 0);
+    test_qkv(37, 16, 8, 128, 1, 1, 0);
+    test_qkv(20, 8, 2, 64, 0, 3, 0);
+    test_qkv(9, 6, 2, 24, 1, 2, 0);
+    test_qkv(7, 2, 1, 72, 1, 1, 0);
+    test_qkv(11, 4, 2, 128, 1, 2, 1);
+    test_qkv_declines();
     test_adamw(1000, 0);
     test_adamw(1000, 1);
     be->destroy(be);

@@ -1,7 +1,8 @@
 // Embedding lookups, activations, residual adds and gathered rows: bf16 in and
-// out, fp32 math; GELU and the add with 16-byte loads. Scattering sums use atomics (fp32 into the fp32 embedding
-// gradients, bf16 into activation gradients), so repeated indices are safe.
-// Each element is read before it is written, so outputs may alias inputs.
+// out, fp32 math; GELU and the add read 16-byte vectors. Scattering sums use
+// atomics (fp32 into the fp32 embedding gradients, bf16 into activation
+// gradients), so repeated indices are safe. Each element is read before it
+// is written (by the same thread), so outputs may alias inputs.
 #include <stdint.h>
 
 #include "cuda_common.cuh"
@@ -136,8 +137,8 @@ template <int OP>
 static void pointwise(es_backend *be, void *out, const void *x, const void *y, size_t n) {
     if (!n) return;
     int vec = cuda_aligned16(out) && cuda_aligned16(x) && (!y || cuda_aligned16(y));
-    size_t nv = vec ? n / 8 : 0, work = nv + (n - 8 * nv);
-    pointwise_kernel<OP><<<cuda_blocks(work, THREADS), THREADS, 0, st(be)>>>(
+    size_t nv = vec ? n / 8 : 0, tail = n - 8 * nv;
+    pointwise_kernel<OP><<<cuda_blocks(nv > tail ? nv : tail, THREADS), THREADS, 0, st(be)>>>(
         (bf16 *)out, (const bf16 *)x, (const bf16 *)y, nv, n);
     LAUNCH_CHECK();
 }

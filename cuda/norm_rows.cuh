@@ -1,7 +1,8 @@
 // Per-lane bodies of the vectorised RMSNorm: forward, the residual add fused
 // with it, and backward. One warp takes a row of C bf16 values as 16-byte
-// vectors of 8: lane l holds vectors l, l + 32, ... (at most VPL of them). Host-and-device code, so that tests/test_cuda_emul.c
-// runs this same code on the CPU, lane by lane, without a GPU.
+// vectors of 8: lane l holds vectors l, l + 32, ... (at most VPL of them).
+// Host-and-device code, so that tests/test_cuda_emul.c runs this same code on
+// the CPU, lane by lane, without a GPU.
 #pragma once
 #include "hd_portable.cuh"
 #ifndef __CUDACC__
@@ -10,7 +11,7 @@
 
 #define NR_HD HD_INLINE
 #define NR_LANES 32
-#define NR_THREADS 256  // 8 warps a block, one block per SM
+#define NR_THREADS 256  // the backward's blocks: 8 warps, one block per SM
 // Unrolled on the device, where the register arrays need constant indices;
 // the host compiler has no such pragma.
 #ifdef __CUDA_ARCH__
@@ -19,7 +20,7 @@
 #define NR_UNROLL
 #endif
 
-// Vectors per lane the one-pass kernels are instantiated for at row length C
+// Vectors per lane the vectorised kernels are instantiated for at row length C
 // (1, 2, 4 or 8); 0 where it does not apply (C not whole 16-byte vectors, or
 // over 2048), and the scalar kernels run instead.
 NR_HD int nr_vpl(int C) {
@@ -28,7 +29,7 @@ NR_HD int nr_vpl(int C) {
     return vpl <= 1 ? 1 : vpl <= 2 ? 2 : vpl <= 4 ? 4 : 8;
 }
 
-// Blocks of NR_THREADS the one-pass kernel runs on: one warp a row up to
+// Blocks of NR_THREADS the one-pass backward runs on: one warp a row up to
 // one block per SM, enough to fill the chip and few enough that the
 // weight-gradient partials (one row of C per warp) stay small.
 NR_HD int nr_blocks(int N, int sms) {

@@ -25,6 +25,20 @@ void cpu_rmsnorm_fwd(es_backend *be, void *out_, float *rstd, const void *inp_, 
         rstd[i] = cpu_rms_row(out + (size_t)i * C, inp + (size_t)i * C, w, C, eps);
 }
 
+void cpu_add_rmsnorm_fwd(es_backend *be, void *res_, void *out_, float *rstd, const void *a_,
+                         const void *b_, const void *w_, int N, int C, float eps) {
+    (void)be;
+    float *res = res_, *out = out_;
+    const float *a = a_, *b = b_, *w = w_;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float *x = res + (size_t)i * C;
+        const float *ai = a + (size_t)i * C, *bi = b + (size_t)i * C;
+        for (int c = 0; c < C; c++) x[c] = ai[c] + bi[c];
+        rstd[i] = cpu_rms_row(out + (size_t)i * C, x, w, C, eps);
+    }
+}
+
 // Offset of row r of C when rows come in groups of `per`, groups `gs` apart.
 static size_t row_at(int r, int per, size_t gs, int C) {
     return (size_t)(r / per) * gs + (size_t)(r % per) * C;

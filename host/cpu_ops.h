@@ -38,6 +38,8 @@ float cpu_rms_row(float *y, const float *x, const float *w, int C, float eps);
 void cpu_rmsnorm_bwd_rows(float *dinp, float *dw, const float *dout, const float *inp,
                           const float *w, const float *rstd, int N, int C, int per, size_t gs,
                           int accumulate);
+void cpu_add_rmsnorm_fwd(es_backend *be, void *res, void *out, float *rstd, const void *a,
+                         const void *b, const void *w, int N, int C, float eps);
 void cpu_layernorm_fwd(es_backend *be, void *out, float *mean, float *rstd, const void *inp,
                        const void *w, const void *b, int N, int C, float eps);
 void cpu_layernorm_bwd(es_backend *be, void *dinp, void *dw, void *db, const void *dout,

@@ -1,5 +1,6 @@
 // Embedding lookups, activations, residual adds and gathered rows: bf16 in and
-// out, fp32 math; GELU and the add read 16-byte vectors. Scattering sums use
+// out, fp32 math; GELU, the add and SwiGLU (over the fused gate|up rows, where
+// the rows are whole vectors) read 16-byte vectors. Scattering sums use
 // atomics (fp32 into the fp32 embedding gradients, bf16 into activation
 // gradients), so repeated indices are safe. Each element is read before it
 // is written (by the same thread), so outputs may alias inputs.

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -27,10 +29,12 @@ void emul_swiglu_fwd(uint16_t *out, const uint16_t *gate, const uint16_t *up, si
 void emul_swiglu_bwd(uint16_t *dgate, uint16_t *dup, const uint16_t *dout, const uint16_t *gate,
                      const uint16_t *up, size_t n);
 
-// adamw_kernel over n elements: master NULL updates fp32 params in place,
-// else master and its bf16 copy in params.
-void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, size_t n,
-                float gscale, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2);
+// The multi-tensor adamw_kernel over n elements, block by block, thread by
+// thread: segs (nsegs) the tensor table, sumsq and skip the values of the
+// device scalars it reads. master NULL updates fp32 params in place, else
+// master and its bf16 copy in params.
+void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, const es_adamw_seg *segs,
+                int nsegs, size_t n, double sumsq, float skip, const es_adamw_args *a);
 
 #ifdef __cplusplus
 }

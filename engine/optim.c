@@ -22,7 +22,8 @@ static int make_segs(es_optim *o, es_model *m) {
         segs[n++] = (es_adamw_seg){.offset = a - o->lo, .count = b - a, .decay = p->decay};
     }
     size_t words = (size_t)(n ? n : 1) * ES_ADAMW_SEG_I32;
-    o->segs = be->alloc(be, words, ES_DT_I32, ES_MEM_INDEX);
+    // workspace, not optimizer state: its size follows the tensors, not the elements
+    o->segs = be->alloc(be, words, ES_DT_I32, ES_MEM_WORKSPACE);
     if (o->segs) be->upload(be, o->segs, segs, (size_t)n * ES_ADAMW_SEG_I32, ES_DT_I32);
     o->nsegs = n;
     free(segs);

@@ -275,7 +275,8 @@ es_backend *es_backend_cuda_create(int device);
 // kind, at compute_bytes per compute element (4: fp32 as on the CPU, 2: bf16
 // as on CUDA), and returns a handle that nothing may read through. The planner
 // sizes a run through the engine's own allocation calls on it. Only the memory
-// ops are set; upload, download, zero and sync do nothing.
+// ops are set; upload, upload_async, download, zero and sync do nothing, and
+// host_alloc is plain (untallied) host memory.
 es_backend *es_backend_count_create(int compute_bytes);
 // "cpu", "cuda" or "auto"; NULL with a recorded error when unavailable. Sets
 // peak_flops and peak_source from engine/peaks.c.

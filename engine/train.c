@@ -281,8 +281,9 @@ static int forward_student(es_trainer *t, es_model *m, es_model_batch *b, const 
 
 // Host syncs left in a step, and why:
 //  - the one download of the step's statistics at its end (loss sums of every
-//    micro-batch and the gradients' sum of squares, buf.stats): the metrics,
-//    the skip decision's bookkeeping and the next step's learning rate need them;
+//    micro-batch and the gradients' sum of squares, buf.stats): the metrics
+//    and the bookkeeping of a skipped update (bad_steps, the update count that
+//    the next step's bias correction uses) need them;
 //  - with several ranks, comm_wait after the gradient reduction (and, under
 //    ZeRO-1, after the parameter all-gather): CUDA polls NCCL there so that a
 //    lost peer is reported instead of hanging the step;

@@ -34,6 +34,9 @@ static void op_end(es_backend *be, es_op_id op, double t0, double flops) {
 static void w_upload(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
     TIMED(upload, 0, dst, src, n, dt);
 }
+static void w_upload_async(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
+    TIMED(upload_async, 0, dst, src, n, dt);
+}
 static void w_download(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
     TIMED(download, 0, dst, src, n, dt);
 }
@@ -116,6 +119,9 @@ static void w_distill_loss_topk(es_backend *be, double *sums, void *logits, cons
     TIMED(distill_loss_topk, 0, sums, logits, tids, tlogp, targets, weights, M, V, K, alpha, grad_scale);
 }
 static void w_sumsq(es_backend *be, double *out, const float *x, size_t n) { TIMED(sumsq, 0, out, x, n); }
+static void w_count_nonfinite(es_backend *be, float *out, const double *x, size_t n) {
+    TIMED(count_nonfinite, 0, out, x, n);
+}
 static void w_adamw(es_backend *be, void *params, float *master, const float *grads, float *m, float *v,
                     const void *segs, int nsegs, size_t n, const double *sumsq, const float *skip,
                     const es_adamw_args *a) {

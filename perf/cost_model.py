@@ -36,9 +36,9 @@ BF16, F32, I32 = 2, 4, 4
 DEFAULT_TFLOPS, DEFAULT_TBPS = 790.0, 3.0
 DATASHEET_TFLOPS = 989.0  # engine/peaks.c's dense bf16 peak for H100 SXM / H200: MFU's denominator
 # The op-timer's names (engine/op_timer.h), in the order bench prints them.
-OPS = ["upload", "zero", "embed_fwd", "embed_bwd", "matmul_fwd", "matmul_bwd", "rmsnorm_fwd",
+OPS = ["upload", "upload_async", "zero", "embed_fwd", "embed_bwd", "matmul_fwd", "matmul_bwd", "rmsnorm_fwd",
        "rmsnorm_bwd", "rope_fwd", "rope_bwd", "attention_fwd", "attention_bwd", "swiglu_fwd",
-       "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss", "sumsq", "adamw"]
+       "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss", "sumsq", "count_nonfinite", "adamw"]
 
 
 class Shape:
@@ -131,8 +131,8 @@ def step(m, s, N, docs, nsup, chunk):
 
     # host to device, asynchronous from pinned staging: tokens, positions,
     # document bounds; rows, targets, weights
-    m.call("upload", 0, I32 * (2 * N + docs + 1), calls=3)
-    m.call("upload", 0, (2 * I32 + F32) * nsup, calls=3)
+    m.call("upload_async", 0, I32 * (2 * N + docs + 1), calls=3)
+    m.call("upload_async", 0, (2 * I32 + F32) * nsup, calls=3)
     m.call("zero", 0, F32 * s.params())  # the step's gradients
     m.call("embed_fwd", 0, BF16 * 2 * N * C + I32 * N)
     for _ in range(L):

@@ -343,6 +343,43 @@ static void test_device_sums(es_backend *be) {
     problem_free(&pb);
 }
 
+// The staging behind the loss's uploads: two blocks handed out in turn, each
+// only after host_wait on it, so the host never writes a block the device may
+// still be reading; a run of the loss takes one block.
+static void *g_waited;
+static int g_waits;
+static void record_wait(es_backend *be, void *h) {
+    (void)be;
+    g_waited = h;
+    g_waits++;
+}
+
+static void test_staging(es_backend *be) {
+    es_backend rec = *be;
+    rec.host_wait = record_wait;
+    es_staging s;
+    CHECK(es_staging_create(&s, &rec, 64) == ES_OK, "%s", es_last_error());
+    void *seen[4];
+    for (int i = 0; i < 4; i++) {
+        g_waited = NULL;
+        seen[i] = es_staging_next(&s);
+        CHECK(g_waited == seen[i], "block %d handed out without a wait on it", i);
+    }
+    CHECK(seen[0] != seen[1] && seen[0] == seen[2] && seen[1] == seen[3], "the two blocks alternate");
+    es_staging_free(&s);
+    problem pb;
+    problem_make(&pb, 10, 4, 4, 9, 3);
+    es_microbatch mb;
+    t_random_microbatch(&mb, pb.N, pb.V, &g_rng);
+    float sums[2], *dh = malloc(40 * 4), *dlm = malloc(36 * 4);
+    g_waits = 0;
+    CHECK(run_loss(sums, dh, dlm, &rec, &pb, &mb, 0, 1.0f, 1.0f, 1.0f, 4, NULL) == ES_OK, "%s", es_last_error());
+    CHECK(g_waits == 1, "a run of the loss waited on %d staging blocks, want 1", g_waits);
+    free(dh), free(dlm);
+    es_microbatch_free(&mb);
+    problem_free(&pb);
+}
+
 static void test_bad_input(es_backend *be) {
     problem pb;
     problem_make(&pb, 10, 4, 4, 9, 3);
@@ -508,6 +545,7 @@ int main(void) {
     test_finite_difference(be);
     test_topk_converges(be);
     test_device_sums(be);
+    test_staging(be);
     test_bad_input(be);
     test_no_leak(be);
     test_dataset_topk();

@@ -82,8 +82,9 @@ void es_dp_buckets(int *all, int *during, const es_dp *dp, const es_model *m) {
     *all = *during + 1;  // the rest, with the embeddings, after backward
 }
 
-int es_dp_reduce_grads(es_dp *dp, es_model *m) {
+int es_dp_reduce_grads(es_dp *dp, es_model *m, float *skip, const double *sums, size_t n) {
     es_backend *be = m->be;
+    be->count_nonfinite(be, skip, sums, n);
     if (dp->nranks == 1) return ES_OK;
     int r = ES_OK;
     if (dp->overlap) {
@@ -102,6 +103,8 @@ int es_dp_reduce_grads(es_dp *dp, es_model *m) {
         r = dp->sharded ? be->grad_reduce_scatter(be, m->grads, m->layout.total)
                         : be->grad_allreduce(be, m->grads, m->layout.total);
     }
+    // a count is exact in fp32, whatever the order of the sum
+    if (r == ES_OK) r = be->grad_allreduce(be, skip, 1);
     return r ? r : be->comm_wait(be);
 }
 
@@ -118,13 +121,6 @@ void es_dp_grad_sumsq(double *sumsq, const es_dp *dp, const es_dist *d, es_model
     be->download(be, &ss, sumsq, 1, ES_DT_F64);
     es_dist_sum_f64(d, &ss, 1);
     be->upload(be, sumsq, &ss, 1, ES_DT_F64);
-}
-
-int es_dp_count_nonfinite(float *skip, const es_dp *dp, es_model *m, const double *sums, size_t n) {
-    es_backend *be = m->be;
-    be->count_nonfinite(be, skip, sums, n);
-    // a count is exact in fp32, whatever the order of the sum
-    return dp->nranks > 1 ? be->grad_allreduce(be, skip, 1) : ES_OK;
 }
 
 int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, const double *sumsq,

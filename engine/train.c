@@ -335,12 +335,10 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
         flops += es_flops_train(&t->student.cfg, t->has_teacher ? &t->teacher.cfg : NULL, mb->cu_seqlens, mb->ndocs,
                                 mb->nsup);
     }
-    // a non-finite loss on any rank skips the update: counted on the device,
-    // summed over ranks before the reduction waits for its collectives
-    if (es_dp_count_nonfinite(t->buf.skip, &t->dp, &t->student, t->buf.stats + 1, nstats - 1)) return ES_ERR;
-    // gradients (all, or this rank's ZeRO-1 part), their norm, and the update,
-    // which reads the norm and the skip count where they are
-    if (es_dp_reduce_grads(&t->dp, &t->student)) return ES_ERR;
+    // gradients (all, or this rank's ZeRO-1 part) and the count of non-finite
+    // loss sums of all ranks, which skips the update; then the gradients' norm
+    // and the update, which reads the norm and the count where they are
+    if (es_dp_reduce_grads(&t->dp, &t->student, t->buf.skip, t->buf.stats + 1, nstats - 1)) return ES_ERR;
     es_dp_grad_sumsq(t->buf.stats, &t->dp, t->dist, &t->student);
     r->lr = es_schedule_lr(t->sched, rc->lr, rc->min_lr_ratio, rc->warmup, t->st.step, t->total_steps);
     es_optim_hparams hp = {.lr = r->lr, .beta1 = rc->beta1, .beta2 = rc->beta2, .eps = rc->eps, .wd = rc->wd,

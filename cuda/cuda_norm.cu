@@ -1,8 +1,11 @@
-// RMSNorm and LayerNorm, forward and backward: bf16 in/out, fp32 math.
-// One warp per row. RMSNorm's backward takes one pass with 16-byte loads and
-// per-warp weight-gradient partials where the row allows (C a multiple of 8,
-// at most 2048); elsewhere, weight gradients by a column-parallel kernel so
-// that each block adds one partial sum per column (fp32 atomics).
+// RMSNorm and LayerNorm, forward and backward, and the residual add fused
+// with RMSNorm's forward: bf16 in/out, fp32 math. One warp per row. Where
+// the row allows (C a multiple of 8, at most 2048) RMSNorm takes 16-byte
+// loads, forward and fused alike (the same per-lane code, so that they agree
+// bit for bit), and its backward one pass with per-warp weight-gradient
+// partials; elsewhere scalar kernels, with weight gradients by a
+// column-parallel kernel so that each block adds one partial sum per column
+// (fp32 atomics).
 #include <stdint.h>
 
 #include "cuda_common.cuh"
@@ -26,6 +29,45 @@ __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *inp, cons
     float r = rsqrtf(warp_sum(ss) / C + eps);
     if (lane == 0) rstd[row] = r;
     for (int c = lane; c < C; c += 32) y[c] = tobf(bf(x[c]) * r * bf(w[c]));
+}
+
+// The scalar fallback of the fused op: res = a + b, then rmsnorm_fwd_kernel's
+// arithmetic on the stored (rounded) res, in its order.
+__global__ void add_rmsnorm_fwd_kernel(bf16 *res, bf16 *out, float *rstd, const bf16 *a,
+                                       const bf16 *b, const bf16 *w, int N, int C, float eps) {
+    int row = warp_row(), lane = threadIdx.x % 32;
+    if (row >= N) return;
+    size_t o = (size_t)row * C;
+    float ss = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        bf16 x = tobf(bf(a[o + c]) + bf(b[o + c]));
+        res[o + c] = x;
+        ss += bf(x) * bf(x);
+    }
+    float r = rsqrtf(warp_sum(ss) / C + eps);
+    if (lane == 0) rstd[row] = r;
+    for (int c = lane; c < C; c += 32) out[o + c] = tobf(bf(res[o + c]) * r * bf(w[c]));
+}
+
+// RMSNorm forward with 16-byte loads, one warp a row; with a (b != NULL),
+// the residual add first: res = a + b, normalised as stored.
+template <int VPL>
+__global__ void rmsnorm_fwd_vec_kernel(bf16 *res, bf16 *out, float *rstd, const bf16 *a,
+                                       const bf16 *b, const bf16 *w, int N, int C, float eps) {
+    int row = warp_row(), lane = threadIdx.x % NR_LANES;
+    if (row >= N) return;
+    size_t o = (size_t)row * C;
+    bf16x8 x[VPL], wv[VPL];
+    nr_load<VPL>(x, a + o, C, lane);
+    if (b) {
+        bf16x8 y[VPL];
+        nr_load<VPL>(y, b + o, C, lane);
+        nr_add_row<VPL>(x, res + o, x, y, C, lane);
+    }
+    nr_load<VPL>(wv, w, C, lane);
+    float r = nr_rstd(warp_sum(nr_fwd_sumsq<VPL>(x, C, lane)), C, eps);
+    if (lane == 0) rstd[row] = r;
+    nr_fwd_row<VPL>(out + o, x, wv, r, C, lane);
 }
 
 // dx = r * (w g - x r^2 mean(w g x))
@@ -154,7 +196,30 @@ __global__ void rmsnorm_dw_sum_kernel(float *dw, const float *part, int rows, in
     }
 }
 
-static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
+static dim3 row_grid(int N) { return dim3((N + NORM_WARPS - 1) / NORM_WARPS); }
+
+// The vectorised forward (rmsnorm_fwd_vec_kernel) where it applies, else 0
+// and the caller takes the scalar kernel. b NULL: plain RMSNorm of a.
+static int rmsnorm_fwd_vec(es_backend *be, void *res, void *out, float *rstd, const void *a,
+                           const void *b, const void *w, int N, int C, float eps) {
+    int vpl = nr_vpl(C);
+    if (!vpl || !cuda_aligned16(out) || !cuda_aligned16(a) || !cuda_aligned16(w) ||
+        (b && (!cuda_aligned16(b) || !cuda_aligned16(res))))
+        return 0;
+    bf16 *rs = (bf16 *)res, *y = (bf16 *)out;
+    const bf16 *x = (const bf16 *)a, *x2 = (const bf16 *)b, *wt = (const bf16 *)w;
+    dim3 grid = row_grid(N);
+    int threads = 32 * NORM_WARPS;
+    cudaStream_t s = cuda_of(be)->stream;
+    switch (vpl) {
+    case 1: rmsnorm_fwd_vec_kernel<1><<<grid, threads, 0, s>>>(rs, y, rstd, x, x2, wt, N, C, eps); break;
+    case 2: rmsnorm_fwd_vec_kernel<2><<<grid, threads, 0, s>>>(rs, y, rstd, x, x2, wt, N, C, eps); break;
+    case 4: rmsnorm_fwd_vec_kernel<4><<<grid, threads, 0, s>>>(rs, y, rstd, x, x2, wt, N, C, eps); break;
+    default: rmsnorm_fwd_vec_kernel<8><<<grid, threads, 0, s>>>(rs, y, rstd, x, x2, wt, N, C, eps); break;
+    }
+    LAUNCH_CHECK();
+    return 1;
+}
 
 // The one-pass kernel where it applies (rows of whole 16-byte vectors, at
 // most 8 of them a lane: C <= 2048), else 0 and the caller takes the two
@@ -163,7 +228,9 @@ static int rmsnorm_bwd_vec(es_backend *be, void *dinp, void *dw, const void *dou
                            const void *w, const float *rstd, int N, int C, int accumulate) {
     cuda_ctx *c = cuda_of(be);
     int vpl = nr_vpl(C);
-    if (!vpl || !aligned16(dinp) || !aligned16(dout) || !aligned16(inp) || !aligned16(w)) return 0;
+    if (!vpl || !cuda_aligned16(dinp) || !cuda_aligned16(dout) || !cuda_aligned16(inp) ||
+        !cuda_aligned16(w))
+        return 0;
     int sms = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device));
     int threads = NR_THREADS, blocks = nr_blocks(N, sms);
@@ -185,8 +252,6 @@ static int rmsnorm_bwd_vec(es_backend *be, void *dinp, void *dw, const void *dou
     return 1;
 }
 
-static dim3 row_grid(int N) { return dim3((N + NORM_WARPS - 1) / NORM_WARPS); }
-
 static void dweight(cuda_ctx *c, void *dw, void *db, const void *dout, const void *inp,
                     const float *mean, const float *rstd, int N, int C) {
     if (!dw && !db) return;
@@ -200,8 +265,19 @@ static void dweight(cuda_ctx *c, void *dw, void *db, const void *dout, const voi
 static void cuda_rmsnorm_fwd(es_backend *be, void *out, float *rstd, const void *inp,
                              const void *w, int N, int C, float eps) {
     if (N <= 0) return;
+    if (rmsnorm_fwd_vec(be, NULL, out, rstd, inp, NULL, w, N, C, eps)) return;
     rmsnorm_fwd_kernel<<<row_grid(N), 32 * NORM_WARPS, 0, cuda_of(be)->stream>>>(
         (bf16 *)out, rstd, (const bf16 *)inp, (const bf16 *)w, N, C, eps);
+    LAUNCH_CHECK();
+}
+
+static void cuda_add_rmsnorm_fwd(es_backend *be, void *res, void *out, float *rstd, const void *a,
+                                 const void *b, const void *w, int N, int C, float eps) {
+    if (N <= 0) return;
+    if (rmsnorm_fwd_vec(be, res, out, rstd, a, b, w, N, C, eps)) return;
+    add_rmsnorm_fwd_kernel<<<row_grid(N), 32 * NORM_WARPS, 0, cuda_of(be)->stream>>>(
+        (bf16 *)res, (bf16 *)out, rstd, (const bf16 *)a, (const bf16 *)b, (const bf16 *)w, N, C,
+        eps);
     LAUNCH_CHECK();
 }
 
@@ -242,6 +318,7 @@ static void cuda_layernorm_bwd(es_backend *be, void *dinp, void *dw, void *db, c
 void cuda_fill_norm(es_backend *be) {
     be->rmsnorm_fwd = cuda_rmsnorm_fwd;
     be->rmsnorm_bwd = cuda_rmsnorm_bwd;
+    be->add_rmsnorm_fwd = cuda_add_rmsnorm_fwd;
     be->layernorm_fwd = cuda_layernorm_fwd;
     be->layernorm_bwd = cuda_layernorm_bwd;
 }

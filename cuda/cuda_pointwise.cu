@@ -1,10 +1,12 @@
 // Embedding lookups, activations, residual adds and gathered rows: bf16 in and
-// out, fp32 math. Scattering sums use atomics (fp32 into the fp32 embedding
-// gradients, bf16 into activation gradients), so repeated indices are safe.
-// Each element is read before it is written, so outputs may alias inputs.
+// out, fp32 math; GELU and the add read 16-byte vectors. Scattering sums use
+// atomics (fp32 into the fp32 embedding gradients, bf16 into activation
+// gradients), so repeated indices are safe. Each element is read before it
+// is written (by the same thread), so outputs may alias inputs.
 #include <stdint.h>
 
 #include "cuda_common.cuh"
+#include "hd_portable.cuh"
 #include "swiglu_elem.cuh"
 
 #define THREADS 256
@@ -51,24 +53,35 @@ __global__ void swiglu_bwd_kernel(bf16 *dgate, bf16 *dup, const bf16 *dout, cons
 #define GELU_K 0.7978845608028654f  // sqrt(2 / pi)
 #define GELU_C 0.044715f
 
-__global__ void gelu_fwd_kernel(bf16 *out, const bf16 *inp, size_t n) {
-    GRID_STRIDE(i, n) {
-        float x = bf(inp[i]);
-        out[i] = tobf(0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_C * x * x * x))));
-    }
+// The elementwise ops with 16-byte loads: out = f(x, y) on vectors of 8
+// bf16, then the rest one by one.
+enum { PW_ADD, PW_GELU_FWD, PW_GELU_BWD };
+
+template <int OP>
+__device__ __forceinline__ float pw_elem(float x, float y) {
+    if (OP == PW_ADD) return x + y;
+    float th = tanhf(GELU_K * (x + GELU_C * x * x * x));
+    if (OP == PW_GELU_FWD) return 0.5f * x * (1.0f + th);
+    float du = GELU_K * (1.0f + 3.0f * GELU_C * x * x);  // PW_GELU_BWD: y is dout
+    return y * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
 }
 
-__global__ void gelu_bwd_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp, size_t n) {
-    GRID_STRIDE(i, n) {
-        float x = bf(inp[i]), th = tanhf(GELU_K * (x + GELU_C * x * x * x));
-        float du = GELU_K * (1.0f + 3.0f * GELU_C * x * x);
-        float g = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
-        dinp[i] = tobf(bf(dout[i]) * g);
+// out (n) = OP(x, y) (y unused by gelu_fwd, may be NULL): vectors [0, nv)
+// through 16-byte loads, elements [8 nv, n) one by one.
+template <int OP>
+__global__ void pointwise_kernel(bf16 *out, const bf16 *x, const bf16 *y, size_t nv, size_t n) {
+    GRID_STRIDE(i, nv) {
+        bf16x8 xv = ((const bf16x8 *)x)[i], yv, o;
+        if (OP != PW_GELU_FWD) yv = ((const bf16x8 *)y)[i];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            o.v[j] = tobf(pw_elem<OP>(bf(xv.v[j]), OP != PW_GELU_FWD ? bf(yv.v[j]) : 0.0f));
+        ((bf16x8 *)out)[i] = o;
     }
-}
-
-__global__ void add_kernel(bf16 *out, const bf16 *a, const bf16 *b, size_t n) {
-    GRID_STRIDE(i, n) out[i] = tobf(bf(a[i]) + bf(b[i]));
+    GRID_STRIDE(t, n - 8 * nv) {
+        size_t i = 8 * nv + t;
+        out[i] = tobf(pw_elem<OP>(bf(x[i]), OP != PW_GELU_FWD ? bf(y[i]) : 0.0f));
+    }
 }
 
 __global__ void gather_rows_kernel(bf16 *out, const bf16 *inp, const int32_t *rows, int M, int C) {
@@ -118,26 +131,29 @@ static void cuda_swiglu_bwd(es_backend *be, void *dgate, void *dup, const void *
     LAUNCH_CHECK();
 }
 
-static void cuda_gelu_fwd(es_backend *be, void *out, const void *inp, size_t n) {
+// Launches pointwise_kernel<OP> over n elements, by vectors where every buffer
+// is 16-byte aligned (element by element otherwise).
+template <int OP>
+static void pointwise(es_backend *be, void *out, const void *x, const void *y, size_t n) {
     if (!n) return;
-    gelu_fwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>((bf16 *)out,
-                                                                     (const bf16 *)inp, n);
+    int vec = cuda_aligned16(out) && cuda_aligned16(x) && (!y || cuda_aligned16(y));
+    size_t nv = vec ? n / 8 : 0, tail = n - 8 * nv;
+    pointwise_kernel<OP><<<cuda_blocks(nv > tail ? nv : tail, THREADS), THREADS, 0, st(be)>>>(
+        (bf16 *)out, (const bf16 *)x, (const bf16 *)y, nv, n);
     LAUNCH_CHECK();
+}
+
+static void cuda_gelu_fwd(es_backend *be, void *out, const void *inp, size_t n) {
+    pointwise<PW_GELU_FWD>(be, out, inp, NULL, n);
 }
 
 static void cuda_gelu_bwd(es_backend *be, void *dinp, const void *dout, const void *inp,
                           size_t n) {
-    if (!n) return;
-    gelu_bwd_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>(
-        (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, n);
-    LAUNCH_CHECK();
+    pointwise<PW_GELU_BWD>(be, dinp, inp, dout, n);
 }
 
 static void cuda_add(es_backend *be, void *out, const void *a, const void *b, size_t n) {
-    if (!n) return;
-    add_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, st(be)>>>((bf16 *)out, (const bf16 *)a,
-                                                                (const bf16 *)b, n);
-    LAUNCH_CHECK();
+    pointwise<PW_ADD>(be, out, a, b, n);
 }
 
 static void cuda_gather_rows(es_backend *be, void *out, const void *inp, const void *rows, int M,

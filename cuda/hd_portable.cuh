@@ -1,4 +1,4 @@
-// What the host-and-device headers of cuda/ (norm_rows.cuh, pointwise_elem.cuh,
+// What the host-and-device headers of cuda/ (norm_rows.cuh, swiglu_elem.cuh,
 // adamw_elem.cuh) need from CUDA, also for a plain host C++ compiler: there
 // __host__/__device__ vanish and bf16 is a 16-bit word converted as
 // cuda_bf16.h converts (round to nearest even, NaN kept), so that
@@ -41,3 +41,8 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
 #endif
 
 #define HD_INLINE __host__ __device__ __forceinline__
+
+// 8 bf16 values: one 16-byte load or store.
+typedef struct __align__(16) {
+    __nv_bfloat16 v[8];
+} bf16x8;

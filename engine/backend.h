@@ -115,9 +115,17 @@ struct es_backend {
     // Also used for Qwen3's per-head q/k norm with N*H rows of C = D.
     void (*rmsnorm_fwd)(es_backend *be, void *out, float *rstd, const void *inp, const void *w,
                         int N, int C, float eps);
-    // dinp (N, C) overwrite (or += when accumulate); dw (C) +=
+    // dinp (N, C) overwrite (or += when accumulate); dw (C) +=. Accumulating
+    // into the residual stream's gradient is the backward of add_rmsnorm_fwd:
+    // dres += rmsnorm_bwd(dout) in one pass, the weight gradient with it.
     void (*rmsnorm_bwd)(es_backend *be, void *dinp, void *dw, const void *dout, const void *inp,
                         const void *w, const float *rstd, int N, int C, int accumulate);
+    // A residual add and the RMSNorm after it in one pass: res (N, C) = a + b,
+    // out (N, C) = res / rms(res) * w, rstd (N) fp32 saved. The norm reads res
+    // as stored (compute type), so out and rstd are rmsnorm_fwd's of res bit
+    // for bit (recomputation relies on it). res may alias a or b.
+    void (*add_rmsnorm_fwd)(es_backend *be, void *res, void *out, float *rstd, const void *a,
+                            const void *b, const void *w, int N, int C, float eps);
     // LayerNorm: mean, rstd (N) fp32 saved.
     void (*layernorm_fwd)(es_backend *be, void *out, float *mean, float *rstd, const void *inp,
                           const void *w, const void *b, int N, int C, float eps);

@@ -271,9 +271,25 @@ static void norm_bwd(es_model *m, void *dinp, const void *dout, const void *inp,
                         accumulate);
 }
 
-// Residual stream leaving layer l.
-static void *layer_out(const es_model *m, int l) {
-    return l + 1 < m->cfg.layers ? m->acts[l + 1].ln1_in : m->final_in;
+// Layer l's input norm: ln1_out from the residual stream entering the layer.
+static void ln1_fwd(es_model *m, es_layer_acts *a, int l, int N) {
+    const es_layer_params *lp = &m->layout.layer[l];
+    norm_fwd(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
+}
+
+// The residual add closing a block and the norm after it (the next block's
+// or the final one): res = a + b, out = norm(res). One op for the RMSNorm
+// models; gpt2 adds, then takes its LayerNorm.
+static void residual_norm_fwd(es_model *m, void *res, void *out, float *mean, float *rstd,
+                              const void *a, const void *b, int w, int bias, int N) {
+    es_backend *be = m->be;
+    if (is_gpt2(m)) {
+        be->add(be, res, a, b, (size_t)N * m->cfg.hidden);
+        norm_fwd(m, out, mean, rstd, res, w, bias, N);
+    } else {
+        be->add_rmsnorm_fwd(be, res, out, rstd, a, b, P(m, w), N, m->cfg.hidden,
+                            m->cfg.norm_eps);
+    }
 }
 
 static int check_batch(const es_model *m, const es_model_batch *b) {
@@ -285,15 +301,15 @@ static int check_batch(const es_model *m, const es_model_batch *b) {
     return ES_OK;
 }
 
-// The attention block: projections, qk-norm, rope, then the caller's
-// attention step, output projection and residual add.
+// The attention block from its normalised input (a->ln1_out): projections,
+// qk-norm, rope, the caller's attention step, output projection, then the
+// residual add with the MLP block's norm after it (res2, ln2_out).
 static void attention_block_fwd(es_model *m, es_layer_acts *a, int layer, const void *pos, int N,
                                 es_attention_step attend, const void *ctx) {
     es_backend *be = m->be;
     const es_config *c = &m->cfg;
     const es_layer_params *lp = &m->layout.layer[layer];
     int C = c->hidden, H = c->heads, KVH = c->kv_heads, D = c->head_dim;
-    norm_fwd(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
     // With qk-norm the projections are kept for its backward; without, rope
     // (linear) runs in place on them.
     void *q = c->qk_norm ? a->q_raw : a->q, *k = c->qk_norm ? a->k_raw : a->k;
@@ -311,7 +327,8 @@ static void attention_block_fwd(es_model *m, es_layer_acts *a, int layer, const 
     }
     attend(ctx, m, a, layer, N);
     be->matmul_fwd(be, m->scratch[0], a->att, P(m, lp->o_w), P(m, lp->o_b), N, H * D, C);
-    be->add(be, a->res2, a->ln1_in, m->scratch[0], (size_t)N * C);
+    residual_norm_fwd(m, a->res2, a->ln2_out, a->ln2_mean, a->ln2_rstd, a->ln1_in, m->scratch[0],
+                      lp->ln2_w, lp->ln2_b, N);
 }
 
 // Training's attention step: causal within each document of the packed batch.
@@ -323,12 +340,12 @@ static void packed_attention(const void *ctx, es_model *m, es_layer_acts *a, int
                          c->heads, c->kv_heads, c->head_dim);
 }
 
-// The MLP block up to its activation: what its backward reads.
+// The MLP block from its normalised input (a->ln2_out) up to its activation:
+// what its backward reads.
 static void mlp_inner_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp, int N) {
     es_backend *be = m->be;
     int C = m->cfg.hidden, F = m->cfg.ffn;
     size_t NF = (size_t)N * F;
-    norm_fwd(m, a->ln2_out, a->ln2_mean, a->ln2_rstd, a->res2, lp->ln2_w, lp->ln2_b, N);
     be->matmul_fwd(be, a->up, a->ln2_out, P(m, lp->up_w), P(m, lp->up_b), N, C, F);
     if (is_gpt2(m)) {
         be->gelu_fwd(be, a->act, a->up, NF);
@@ -338,13 +355,25 @@ static void mlp_inner_fwd(es_model *m, es_layer_acts *a, const es_layer_params *
     }
 }
 
-static void mlp_block_fwd(es_model *m, es_layer_acts *a, const es_layer_params *lp, void *out,
-                          int N) {
+// Layer l's MLP block, closed by the residual add and the norm after it:
+// the next layer's input norm, or the final norm after the last layer.
+static void mlp_block_fwd(es_model *m, int l, int N) {
     es_backend *be = m->be;
-    int C = m->cfg.hidden, F = m->cfg.ffn;
+    const es_layout *lo = &m->layout;
+    es_layer_acts *a = &m->acts[l];
+    const es_layer_params *lp = &lo->layer[l];
     mlp_inner_fwd(m, a, lp, N);
-    be->matmul_fwd(be, m->scratch[0], a->act, P(m, lp->down_w), P(m, lp->down_b), N, F, C);
-    be->add(be, out, a->res2, m->scratch[0], (size_t)N * C);
+    be->matmul_fwd(be, m->scratch[0], a->act, P(m, lp->down_w), P(m, lp->down_b), N, m->cfg.ffn,
+                   m->cfg.hidden);
+    if (l + 1 < m->cfg.layers) {
+        es_layer_acts *next = &m->acts[l + 1];
+        const es_layer_params *np = &lo->layer[l + 1];
+        residual_norm_fwd(m, next->ln1_in, next->ln1_out, next->ln1_mean, next->ln1_rstd, a->res2,
+                          m->scratch[0], np->ln1_w, np->ln1_b, N);
+    } else {
+        residual_norm_fwd(m, m->final_in, m->hidden, m->lnf_mean, m->lnf_rstd, a->res2,
+                          m->scratch[0], lo->lnf_w, lo->lnf_b, N);
+    }
 }
 
 void es_model_forward_with(es_model *m, const void *tokens, const void *pos, int N,
@@ -353,11 +382,11 @@ void es_model_forward_with(es_model *m, const void *tokens, const void *pos, int
     const es_layout *lo = &m->layout;
     be->embed_fwd(be, m->acts[0].ln1_in, tokens, pos, P(m, lo->wte), P(m, lo->wpe), N,
                   m->cfg.hidden);
+    ln1_fwd(m, &m->acts[0], 0, N);  // later layers' come with the residual add before them
     for (int l = 0; l < m->cfg.layers; l++) {
         attention_block_fwd(m, &m->acts[l], l, pos, N, attend, ctx);
-        mlp_block_fwd(m, &m->acts[l], &lo->layer[l], layer_out(m, l), N);
+        mlp_block_fwd(m, l, N);
     }
-    norm_fwd(m, m->hidden, m->lnf_mean, m->lnf_rstd, m->final_in, lo->lnf_w, lo->lnf_b, N);
 }
 
 int es_model_forward(es_model *m, const es_model_batch *b) {
@@ -453,13 +482,21 @@ int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden)
         es_layer_acts *a = &m->acts[l];
         const es_layer_params *lp = &lo->layer[l];
         // The shared set still holds the last layer's tensors from forward.
-        if (m->recompute == ES_RECOMPUTE_FULL && l + 1 < m->cfg.layers)
-            attention_block_fwd(m, a, l, b->pos, N, packed_attention, b);
-        if (m->recompute != ES_RECOMPUTE_NONE && l + 1 < m->cfg.layers) mlp_inner_fwd(m, a, lp, N);
+        // Recomputed norms are those forward fused with the residual adds, bit
+        // for bit (add_rmsnorm_fwd normalises its sum as stored).
+        if (m->recompute != ES_RECOMPUTE_NONE && l + 1 < m->cfg.layers) {
+            if (m->recompute == ES_RECOMPUTE_FULL) {
+                ln1_fwd(m, a, l, N);
+                attention_block_fwd(m, a, l, b->pos, N, packed_attention, b);
+            } else {
+                norm_fwd(m, a->ln2_out, a->ln2_mean, a->ln2_rstd, a->res2, lp->ln2_w, lp->ln2_b,
+                         N);
+            }
+            mlp_inner_fwd(m, a, lp, N);
+        }
         mlp_block_bwd(m, a, lp, N);
         // ln1_out shares its buffer with ln2_out, which the MLP's backward just read.
-        if (m->recompute != ES_RECOMPUTE_NONE)
-            norm_fwd(m, a->ln1_out, a->ln1_mean, a->ln1_rstd, a->ln1_in, lp->ln1_w, lp->ln1_b, N);
+        if (m->recompute != ES_RECOMPUTE_NONE) ln1_fwd(m, a, l, N);
         attention_block_bwd(m, a, lp, b);
         if (grads_done(m, l)) return ES_ERR;
     }

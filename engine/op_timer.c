@@ -66,6 +66,10 @@ static void w_rmsnorm_bwd(es_backend *be, void *dinp, void *dw, const void *dout
                           const float *rstd, int N, int C, int accumulate) {
     TIMED(rmsnorm_bwd, 0, dinp, dw, dout, inp, w, rstd, N, C, accumulate);
 }
+static void w_add_rmsnorm_fwd(es_backend *be, void *res, void *out, float *rstd, const void *a, const void *b,
+                              const void *w, int N, int C, float eps) {
+    TIMED(add_rmsnorm_fwd, 0, res, out, rstd, a, b, w, N, C, eps);
+}
 static void w_layernorm_fwd(es_backend *be, void *out, float *mean, float *rstd, const void *inp, const void *w,
                             const void *b, int N, int C, float eps) {
     TIMED(layernorm_fwd, 0, out, mean, rstd, inp, w, b, N, C, eps);

@@ -142,6 +142,7 @@ es_backend *es_backend_cpu_create(void) {
     be->matmul_bwd = cpu_matmul_bwd;
     be->rmsnorm_fwd = cpu_rmsnorm_fwd;
     be->rmsnorm_bwd = cpu_rmsnorm_bwd;
+    be->add_rmsnorm_fwd = cpu_add_rmsnorm_fwd;
     be->layernorm_fwd = cpu_layernorm_fwd;
     be->layernorm_bwd = cpu_layernorm_bwd;
     be->rope_fwd = cpu_rope_fwd;

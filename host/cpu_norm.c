@@ -7,20 +7,36 @@
 
 #define NORM_COLS 64  // columns per task in the weight-gradient sums
 
+// One row: y (C) = x / rms(x) * w; returns the row's rstd.
+static float rmsnorm_row(float *y, const float *x, const float *w, int C, float eps) {
+    double ss = 0.0;
+    for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+    for (int c = 0; c < C; c++) y[c] = x[c] * r * w[c];
+    return r;
+}
+
 void cpu_rmsnorm_fwd(es_backend *be, void *out_, float *rstd, const void *inp_, const void *w_,
                      int N, int C, float eps) {
     (void)be;
     float *out = out_;
     const float *inp = inp_, *w = w_;
     #pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++)
+        rstd[i] = rmsnorm_row(out + (size_t)i * C, inp + (size_t)i * C, w, C, eps);
+}
+
+void cpu_add_rmsnorm_fwd(es_backend *be, void *res_, void *out_, float *rstd, const void *a_,
+                         const void *b_, const void *w_, int N, int C, float eps) {
+    (void)be;
+    float *res = res_, *out = out_;
+    const float *a = a_, *b = b_, *w = w_;
+    #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C;
-        float *y = out + (size_t)i * C;
-        double ss = 0.0;
-        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
-        float r = (float)(1.0 / sqrt(ss / C + eps));
-        for (int c = 0; c < C; c++) y[c] = x[c] * r * w[c];
-        rstd[i] = r;
+        float *x = res + (size_t)i * C;
+        const float *ai = a + (size_t)i * C, *bi = b + (size_t)i * C;
+        for (int c = 0; c < C; c++) x[c] = ai[c] + bi[c];
+        rstd[i] = rmsnorm_row(out + (size_t)i * C, x, w, C, eps);
     }
 }
 

@@ -30,6 +30,8 @@ void cpu_rmsnorm_fwd(es_backend *be, void *out, float *rstd, const void *inp, co
                      int C, float eps);
 void cpu_rmsnorm_bwd(es_backend *be, void *dinp, void *dw, const void *dout, const void *inp,
                      const void *w, const float *rstd, int N, int C, int accumulate);
+void cpu_add_rmsnorm_fwd(es_backend *be, void *res, void *out, float *rstd, const void *a,
+                         const void *b, const void *w, int N, int C, float eps);
 void cpu_layernorm_fwd(es_backend *be, void *out, float *mean, float *rstd, const void *inp,
                        const void *w, const void *b, int N, int C, float eps);
 void cpu_layernorm_bwd(es_backend *be, void *dinp, void *dw, void *db, const void *dout,

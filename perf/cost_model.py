@@ -36,9 +36,11 @@ BF16, F32, I32 = 2, 4, 4
 DEFAULT_TFLOPS, DEFAULT_TBPS = 790.0, 3.0
 DATASHEET_TFLOPS = 989.0  # engine/peaks.c's dense bf16 peak for H100 SXM / H200: MFU's denominator
 # The op-timer's names (engine/op_timer.h), in the order bench prints them.
+# `add` is gpt2's residual add (and older builds'): these models issue none.
 OPS = ["upload", "upload_async", "zero", "embed_fwd", "embed_bwd", "matmul_fwd", "matmul_bwd", "rmsnorm_fwd",
-       "rmsnorm_bwd", "rope_fwd", "rope_bwd", "attention_fwd", "attention_bwd", "swiglu_fwd",
-       "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss", "sumsq", "count_nonfinite", "adamw"]
+       "rmsnorm_bwd", "add_rmsnorm_fwd", "rope_fwd", "rope_bwd", "attention_fwd", "attention_bwd",
+       "swiglu_fwd", "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss", "sumsq",
+       "count_nonfinite", "adamw"]
 
 
 class Shape:
@@ -105,6 +107,10 @@ class Model:
     def rmsnorm_fwd(self, rows, C):
         self.call("rmsnorm_fwd", 0, BF16 * (2 * rows * C + C) + F32 * rows)
 
+    def add_rmsnorm_fwd(self, rows, C):
+        """res = a + b and its norm in one pass: a, b read, res and out written."""
+        self.call("add_rmsnorm_fwd", 0, BF16 * (4 * rows * C + C) + F32 * rows)
+
     def rmsnorm_bwd(self, rows, C, accumulate):
         self.call("rmsnorm_bwd", 0, BF16 * (rows * C * (4 if accumulate else 3) + C)
                   + F32 * (rows + 2 * C))
@@ -135,8 +141,8 @@ def step(m, s, N, docs, nsup, chunk):
     m.call("upload_async", 0, (2 * I32 + F32) * nsup, calls=3)
     m.call("zero", 0, F32 * s.params())  # the step's gradients
     m.call("embed_fwd", 0, BF16 * 2 * N * C + I32 * N)
+    m.rmsnorm_fwd(N, C)  # layer 0's input norm; the others come with the residual add before them
     for _ in range(L):
-        m.rmsnorm_fwd(N, C)
         for oc in (H * D, KVH * D, KVH * D):
             m.matmul_fwd(N, C, oc)
         if s.qk_norm:
@@ -146,14 +152,12 @@ def step(m, s, N, docs, nsup, chunk):
         m.rope("rope_fwd", N, KVH, D)
         m.call("attention_fwd", att_fwd, qkv_bytes + BF16 * N * H * D + F32 * N * H)
         m.matmul_fwd(N, H * D, C)
-        m.elementwise("add", N * C, 3)
-        m.rmsnorm_fwd(N, C)
+        m.add_rmsnorm_fwd(N, C)  # residual, then the MLP's norm
         m.matmul_fwd(N, C, F)
         m.matmul_fwd(N, C, F)
         m.elementwise("swiglu_fwd", N * F, 3)
         m.matmul_fwd(N, F, C)
-        m.elementwise("add", N * C, 3)
-    m.rmsnorm_fwd(N, C)
+        m.add_rmsnorm_fwd(N, C)  # residual, then the next layer's input norm or the final norm
 
     # the LM head and loss on the supervised rows, `chunk` at a time
     m.call("zero", 0, BF16 * N * C)  # d(hidden)

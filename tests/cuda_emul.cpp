@@ -28,6 +28,47 @@ static void warp_sum(float *v) {
     }
 }
 
+// rmsnorm_fwd_vec_kernel<VPL>: one warp a row (the rows' order does not
+// matter, nothing is shared between them); with b, the residual add first.
+template <int VPL>
+static void rmsnorm_fwd_vec(bf16 *res, bf16 *out, float *rstd, const bf16 *a, const bf16 *b, const bf16 *w,
+                            int N, int C, float eps) {
+    static bf16x8 x[NR_LANES][VPL], y[NR_LANES][VPL], wv[NR_LANES][VPL];
+    for (int row = 0; row < N; row++) {
+        size_t o = (size_t)row * C;
+        float s[NR_LANES];
+        for (int l = 0; l < NR_LANES; l++) {
+            nr_load<VPL>(x[l], a + o, C, l);
+            if (b) {
+                nr_load<VPL>(y[l], b + o, C, l);
+                nr_add_row<VPL>(x[l], res + o, x[l], y[l], C, l);
+            }
+            nr_load<VPL>(wv[l], w, C, l);
+            s[l] = nr_fwd_sumsq<VPL>(x[l], C, l);
+        }
+        warp_sum(s);
+        for (int l = 0; l < NR_LANES; l++) {
+            float r = nr_rstd(s[l], C, eps);
+            if (l == 0) rstd[row] = r;
+            nr_fwd_row<VPL>(out + o, x[l], wv[l], r, C, l);
+        }
+    }
+}
+
+int emul_rmsnorm_fwd(uint16_t *res, uint16_t *out, float *rstd, const uint16_t *a, const uint16_t *b,
+                     const uint16_t *w, int N, int C, float eps) {
+    bf16 *rs = (bf16 *)res, *y = (bf16 *)out;
+    const bf16 *x = (const bf16 *)a, *x2 = (const bf16 *)b, *wt = (const bf16 *)w;
+    switch (nr_vpl(C)) {
+    case 0: return 0;
+    case 1: rmsnorm_fwd_vec<1>(rs, y, rstd, x, x2, wt, N, C, eps); break;
+    case 2: rmsnorm_fwd_vec<2>(rs, y, rstd, x, x2, wt, N, C, eps); break;
+    case 4: rmsnorm_fwd_vec<4>(rs, y, rstd, x, x2, wt, N, C, eps); break;
+    default: rmsnorm_fwd_vec<8>(rs, y, rstd, x, x2, wt, N, C, eps); break;
+    }
+    return 1;
+}
+
 // rmsnorm_bwd_vec_kernel<VPL> on `blocks` blocks of NR_THREADS: warp w takes
 // rows w, w + warps, ... and leaves its weight-gradient share in row w of
 // part (warps, C). Each lane's registers are its own slice of the arrays.

@@ -16,6 +16,13 @@ extern "C" {
 uint16_t emul_to_bf16(float x);
 float emul_from_bf16(uint16_t h);
 
+// The vectorised RMSNorm forward (rmsnorm_fwd_vec_kernel), warp by warp, lane
+// by lane: out (N, C) = a / rms(a) * w, rstd (N); with b (not NULL) the fused
+// residual add first, res (N, C) = a + b, normalised as stored. Returns 0,
+// touching nothing, where the backend would take the scalar kernel instead.
+int emul_rmsnorm_fwd(uint16_t *res, uint16_t *out, float *rstd, const uint16_t *a, const uint16_t *b,
+                     const uint16_t *w, int N, int C, float eps);
+
 // The one-pass RMSNorm backward (rmsnorm_bwd_vec_kernel, then the sum of its
 // weight-gradient partials) on a device of `sms` SMs, block by block, warp by
 // warp, lane by lane: dinp (N, C) written or added to (accumulate), dw (C)

@@ -308,6 +308,29 @@ static double rope_loss(void) {
     return proj(rp.out, rp.R, (size_t)rp.N * rp.H * rp.D);
 }
 
+// The fused residual add + RMSNorm against the unfused composition of the
+// existing ops (add, then rmsnorm_fwd of the sum): equal bit for bit, which
+// recomputation relies on; also with res written over a (in place).
+static void test_add_rmsnorm(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *a = frand(n, 1.5f), *b = frand(n, 1.0f), *w = frand(C, 1);
+    float *res = fnan(n), *out = fnan(n), *rstd = fnan(N);
+    float *rres = fnan(n), *rout = fnan(n), *rrstd = fnan(N);
+    be->add_rmsnorm_fwd(be, res, out, rstd, a, b, w, N, C, 1e-6f);
+    be->add(be, rres, a, b, n);
+    be->rmsnorm_fwd(be, rout, rrstd, rres, w, N, C, 1e-6f);
+    CHECK(!memcmp(res, rres, n * sizeof(float)) && !memcmp(out, rout, n * sizeof(float)) &&
+              !memcmp(rstd, rrstd, N * sizeof(float)),
+          "add_rmsnorm_fwd N=%d C=%d differs from add + rmsnorm_fwd", N, C);
+    t_poison(out, n);
+    t_poison(rstd, N);
+    be->add_rmsnorm_fwd(be, a, out, rstd, a, b, w, N, C, 1e-6f);
+    CHECK(!memcmp(a, rres, n * sizeof(float)) && !memcmp(out, rout, n * sizeof(float)) &&
+              !memcmp(rstd, rrstd, N * sizeof(float)),
+          "add_rmsnorm_fwd N=%d C=%d in place differs", N, C);
+    free_all();
+}
+
 static void test_rope(void) {
     const int N = 6, H = 3, D = 16, half = D / 2;
     const float theta = 10000.0f;
@@ -961,6 +984,9 @@ int main(void) {
     test_rows();
     test_distill();
     test_optim();
+    // last, so that the tests above draw the random inputs they always drew
+    test_add_rmsnorm(4, 9);
+    test_add_rmsnorm(37, 150);
     be->destroy(be);
     TEST_DONE();
 }

@@ -1,6 +1,7 @@
 // The CUDA kernels' own code, emulated on the CPU (tests/cuda_emul.cpp), against
-// the CPU backend: the one-pass RMSNorm backward lane by lane, SwiGLU forward
-// and backward, AdamW. Runs in every build, without CUDA or a GPU, so that a
+// the CPU backend: the vectorised RMSNorm forward (plain and fused with the
+// residual add) and one-pass backward lane by lane, SwiGLU forward and
+// backward, AdamW. Runs in every build, without CUDA or a GPU, so that a
 // change to the kernels' arithmetic or lane layout is caught in CI. Inputs are
 // fresh random bf16 values each run (the seed is printed); outputs start as
 // NaN, so an element the code forgets stays NaN and fails.
@@ -46,6 +47,53 @@ static void bf16_to_f32(float *f, const uint16_t *h, size_t n) {
     for (size_t i = 0; i < n; i++) f[i] = emul_from_bf16(h[i]);
 }
 
+// The vectorised forward, plain and fused with the residual add, against the
+// CPU backend (on the sum rounded to bf16, as the kernel stores it); the fused
+// op's out and rstd must be the plain forward's of its own res bit for bit,
+// which recomputation in backward relies on.
+static void test_rmsnorm_fwd(int N, int C) {
+    size_t n = (size_t)N * C;
+    const float eps = 1e-6f;
+    uint16_t *a = aligned(n * 2), *b = aligned(n * 2), *w = aligned(C * 2), *res = aligned(n * 2);
+    uint16_t *out = aligned(n * 2), *out2 = aligned(n * 2);
+    float *af = aligned(n * 4), *bf = aligned(n * 4), *wf = aligned(C * 4), *sum = aligned(n * 4);
+    float *got = aligned(n * 4), *ref = aligned(n * 4), *rstd = aligned(N * 4), *rstd2 = aligned(N * 4);
+    float *rref = aligned(N * 4);
+    bf16_rand(a, af, n, 1.5f);
+    bf16_rand(b, bf, n, 1.0f);
+    bf16_rand(w, wf, C, 1.0f);
+    bf16_poison(out, n);
+    t_poison(rstd, N);
+    CHECK(emul_rmsnorm_fwd(NULL, out, rstd, a, NULL, w, N, C, eps),
+          "rmsnorm_fwd N=%d C=%d: the vectorised kernel should apply", N, C);
+    be->rmsnorm_fwd(be, ref, rref, af, wf, N, C, eps);
+    bf16_to_f32(got, out, n);
+    double e = t_rel_err(got, ref, n, 1e-6), er = t_rel_err(rstd, rref, N, 1e-6);
+    CHECK(e < BF16_TOL && er < F32_TOL, "rmsnorm_fwd N=%d C=%d: rel err out %.3g rstd %.3g", N, C, e, er);
+
+    bf16_poison(res, n), bf16_poison(out, n);
+    t_poison(rstd, N);
+    CHECK(emul_rmsnorm_fwd(res, out, rstd, a, b, w, N, C, eps),
+          "add_rmsnorm_fwd N=%d C=%d: the vectorised kernel should apply", N, C);
+    be->add(be, sum, af, bf, n);
+    int same = 1;
+    for (size_t i = 0; i < n; i++) {
+        same &= res[i] == emul_to_bf16(sum[i]);
+        sum[i] = emul_from_bf16(emul_to_bf16(sum[i]));
+    }
+    CHECK(same, "add_rmsnorm_fwd N=%d C=%d: res is not a + b rounded to bf16", N, C);
+    be->rmsnorm_fwd(be, ref, rref, sum, wf, N, C, eps);
+    bf16_to_f32(got, out, n);
+    e = t_rel_err(got, ref, n, 1e-6), er = t_rel_err(rstd, rref, N, 1e-6);
+    CHECK(e < BF16_TOL && er < F32_TOL, "add_rmsnorm_fwd N=%d C=%d: rel err out %.3g rstd %.3g", N, C, e, er);
+    bf16_poison(out2, n);
+    emul_rmsnorm_fwd(NULL, out2, rstd2, res, NULL, w, N, C, eps);
+    CHECK(!memcmp(out, out2, n * 2) && !memcmp(rstd, rstd2, N * 4),
+          "add_rmsnorm_fwd N=%d C=%d: out, rstd differ from rmsnorm_fwd of its res", N, C);
+    free(a), free(b), free(w), free(res), free(out), free(out2), free(af), free(bf), free(wf), free(sum);
+    free(got), free(ref), free(rstd), free(rstd2), free(rref);
+}
+
 // N rows of C on a device of `sms` SMs, written and accumulated.
 static void test_rmsnorm_bwd(int N, int C, int sms) {
     size_t n = (size_t)N * C;
@@ -74,12 +122,14 @@ static void test_rmsnorm_bwd(int N, int C, int sms) {
     free(dxf), free(ref), free(dw), free(dwref);
 }
 
-// Rows the one-pass kernel must leave to the scalar ones, untouched.
-static void test_rmsnorm_bwd_declines(int C) {
+// Rows the vectorised kernels must leave to the scalar ones, untouched.
+static void test_rmsnorm_declines(int C) {
     uint16_t row[8] = {0};
     float dw = 1.0f, r = 1.0f;
     CHECK(!emul_rmsnorm_bwd(row, &dw, row, row, row, &r, 1, C, 0, 1) && dw == 1.0f,
           "rmsnorm_bwd C=%d should take the scalar kernels", C);
+    CHECK(!emul_rmsnorm_fwd(row, row, &r, row, row, row, 1, C, 1e-6f) && r == 1.0f,
+          "add_rmsnorm_fwd C=%d should take the scalar kernel", C);
 }
 
 static void test_swiglu(size_t n) {
@@ -187,8 +237,9 @@ int main(void) {
         test_rmsnorm_bwd(shapes[s][0], shapes[s][1], 132);
         test_rmsnorm_bwd(shapes[s][0], shapes[s][1], 3);
     }
-    test_rmsnorm_bwd_declines(100);   // not whole 16-byte vectors
-    test_rmsnorm_bwd_declines(2056);  // more than 8 vectors a lane
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) test_rmsnorm_fwd(shapes[s][0], shapes[s][1]);
+    test_rmsnorm_declines(100);   // not whole 16-byte vectors
+    test_rmsnorm_declines(2056);  // more than 8 vectors a lane
     test_swiglu(1000);
     test_adamw(0);
     test_adamw(1);

@@ -69,6 +69,12 @@ static buf nan_buf(size_t n, es_dtype dt, es_mem_kind kind) {
     return b;
 }
 
+// b from element k on (not to be dropped).
+static buf shifted(buf b, size_t k) {
+    buf s = {cpu->offset(cpu, b.c, k, b.dt), gpu->offset(gpu, b.g, k, b.dt), b.n - k, b.dt};
+    return s;
+}
+
 static buf ints(const int32_t *v, size_t n) {
     buf b = mk(n, ES_DT_I32, ES_MEM_INDEX);
     cpu->upload(cpu, b.c, v, n, ES_DT_I32);
@@ -113,7 +119,7 @@ static float *host_of(es_backend *be, const void *p, size_t n, es_dtype dt) {
 }
 
 // Table rows, printed at the end.
-#define MAX_ROWS 128
+#define MAX_ROWS 256
 static struct {
     char name[48];
     double err;
@@ -216,6 +222,40 @@ static void test_rmsnorm(int N, int C, const char *tag) {
     compare(name, dinp);
     buf b[] = {inp, w, out, rstd, dout, dinp, dw};
     for (size_t i = 0; i < sizeof b / sizeof *b; i++) drop(b[i]);
+}
+
+// The residual add fused with RMSNorm, written and in place (res over a);
+// on the GPU its out and rstd must also be rmsnorm_fwd's of its own res bit
+// for bit, as recomputation in backward assumes.
+static void test_add_rmsnorm(int N, int C, const char *tag) {
+    char name[48];
+    size_t n = (size_t)N * C;
+    buf a = rnd(n, 2.0f, ES_DT_COMPUTE, ES_MEM_ACTS), b = rnd(n, 1.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf w = rnd(C, 1.0f, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
+    buf res = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS), out = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS);
+    buf rstd = nan_buf(N, ES_DT_F32, ES_MEM_ACTS);
+    for (int inplace = 0; inplace < 2; inplace++) {
+        buf r = inplace ? a : res;
+        cpu->add_rmsnorm_fwd(cpu, r.c, out.c, rstd.c, a.c, b.c, w.c, N, C, 1e-6f);
+        gpu->add_rmsnorm_fwd(gpu, r.g, out.g, rstd.g, a.g, b.g, w.g, N, C, 1e-6f);
+        snprintf(name, sizeof name, "%s%s res", tag, inplace ? " in place" : "");
+        compare(name, r);
+        snprintf(name, sizeof name, "%s%s out", tag, inplace ? " in place" : "");
+        compare(name, out);
+        snprintf(name, sizeof name, "%s%s rstd", tag, inplace ? " in place" : "");
+        compare(name, rstd);
+        buf out2 = nan_buf(n, ES_DT_COMPUTE, ES_MEM_ACTS), rstd2 = nan_buf(N, ES_DT_F32, ES_MEM_ACTS);
+        gpu->rmsnorm_fwd(gpu, out2.g, rstd2.g, r.g, w.g, N, C, 1e-6f);
+        gpu->sync(gpu);
+        float *o1 = host_of(gpu, out.g, n, ES_DT_COMPUTE), *o2 = host_of(gpu, out2.g, n, ES_DT_COMPUTE);
+        float *r1 = host_of(gpu, rstd.g, N, ES_DT_F32), *r2 = host_of(gpu, rstd2.g, N, ES_DT_F32);
+        CHECK(!memcmp(o1, o2, n * sizeof(float)) && !memcmp(r1, r2, N * sizeof(float)),
+              "%s: out, rstd differ from rmsnorm_fwd of res", tag);
+        free(o1), free(o2), free(r1), free(r2);
+        drop(out2), drop(rstd2);
+    }
+    buf x[] = {a, b, w, res, out, rstd};
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++) drop(x[i]);
 }
 
 static void test_layernorm(void) {
@@ -337,6 +377,17 @@ static void test_pointwise(void) {
     cpu->add(cpu, o1.c, a.c, b.c, n);
     gpu->add(gpu, o1.g, a.g, b.g, n);
     compare("add", o1);
+    // one element in: buffers off 16-byte alignment take the scalar path
+    buf a1 = shifted(a, 1), b1 = shifted(b, 1), d1 = shifted(dout, 1), s1 = shifted(o2, 1);
+    cpu->add(cpu, s1.c, a1.c, b1.c, s1.n);
+    gpu->add(gpu, s1.g, a1.g, b1.g, s1.n);
+    compare("add unaligned", s1);
+    cpu->gelu_fwd(cpu, s1.c, a1.c, s1.n);
+    gpu->gelu_fwd(gpu, s1.g, a1.g, s1.n);
+    compare("gelu_fwd unaligned", s1);
+    cpu->gelu_bwd(cpu, s1.c, d1.c, a1.c, s1.n);
+    gpu->gelu_bwd(gpu, s1.g, d1.g, a1.g, s1.n);
+    compare("gelu_bwd unaligned", s1);
     buf x[] = {a, b, dout, o1, o2};
     for (size_t i = 0; i < 5; i++) drop(x[i]);
 }
@@ -693,6 +744,10 @@ int main(int argc, char **argv) {
     // kernels it leaves rows of other widths to
     test_rmsnorm(257, 2048, "rmsnorm C=2048");
     test_rmsnorm(67, 100, "rmsnorm C=100 (scalar path)");
+    test_add_rmsnorm(301, 1024, "add_rmsnorm");
+    test_add_rmsnorm(257, 2048, "add_rmsnorm C=2048");
+    test_add_rmsnorm(67, 100, "add_rmsnorm C=100 (scalar)");
+    test_add_rmsnorm(19, 2056, "add_rmsnorm C=2056 (scalar)");
     test_layernorm();
     test_rope();
     test_attention_kernel("simple");

@@ -1,12 +1,13 @@
 // The CUDA backend: creation, device memory with a per-kind tally, and host
-// fp32 <-> device copies (bf16 for the compute type, raw for fp32/int32).
+// fp32 <-> device copies (bf16 for the compute type, raw for fp32/int32/fp64),
+// and pinned host blocks for asynchronous uploads.
 #include <stdint.h>
 #include <string.h>
 
 #include "cuda_common.cuh"
 #include "es_build.h"
 
-static size_t dt_size(es_dtype dt) { return dt == ES_DT_COMPUTE ? sizeof(bf16) : 4; }
+static size_t dt_size(es_dtype dt) { return dt == ES_DT_COMPUTE ? sizeof(bf16) : dt == ES_DT_F64 ? 8 : 4; }
 
 static void *cuda_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind) {
     cuda_ctx *c = cuda_of(be);
@@ -14,7 +15,7 @@ static void *cuda_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind)
         es_fail("cuda backend: unknown memory kind %d", (int)kind);
         return NULL;
     }
-    if (n > SIZE_MAX / 4) {
+    if (n > SIZE_MAX / 8) {
         es_fail("cuda backend: allocation of %zu elements overflows", n);
         return NULL;
     }
@@ -60,7 +61,7 @@ static void cuda_upload(es_backend *be, void *dst, const void *src, size_t n, es
     cuda_ctx *c = cuda_of(be);
     if (!n) return;
     if (dt != ES_DT_COMPUTE) {
-        CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyHostToDevice, c->stream));
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, n * dt_size(dt), cudaMemcpyHostToDevice, c->stream));
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
         return;
     }
@@ -76,7 +77,7 @@ static void cuda_download(es_backend *be, void *dst, const void *src, size_t n, 
     cuda_ctx *c = cuda_of(be);
     if (!n) return;
     if (dt != ES_DT_COMPUTE) {
-        CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyDeviceToHost, c->stream));
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, n * dt_size(dt), cudaMemcpyDeviceToHost, c->stream));
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
         return;
     }
@@ -86,6 +87,68 @@ static void cuda_download(es_backend *be, void *dst, const void *src, size_t n, 
     float *f = (float *)dst;
     for (size_t i = 0; i < n; i++) f[i] = es_bf16_to_f32(h[i]);
     free(h);
+}
+
+// Pinned, so that a copy from it is asynchronous; each block keeps an event
+// recorded after its last upload, for host_wait. Few blocks live at once.
+static void *cuda_host_alloc(es_backend *be, size_t bytes) {
+    cuda_ctx *c = cuda_of(be);
+    cuda_host_rec r = {NULL, bytes, NULL};
+    cudaError_t e = cudaHostAlloc(&r.ptr, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        es_fail("cuda backend: cannot pin %zu bytes of host memory: %s", bytes, cudaGetErrorString(e));
+        return NULL;
+    }
+    CUDA_CHECK(cudaEventCreateWithFlags(&r.read, cudaEventDisableTiming));
+    cuda_host_rec *recs = (cuda_host_rec *)realloc(c->hrecs, (c->nhrecs + 1) * sizeof *recs);
+    if (!recs) {
+        CUDA_CHECK(cudaEventDestroy(r.read));
+        CUDA_CHECK(cudaFreeHost(r.ptr));
+        es_fail("cuda backend: out of host memory tracking pinned blocks");
+        return NULL;
+    }
+    c->hrecs = recs;
+    c->hrecs[c->nhrecs++] = r;
+    return r.ptr;
+}
+
+// The pinned block that holds p.
+static cuda_host_rec *host_rec_of(cuda_ctx *c, const void *p) {
+    for (size_t i = 0; i < c->nhrecs; i++) {
+        const char *b = (const char *)c->hrecs[i].ptr;
+        if ((const char *)p >= b && (const char *)p < b + (c->hrecs[i].bytes ? c->hrecs[i].bytes : 1))
+            return &c->hrecs[i];
+    }
+    CUDA_REQUIRE(0, "cuda backend: %p is not in a host_alloc block", p);
+    return NULL;
+}
+
+static void host_rec_release(cuda_host_rec *r) {
+    CUDA_CHECK(cudaEventSynchronize(r->read));  // no copy may still read it
+    CUDA_CHECK(cudaEventDestroy(r->read));
+    CUDA_CHECK(cudaFreeHost(r->ptr));
+}
+
+static void cuda_host_free(es_backend *be, void *h) {
+    if (!h) return;
+    cuda_ctx *c = cuda_of(be);
+    cuda_host_rec *r = host_rec_of(c, h);
+    host_rec_release(r);
+    *r = c->hrecs[--c->nhrecs];
+}
+
+static void cuda_upload_async(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
+    cuda_ctx *c = cuda_of(be);
+    CUDA_REQUIRE(dt == ES_DT_I32 || dt == ES_DT_F32, "cuda upload_async: only int32 and fp32 buffers");
+    if (!n) return;
+    cuda_host_rec *r = host_rec_of(c, src);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaEventRecord(r->read, c->stream));
+}
+
+static void cuda_host_wait(es_backend *be, void *h) {
+    CUDA_CHECK(cudaEventSynchronize(host_rec_of(cuda_of(be), h)->read));
 }
 
 static void cuda_zero(es_backend *be, void *p, size_t n, es_dtype dt) {
@@ -123,6 +186,8 @@ static void cuda_destroy(es_backend *be) {
         cuda_comm_destroy(be);
         for (size_t i = 0; i < c->nrecs; i++) CUDA_CHECK(cudaFree(c->recs[i].ptr));
         free(c->recs);
+        for (size_t i = 0; i < c->nhrecs; i++) host_rec_release(&c->hrecs[i]);
+        free(c->hrecs);
         if (c->scratch) CUDA_CHECK(cudaFree(c->scratch));
         CUDA_CHECK(cudaFree(c->dsum));
         CUDA_CHECK(cudaFree(c->lt_workspace));
@@ -218,6 +283,10 @@ extern "C" es_backend *es_backend_cuda_create(int device) {
     be->free = cuda_free;
     be->upload = cuda_upload;
     be->download = cuda_download;
+    be->host_alloc = cuda_host_alloc;
+    be->host_free = cuda_host_free;
+    be->upload_async = cuda_upload_async;
+    be->host_wait = cuda_host_wait;
     be->zero = cuda_zero;
     be->offset = cuda_offset;
     be->sync = cuda_sync;

@@ -59,6 +59,13 @@ typedef struct {
     es_mem_kind kind;
 } cuda_alloc_rec;
 
+// A pinned host block (host_alloc) and the event after the last upload from it.
+typedef struct {
+    void *ptr;
+    size_t bytes;
+    cudaEvent_t read;
+} cuda_host_rec;
+
 typedef struct cuda_lt_plans cuda_lt_plans;  // cuda_matmul.cu's cache of cuBLASLt plans
 
 typedef struct {
@@ -73,6 +80,8 @@ typedef struct {
     double *dsum;  // (4) device accumulators for reductions read by the host
     cuda_alloc_rec *recs;  // live allocations, for free's tally
     size_t nrecs, caprecs;
+    cuda_host_rec *hrecs;  // live pinned host blocks
+    size_t nhrecs;
     void *comm;  // cuda_comm.cu's NCCL communicator; NULL for one rank
     // Set when cuda_attention_tc.cu's ops went into the table (unless
     // ESSENCE_ATTN=simple): the simple ops, which take the shapes those do not.

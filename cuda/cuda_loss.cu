@@ -7,7 +7,8 @@
 // A = sum exp(t/tau - m) (t - s)/tau, so that
 //   KL = A / l_t - lse_t + lse_st.
 // The partial states merge across the block; a second pass writes the
-// gradient. Row sums go to two device doubles read back once per call.
+// gradient. Row sums go to two device doubles, then into the caller's device
+// sums in fp32 (loss_sums_add): nothing is read back here.
 #include <stdint.h>
 
 #include "cuda_common.cuh"
@@ -101,21 +102,27 @@ __global__ void distill_loss_kernel(double *dsum, bf16 *logits, const bf16 *tlog
     }
 }
 
-static void cuda_distill_loss(es_backend *be, float *sums, void *logits, const void *tlogits,
+// sums[j] += dsum[j] in fp32, as the CPU backend adds each chunk's sum.
+__global__ void loss_sums_add(double *sums, const double *dsum) {
+    if (threadIdx.x < 2) sums[threadIdx.x] = (double)((float)sums[threadIdx.x] + (float)dsum[threadIdx.x]);
+}
+
+static void add_sums(cuda_ctx *c, double *sums) {
+    loss_sums_add<<<1, 32, 0, c->stream>>>(sums, c->dsum);
+    LAUNCH_CHECK();
+}
+
+static void cuda_distill_loss(es_backend *be, double *sums, void *logits, const void *tlogits,
                               const void *targets, const void *weights, int M, int V,
                               float alpha, float tau, float grad_scale) {
     cuda_ctx *c = cuda_of(be);
     if (M <= 0 || V <= 0) return;
-    double h[2];
     CUDA_CHECK(cudaMemsetAsync(c->dsum, 0, 2 * sizeof(double), c->stream));
     distill_loss_kernel<<<M, LOSS_THREADS, 0, c->stream>>>(
         c->dsum, (bf16 *)logits, (const bf16 *)tlogits, (const int32_t *)targets,
         (const float *)weights, V, alpha, tau, grad_scale);
     LAUNCH_CHECK();
-    CUDA_CHECK(cudaMemcpyAsync(h, c->dsum, sizeof h, cudaMemcpyDeviceToHost, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    sums[0] += (float)h[0];
-    sums[1] += (float)h[1];
+    add_sums(c, sums);
 }
 
 // ---- offline teacher given as top-k (id, log-probability) entries ----------
@@ -193,22 +200,18 @@ __global__ void distill_loss_topk_kernel(double *dsum, float *qk, bf16 *logits,
     }
 }
 
-static void cuda_distill_loss_topk(es_backend *be, float *sums, void *logits, const void *tids,
+static void cuda_distill_loss_topk(es_backend *be, double *sums, void *logits, const void *tids,
                                    const void *tlogp, const void *targets, const void *weights,
                                    int M, int V, int K, float alpha, float grad_scale) {
     cuda_ctx *c = cuda_of(be);
     if (M <= 0 || V <= 0) return;
     float *qk = (float *)cuda_scratch(be, (size_t)M * (K > 0 ? K : 1) * sizeof(float));
-    double h[2];
     CUDA_CHECK(cudaMemsetAsync(c->dsum, 0, 2 * sizeof(double), c->stream));
     distill_loss_topk_kernel<<<M, LOSS_THREADS, 0, c->stream>>>(
         c->dsum, qk, (bf16 *)logits, (const int32_t *)tids, (const float *)tlogp,
         (const int32_t *)targets, (const float *)weights, V, K, alpha, grad_scale);
     LAUNCH_CHECK();
-    CUDA_CHECK(cudaMemcpyAsync(h, c->dsum, sizeof h, cudaMemcpyDeviceToHost, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    sums[0] += (float)h[0];
-    sums[1] += (float)h[1];
+    add_sums(c, sums);
 }
 
 void cuda_fill_loss(es_backend *be) {

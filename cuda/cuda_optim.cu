@@ -1,5 +1,8 @@
-// Optimizer arithmetic on fp32 state: gradient norm, AdamW. AdamW
-// updates the fp32 master weights and refreshes the bf16 parameters from them.
+// Optimizer arithmetic on fp32 state: gradient norm, the bad-step count,
+// AdamW. AdamW updates all tensors in one launch over the flat buffers,
+// updating the fp32 master weights and refreshing the bf16 parameters from
+// them; it reads the norm and the bad-step count on the device, so the host
+// waits for neither.
 #include "adamw_elem.cuh"
 #include "cuda_common.cuh"
 
@@ -21,45 +24,48 @@ __global__ void sumsq_kernel(double *dsum, const float *x, size_t n) {
     }
 }
 
-// PyTorch's AdamW (adamw_elem.cuh) over n elements of g = grads * gscale.
-// master NULL: params are the fp32 weights themselves.
-__global__ void adamw_kernel(void *params, float *master, const float *grads, float *m, float *v,
-                             size_t n, float gscale, float lr, float beta1, float beta2, float eps, float wd,
-                             float bc1, float bc2) {
-    float *p = master ? master : (float *)params;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float pi = adamw_elem(m + i, v + i, p[i], grads[i] * gscale, lr, beta1, beta2, eps, wd, bc1, bc2);
-        p[i] = pi;
-        if (master) ((bf16 *)params)[i] = tobf(pi);
-    }
+// One thread: the statistics are a handful of values.
+__global__ void count_nonfinite_kernel(float *out, const double *x, size_t n) {
+    float bad = 0.0f;
+    for (size_t i = 0; i < n; i++) bad += !isfinite(x[i]);
+    *out = bad;
 }
 
-static double cuda_sumsq(es_backend *be, const float *x, size_t n) {
-    cuda_ctx *c = cuda_of(be);
-    double h = 0.0;
-    if (!n) return h;
-    CUDA_CHECK(cudaMemsetAsync(c->dsum, 0, sizeof(double), c->stream));
+__global__ void adamw_kernel(bf16 *pbf, float *p, const float *grads, float *m, float *v,
+                             const es_adamw_seg *segs, int nsegs, size_t n, const double *sumsq,
+                             const float *skip, es_adamw_args a) {
+    adamw_thread(pbf, p, grads, m, v, segs, nsegs, n, *sumsq, *skip, &a, blockIdx.x, threadIdx.x);
+}
+
+static void cuda_sumsq(es_backend *be, double *out, const float *x, size_t n) {
+    cudaStream_t st = cuda_of(be)->stream;
+    CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), st));
+    if (!n) return;
     // Enough blocks to fill the GPU; more would only add atomics.
     unsigned blocks = cuda_blocks(n, THREADS) < 1024 ? cuda_blocks(n, THREADS) : 1024;
-    sumsq_kernel<<<blocks, THREADS, 0, c->stream>>>(c->dsum, x, n);
+    sumsq_kernel<<<blocks, THREADS, 0, st>>>(out, x, n);
     LAUNCH_CHECK();
-    CUDA_CHECK(cudaMemcpyAsync(&h, c->dsum, sizeof h, cudaMemcpyDeviceToHost, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    return h;
+}
+
+static void cuda_count_nonfinite(es_backend *be, float *out, const double *x, size_t n) {
+    count_nonfinite_kernel<<<1, 1, 0, cuda_of(be)->stream>>>(out, x, n);
+    LAUNCH_CHECK();
 }
 
 static void cuda_adamw(es_backend *be, void *params, float *master, const float *grads, float *m,
-                       float *v, size_t n, float gscale, float lr, float beta1, float beta2,
-                       float eps, float wd, int step) {
-    if (!n) return;
-    float bc1 = (float)(1.0 - pow(beta1, step)), bc2 = (float)(1.0 - pow(beta2, step));
-    adamw_kernel<<<cuda_blocks(n, THREADS), THREADS, 0, cuda_of(be)->stream>>>(
-        params, master, grads, m, v, n, gscale, lr, beta1, beta2, eps, wd, bc1, bc2);
+                       float *v, const void *segs, int nsegs, size_t n, const double *sumsq,
+                       const float *skip, const es_adamw_args *a) {
+    if (!n || !nsegs) return;
+    size_t blocks = (n + ADAMW_TILE - 1) / ADAMW_TILE;
+    CUDA_REQUIRE(blocks <= 0x7fffffffu, "cuda adamw: %zu elements too many", n);
+    adamw_kernel<<<(unsigned)blocks, ADAMW_THREADS, 0, cuda_of(be)->stream>>>(
+        master ? (bf16 *)params : NULL, master ? master : (float *)params, grads, m, v,
+        (const es_adamw_seg *)segs, nsegs, n, sumsq, skip, *a);
     LAUNCH_CHECK();
 }
 
 void cuda_fill_optim(es_backend *be) {
     be->sumsq = cuda_sumsq;
+    be->count_nonfinite = cuda_count_nonfinite;
     be->adamw = cuda_adamw;
 }

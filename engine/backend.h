@@ -7,7 +7,9 @@
 // bf16 weights/activations with fp32 master weights, gradients and optimizer
 // state. Element counts, never byte counts, cross this interface, except in
 // alloc/free. Integer index arrays (tokens, positions, document boundaries,
-// row lists) are int32 buffers allocated with ES_MEM_INDEX.
+// row lists) are int32 buffers allocated with ES_MEM_INDEX. fp64 buffers hold
+// only a step's statistics (loss sums, gradient sum of squares), so that the
+// trainer reads them once, at the end of the step.
 //
 // Conventions: outputs first, then inputs, then sizes. N = tokens in the
 // packed micro-batch, C = channels, H/KVH = query/key-value heads, D = head
@@ -34,7 +36,22 @@ extern const char *const es_mem_kind_names[ES_MEM_KINDS];
 
 // Buffer element types. Weights and activations use the backend's compute
 // type (fp32 on CPU, bf16 on CUDA); grads/master/moments are fp32 everywhere.
-typedef enum { ES_DT_COMPUTE = 0, ES_DT_F32, ES_DT_I32 } es_dtype;
+typedef enum { ES_DT_COMPUTE = 0, ES_DT_F32, ES_DT_I32, ES_DT_F64 } es_dtype;
+
+// One tensor of AdamW's flat buffers: elements [offset, offset + count), with
+// weight decay when decay != 0. A table of them lies in an int32 buffer of
+// ES_ADAMW_SEG_I32 words a record (the same bytes on host and device).
+typedef struct {
+    uint64_t offset, count;
+    int32_t decay, pad_;
+} es_adamw_seg;
+#define ES_ADAMW_SEG_I32 (sizeof(es_adamw_seg) / 4)
+
+// AdamW's scalars for one update: bc1, bc2 are the bias corrections
+// 1 - beta^step; clip > 0 clips the global gradient norm to it.
+typedef struct {
+    float lr, beta1, beta2, eps, wd, clip, bc1, bc2;
+} es_adamw_args;
 
 typedef struct es_backend es_backend;
 
@@ -56,6 +73,17 @@ struct es_backend {
     // Host fp32 <-> device buffer of type dt, converting as needed.
     void (*upload)(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt);
     void (*download)(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt);
+    // fp64 buffers (ES_DT_F64) travel as fp64, not through fp32.
+    // Host memory the device reads without a staging copy (CUDA: pinned by
+    // cudaHostAlloc; elsewhere malloc), for upload_async; NULL when none is left.
+    void *(*host_alloc)(es_backend *be, size_t bytes);
+    void (*host_free)(es_backend *be, void *h);
+    // As upload for ES_DT_I32 and ES_DT_F32, only enqueued on the backend's
+    // stream: src lies in a host_alloc block, which the host must not write
+    // again before host_wait on that block returns.
+    void (*upload_async)(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt);
+    // Waits until every upload_async issued so far from block h has read it.
+    void (*host_wait)(es_backend *be, void *h);
     void (*zero)(es_backend *be, void *p, size_t n, es_dtype dt);
     // Pointer to element `off` of a buffer of type dt.
     void *(*offset)(es_backend *be, void *p, size_t off, es_dtype dt);
@@ -173,23 +201,34 @@ struct es_backend {
     //   ce_i = -log softmax(logits_i)[targets[i]]
     //   kd_i = tau^2 * KL(softmax(t_i / tau) || softmax(s_i / tau)) (tlogits may be NULL)
     //   loss_i = w_i * (alpha * ce_i + (1 - alpha) * kd_i)   (alpha = 1 without teacher)
-    // sums[0] += sum_i w_i ce_i, sums[1] += sum_i w_i kd_i (host fp32 array of 2).
-    // targets and weights are device buffers (int32, fp32).
-    void (*distill_loss)(es_backend *be, float *sums, void *logits, const void *tlogits,
+    // sums (a device fp64 buffer of 2): sums[0] += sum_i w_i ce_i and
+    // sums[1] += sum_i w_i kd_i, each chunk's sum rounded to fp32 and added in
+    // fp32 (the values stay fp32 numbers), so that the host reads them once a
+    // step. targets and weights are device buffers (int32, fp32).
+    void (*distill_loss)(es_backend *be, double *sums, void *logits, const void *tlogits,
                          const void *targets, const void *weights, int M, int V, float alpha,
                          float tau, float grad_scale);
 
     // ---- optimizer (fp32 state) ----------------------------------------
-    // Sum of squares of n fp32 values (gradient norm).
-    double (*sumsq)(es_backend *be, const float *x, size_t n);
-    // AdamW on n elements of the gradient g = grads * gscale (gscale carries
-    // norm clipping, so that the gradients are read once and never rewritten).
-    // master (fp32) is NULL when params already are fp32 master weights;
-    // otherwise params (compute type) are refreshed from it. Decoupled decay:
-    // p -= lr * wd * p. step counts from 1.
+    // out (a device fp64 scalar) = sum of squares of n fp32 values (the
+    // gradient norm's square), left on the device.
+    void (*sumsq)(es_backend *be, double *out, const float *x, size_t n);
+    // out (a device fp32 scalar) = how many of x (n fp64) are not finite.
+    void (*count_nonfinite)(es_backend *be, float *out, const double *x, size_t n);
+    // One AdamW update of all tensors at once over flat buffers of n elements:
+    // params (compute type), master, grads, m, v (fp32). segs (nsegs records,
+    // see es_adamw_seg, offsets ascending and disjoint) tells which elements
+    // are updated and which decay (p -= lr * wd * p); elements outside every
+    // segment stay untouched. The gradient is g = grads * gscale, where
+    // gscale = clip / sqrt(*sumsq) when a->clip > 0 and that norm exceeds it,
+    // else 1: found on the device, so the host never waits for the norm.
+    // Nothing changes when *skip != 0 or *sumsq is not finite (a bad step).
+    // master is NULL when params already are fp32 master weights; otherwise
+    // params are refreshed from it. sumsq (fp64) and skip (fp32) are device
+    // scalars.
     void (*adamw)(es_backend *be, void *params, float *master, const float *grads, float *m,
-                  float *v, size_t n, float gscale, float lr, float beta1, float beta2, float eps,
-                  float wd, int step);
+                  float *v, const void *segs, int nsegs, size_t n, const double *sumsq,
+                  const float *skip, const es_adamw_args *a);
 
     void (*destroy)(es_backend *be);
 
@@ -204,7 +243,7 @@ struct es_backend {
     // top-k list carries none. Rows whose first id is < 0 have no teacher
     // entry and carry only the cross-entropy (at weight alpha). May be NULL
     // on a backend that lacks it.
-    void (*distill_loss_topk)(es_backend *be, float *sums, void *logits, const void *tids,
+    void (*distill_loss_topk)(es_backend *be, double *sums, void *logits, const void *tids,
                               const void *tlogp, const void *targets, const void *weights, int M,
                               int V, int K, float alpha, float grad_scale);
 
@@ -265,7 +304,8 @@ es_backend *es_backend_cuda_create(int device);
 // kind, at compute_bytes per compute element (4: fp32 as on the CPU, 2: bf16
 // as on CUDA), and returns a handle that nothing may read through. The planner
 // sizes a run through the engine's own allocation calls on it. Only the memory
-// ops are set; upload, download, zero and sync do nothing.
+// ops are set; upload, upload_async, download, zero and sync do nothing, and
+// host_alloc is plain (untallied) host memory.
 es_backend *es_backend_count_create(int compute_bytes);
 // "cpu", "cuda" or "auto"; NULL with a recorded error when unavailable. Sets
 // peak_flops and peak_source from engine/peaks.c.

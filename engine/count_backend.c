@@ -16,7 +16,7 @@ typedef struct {
 } count_ctx;
 
 static size_t elem_bytes(const es_backend *be, es_dtype dt) {
-    return dt == ES_DT_COMPUTE ? (size_t)((const count_ctx *)be->ctx)->compute_bytes : 4;
+    return dt == ES_DT_COMPUTE ? (size_t)((const count_ctx *)be->ctx)->compute_bytes : dt == ES_DT_F64 ? 8 : 4;
 }
 
 static void *count_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind) {
@@ -53,6 +53,20 @@ static void count_download(es_backend *be, void *dst, const void *src, size_t n,
     (void)be, (void)dst, (void)src, (void)n, (void)dt;
 }
 
+// Host staging is real host memory (the engine writes into it); it is no
+// device memory, so it is not tallied.
+static void *count_host_alloc(es_backend *be, size_t bytes) {
+    (void)be;
+    return es_xmalloc(bytes ? bytes : 1);
+}
+
+static void count_host_free(es_backend *be, void *h) {
+    (void)be;
+    free(h);
+}
+
+static void count_host_wait(es_backend *be, void *h) { (void)be, (void)h; }
+
 static void count_zero(es_backend *be, void *p, size_t n, es_dtype dt) { (void)be, (void)p, (void)n, (void)dt; }
 
 // Handles have no elements: a part of one stands for the whole.
@@ -80,6 +94,10 @@ es_backend *es_backend_count_create(int compute_bytes) {
     be->free = count_free;
     be->upload = count_upload;
     be->download = count_download;
+    be->host_alloc = count_host_alloc;
+    be->host_free = count_host_free;
+    be->upload_async = count_upload;
+    be->host_wait = count_host_wait;
     be->zero = count_zero;
     be->offset = count_offset;
     be->sync = count_sync;

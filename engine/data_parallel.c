@@ -82,8 +82,9 @@ void es_dp_buckets(int *all, int *during, const es_dp *dp, const es_model *m) {
     *all = *during + 1;  // the rest, with the embeddings, after backward
 }
 
-int es_dp_reduce_grads(es_dp *dp, es_model *m) {
+int es_dp_reduce_grads(es_dp *dp, es_model *m, float *skip, const double *sums, size_t n) {
     es_backend *be = m->be;
+    be->count_nonfinite(be, skip, sums, n);
     if (dp->nranks == 1) return ES_OK;
     int r = ES_OK;
     if (dp->overlap) {
@@ -102,35 +103,31 @@ int es_dp_reduce_grads(es_dp *dp, es_model *m) {
         r = dp->sharded ? be->grad_reduce_scatter(be, m->grads, m->layout.total)
                         : be->grad_allreduce(be, m->grads, m->layout.total);
     }
+    // a count is exact in fp32, whatever the order of the sum
+    if (r == ES_OK) r = be->grad_allreduce(be, skip, 1);
     return r ? r : be->comm_wait(be);
 }
 
-double es_dp_grad_norm(const es_dp *dp, const es_dist *d, es_model *m) {
-    if (!dp->sharded) return es_grad_norm(m);
-    double ss = m->be->sumsq(m->be, m->grads + dp->lo, dp->hi - dp->lo);
+void es_dp_grad_sumsq(double *sumsq, const es_dp *dp, const es_dist *d, es_model *m) {
+    es_backend *be = m->be;
+    if (!dp->sharded) {
+        es_grad_sumsq(sumsq, m);
+        return;
+    }
+    // A device-side sum over ranks would add the parts in an order that
+    // depends on the collective; on the host they add in rank order.
+    double ss;
+    be->sumsq(be, sumsq, m->grads + dp->lo, dp->hi - dp->lo);
+    be->download(be, &ss, sumsq, 1, ES_DT_F64);
     es_dist_sum_f64(d, &ss, 1);
-    return sqrt(ss);
+    be->upload(be, sumsq, &ss, 1, ES_DT_F64);
 }
 
-int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, double grad_norm) {
-    if (!dp->sharded) {
-        es_optim_step(o, m, hp, grad_norm);
-        return ES_OK;
-    }
+int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, const double *sumsq,
+                     const float *skip) {
     es_backend *be = m->be;
-    const float gscale = es_clip_scale(hp, grad_norm);
-    o->step++;
-    // each tensor's overlap with this rank's part, so that decay follows the tensor kind
-    for (int i = 0; i < m->layout.nparams; i++) {
-        const es_param *p = &m->layout.params[i];
-        size_t a = p->offset > dp->lo ? p->offset : dp->lo;
-        size_t b = p->offset + p->numel < dp->hi ? p->offset + p->numel : dp->hi;
-        if (a >= b) continue;
-        size_t k = a - dp->lo;  // index into the part's state
-        be->adamw(be, be->offset(be, m->params, a, ES_DT_COMPUTE), o->master ? o->master + k : NULL, m->grads + a,
-                  o->m + k, o->v + k, b - a, gscale, hp->lr, hp->beta1, hp->beta2, hp->eps, p->decay ? hp->wd : 0.0f,
-                  o->step);
-    }
+    es_optim_step(o, m, hp, sumsq, skip);
+    if (!dp->sharded) return ES_OK;
     if (be->param_allgather(be, m->params, m->layout.total, ES_DT_COMPUTE)) return ES_ERR;
     return be->comm_wait(be);
 }

@@ -41,11 +41,18 @@ void es_dp_overlap_begin(es_dp *dp, es_model *m);
 void es_dp_buckets(int *all, int *during, const es_dp *dp, const es_model *m);
 // After the step's backward passes: sums the micro-batch gradients of every
 // rank: all of them, or under ZeRO-1 only this rank's part (the rest of
-// m->grads is then undefined). Issues the buckets the hook did not, unhooks
-// m and waits for every collective.
-int es_dp_reduce_grads(es_dp *dp, es_model *m);
-// Global L2 norm of the reduced gradients.
-double es_dp_grad_norm(const es_dp *dp, const es_dist *d, es_model *m);
-// Clips and applies one AdamW update (to this rank's part, then all-gathers
-// the parameters when sharded).
-int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, double grad_norm);
+// m->grads is then undefined); and sets *skip (a device fp32 scalar) to how
+// many of the step's loss sums (n fp64 on the device) are not finite on all
+// ranks together, for es_dp_optim_step. Issues the buckets the hook did not,
+// then the count's all-reduce (last, so that every rank issues the
+// collectives in one order, also one that ran no backward), unhooks m and
+// waits for every collective.
+int es_dp_reduce_grads(es_dp *dp, es_model *m, float *skip, const double *sums, size_t n);
+// *sumsq (a device fp64 scalar) = the squared global L2 norm of the reduced
+// gradients. Left on the device, but under ZeRO-1: there the parts' sums are
+// added on the host (es_dist_sum_f64, in rank order), a wait for the device.
+void es_dp_grad_sumsq(double *sumsq, const es_dp *dp, const es_dist *d, es_model *m);
+// es_optim_step on this rank's part, then the parameters all-gathered when
+// sharded.
+int es_dp_optim_step(es_optim *o, const es_dp *dp, es_model *m, const es_optim_hparams *hp, const double *sumsq,
+                     const float *skip);

@@ -48,12 +48,9 @@ int es_distill_create(es_distill *d, es_backend *be, int max_tokens, int C, int 
     if (topk > 0) {
         d->tids = alloc_or_fail(be, T * (size_t)topk, ES_DT_I32, ES_MEM_INDEX, &ok);
         d->tlogp = alloc_or_fail(be, T * (size_t)topk, ES_DT_F32, ES_MEM_WORKSPACE, &ok);
-        d->htids = es_xmalloc(T * (size_t)topk * sizeof *d->htids);
-        d->htlogp = es_xmalloc(T * (size_t)topk * sizeof *d->htlogp);
     }
-    d->hrows = es_xmalloc(T * sizeof *d->hrows);
-    d->htargets = es_xmalloc(T * sizeof *d->htargets);
-    d->hweights = es_xmalloc(T * sizeof *d->hweights);
+    // rows, targets, weights (T each) and tids, tlogp (T * K each), 4 bytes an entry
+    if (ok && es_staging_create(&d->stage, be, T * (3 + 2 * (size_t)topk) * 4)) ok = 0;
     if (!ok) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", es_last_error());
@@ -70,20 +67,15 @@ void es_distill_free(es_distill *d) {
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) d->be->free(d->be, bufs[i]);
     }
-    free(d->hrows);
-    free(d->htargets);
-    free(d->hweights);
-    free(d->htids);
-    free(d->htlogp);
+    if (d->stage.be) es_staging_free(&d->stage);
     memset(d, 0, sizeof *d);
 }
 
-int es_distill_loss(es_distill *d, float sums[2], void *dhidden, float *dlm_head,
+int es_distill_loss(es_distill *d, double *sums, void *dhidden, float *dlm_head,
                     const void *hidden, const void *lm_head, const es_teacher_rows *teacher,
                     const es_microbatch *mb, const es_distill_params *p) {
     es_backend *be = d->be;
     int online = teacher && teacher->hidden, offline = teacher && teacher->topk_ids;
-    sums[0] = sums[1] = 0;
     if (mb->n > d->max_tokens)
         return es_fail("distill: micro-batch of %d tokens exceeds the workspace's %d", mb->n,
                        d->max_tokens);
@@ -98,28 +90,32 @@ int es_distill_loss(es_distill *d, float sums[2], void *dhidden, float *dlm_head
     if (!(p->alpha >= 0 && p->alpha <= 1 && p->tau > 0 && isfinite(p->grad_scale)))
         return es_fail("distill: alpha %g must be in [0, 1] and tau %g > 0", p->alpha, p->tau);
     int M = 0, C = d->C, V = d->V, K = d->K;
-    for (int t = 0; t < mb->n; t++) {
-        if (!(mb->weights[t] > 0)) continue;
-        if (mb->targets[t] < 0 || mb->targets[t] >= V)
+    for (int t = 0; t < mb->n; t++)
+        if (mb->weights[t] > 0 && (mb->targets[t] < 0 || mb->targets[t] >= V))
             return es_fail("distill: target %d at position %d is outside the vocabulary of %d",
                            mb->targets[t], t, V);
-        d->hrows[M] = t;
-        d->htargets[M] = mb->targets[t];
-        d->hweights[M] = mb->weights[t];
+    size_t T = (size_t)d->max_tokens;
+    int32_t *hrows = es_staging_next(&d->stage), *htargets = hrows + T, *htids = htargets + 2 * T;
+    float *hweights = (float *)(htargets + T), *htlogp = (float *)(htids + T * (size_t)K);
+    for (int t = 0; t < mb->n; t++) {
+        if (!(mb->weights[t] > 0)) continue;
+        hrows[M] = t;
+        htargets[M] = mb->targets[t];
+        hweights[M] = mb->weights[t];
         if (offline) {
-            memcpy(d->htids + (size_t)M * K, teacher->topk_ids + (size_t)t * K, (size_t)K * 4);
-            memcpy(d->htlogp + (size_t)M * K, teacher->topk_logp + (size_t)t * K, (size_t)K * 4);
+            memcpy(htids + (size_t)M * K, teacher->topk_ids + (size_t)t * K, (size_t)K * 4);
+            memcpy(htlogp + (size_t)M * K, teacher->topk_logp + (size_t)t * K, (size_t)K * 4);
         }
         M++;
     }
     if (dhidden) be->zero(be, dhidden, (size_t)mb->n * C, ES_DT_COMPUTE);
     if (M == 0) return ES_OK;
-    be->upload(be, d->rows, d->hrows, (size_t)M, ES_DT_I32);
-    be->upload(be, d->targets, d->htargets, (size_t)M, ES_DT_I32);
-    be->upload(be, d->weights, d->hweights, (size_t)M, ES_DT_F32);
+    be->upload_async(be, d->rows, hrows, (size_t)M, ES_DT_I32);
+    be->upload_async(be, d->targets, htargets, (size_t)M, ES_DT_I32);
+    be->upload_async(be, d->weights, hweights, (size_t)M, ES_DT_F32);
     if (offline) {
-        be->upload(be, d->tids, d->htids, (size_t)M * K, ES_DT_I32);
-        be->upload(be, d->tlogp, d->htlogp, (size_t)M * K, ES_DT_F32);
+        be->upload_async(be, d->tids, htids, (size_t)M * K, ES_DT_I32);
+        be->upload_async(be, d->tlogp, htlogp, (size_t)M * K, ES_DT_F32);
     }
     float alpha = online || offline ? p->alpha : 1.0f;
     for (int c0 = 0; c0 < M; c0 += d->chunk) {
@@ -150,7 +146,7 @@ int es_distill_loss(es_distill *d, float sums[2], void *dhidden, float *dlm_head
     return ES_OK;
 }
 
-int es_distill_model(es_distill *d, float sums[2], void *dhidden, es_model *student,
+int es_distill_model(es_distill *d, double *sums, void *dhidden, es_model *student,
                      const es_model *teacher, const int32_t *topk_ids, const float *topk_logp,
                      const es_microbatch *mb, const es_distill_params *p) {
     float *dlm = es_model_lm_head_grad(student);

@@ -11,6 +11,7 @@
 #include "model.h"
 #include "packer.h"
 #include "shard.h"
+#include "staging.h"
 
 typedef struct {
     es_backend *be;
@@ -20,8 +21,7 @@ typedef struct {
     void *th;                        // (chunk, Ct) teacher rows (online teacher only)
     void *logits, *tlogits;          // (chunk, V)
     void *tids, *tlogp;              // (max_tokens, K) offline teacher entries
-    int32_t *hrows, *htargets, *htids;  // host staging
-    float *hweights, *htlogp;
+    es_staging stage;                // host rows, targets, weights, tids, tlogp for upload_async
 } es_distill;
 
 // Logits one LM-head chunk may hold (student and teacher) when the run leaves
@@ -58,15 +58,18 @@ typedef struct {
 // Over device buffers: hidden (N, C) and lm_head (V, C) of the student.
 // dhidden (N, C) is overwritten with d(loss)/d(hidden) (zero on unsupervised
 // rows); dlm_head (V, C) fp32 accumulates. With dhidden == NULL only the
-// loss is computed (evaluation) and neither gradient is touched. sums[0], sums[1] receive the
-// weighted CE and KD sums of this micro-batch (overwritten).
-int es_distill_loss(es_distill *d, float sums[2], void *dhidden, float *dlm_head,
+// loss is computed (evaluation) and neither gradient is touched. sums (a
+// device fp64 buffer of 2): the weighted CE and KD sums of this micro-batch
+// are added to sums[0], sums[1] in fp32, chunk by chunk (backend.h's
+// distill_loss), so the host reads them when it chooses. The micro-batch's
+// indices go up with upload_async: nothing here waits for the device.
+int es_distill_loss(es_distill *d, double *sums, void *dhidden, float *dlm_head,
                     const void *hidden, const void *lm_head, const es_teacher_rows *teacher,
                     const es_microbatch *mb, const es_distill_params *p);
 
 // The same for models already run forward on mb: student (trainable) and an
 // optional online teacher; topk_ids/logp as in es_teacher_rows (or NULL).
-int es_distill_model(es_distill *d, float sums[2], void *dhidden, es_model *student,
+int es_distill_model(es_distill *d, double *sums, void *dhidden, es_model *student,
                      const es_model *teacher, const int32_t *topk_ids, const float *topk_logp,
                      const es_microbatch *mb, const es_distill_params *p);
 

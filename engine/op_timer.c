@@ -34,6 +34,9 @@ static void op_end(es_backend *be, es_op_id op, double t0, double flops) {
 static void w_upload(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
     TIMED(upload, 0, dst, src, n, dt);
 }
+static void w_upload_async(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
+    TIMED(upload_async, 0, dst, src, n, dt);
+}
 static void w_download(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
     TIMED(download, 0, dst, src, n, dt);
 }
@@ -120,24 +123,23 @@ static void w_gather_rows(es_backend *be, void *out, const void *inp, const void
 static void w_scatter_add_rows(es_backend *be, void *dinp, const void *dout, const void *rows, int M, int C) {
     TIMED(scatter_add_rows, 0, dinp, dout, rows, M, C);
 }
-static void w_distill_loss(es_backend *be, float *sums, void *logits, const void *tlogits, const void *targets,
+static void w_distill_loss(es_backend *be, double *sums, void *logits, const void *tlogits, const void *targets,
                            const void *weights, int M, int V, float alpha, float tau, float grad_scale) {
     TIMED(distill_loss, 0, sums, logits, tlogits, targets, weights, M, V, alpha, tau, grad_scale);
 }
-static void w_distill_loss_topk(es_backend *be, float *sums, void *logits, const void *tids, const void *tlogp,
+static void w_distill_loss_topk(es_backend *be, double *sums, void *logits, const void *tids, const void *tlogp,
                                 const void *targets, const void *weights, int M, int V, int K, float alpha,
                                 float grad_scale) {
     TIMED(distill_loss_topk, 0, sums, logits, tids, tlogp, targets, weights, M, V, K, alpha, grad_scale);
 }
-static double w_sumsq(es_backend *be, const float *x, size_t n) {
-    double t0 = op_begin(be);
-    double s = g_timer->orig.sumsq(be, x, n);
-    op_end(be, ES_OP_sumsq, t0, 0);
-    return s;
+static void w_sumsq(es_backend *be, double *out, const float *x, size_t n) { TIMED(sumsq, 0, out, x, n); }
+static void w_count_nonfinite(es_backend *be, float *out, const double *x, size_t n) {
+    TIMED(count_nonfinite, 0, out, x, n);
 }
-static void w_adamw(es_backend *be, void *params, float *master, const float *grads, float *m, float *v, size_t n,
-                    float gscale, float lr, float beta1, float beta2, float eps, float wd, int step) {
-    TIMED(adamw, 0, params, master, grads, m, v, n, gscale, lr, beta1, beta2, eps, wd, step);
+static void w_adamw(es_backend *be, void *params, float *master, const float *grads, float *m, float *v,
+                    const void *segs, int nsegs, size_t n, const double *sumsq, const float *skip,
+                    const es_adamw_args *a) {
+    TIMED(adamw, 0, params, master, grads, m, v, segs, nsegs, n, sumsq, skip, a);
 }
 
 int es_op_timer_attach(es_op_timer *t, es_backend *be) {

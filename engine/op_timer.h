@@ -6,12 +6,12 @@
 #pragma once
 #include "backend.h"
 
-#define ES_OP_TIMER_OPS(X)                                                                     \
-    X(upload) X(download) X(zero) X(embed_fwd) X(embed_bwd) X(matmul_fwd) X(matmul_bwd)        \
-    X(rmsnorm_fwd) X(rmsnorm_bwd) X(add_rmsnorm_fwd) X(layernorm_fwd) X(layernorm_bwd)         \
-    X(rope_fwd) X(rope_bwd) X(qkv_fwd) X(qkv_bwd) X(attention_fwd) X(attention_bwd)            \
-    X(swiglu_fwd) X(swiglu_bwd) X(gelu_fwd) X(gelu_bwd) X(add) X(gather_rows)                 \
-    X(scatter_add_rows) X(distill_loss) X(distill_loss_topk) X(sumsq) X(adamw)
+#define ES_OP_TIMER_OPS(X)                                                                           \
+    X(upload) X(upload_async) X(download) X(zero) X(embed_fwd) X(embed_bwd) X(matmul_fwd)            \
+    X(matmul_bwd) X(rmsnorm_fwd) X(rmsnorm_bwd) X(add_rmsnorm_fwd) X(layernorm_fwd) X(layernorm_bwd) \
+    X(rope_fwd) X(rope_bwd) X(qkv_fwd) X(qkv_bwd) X(attention_fwd) X(attention_bwd) X(swiglu_fwd)    \
+    X(swiglu_bwd) X(gelu_fwd) X(gelu_bwd) X(add) X(gather_rows) X(scatter_add_rows) X(distill_loss)  \
+    X(distill_loss_topk) X(sumsq) X(count_nonfinite) X(adamw)
 
 #define ES_OP_TIMER_ENUM(op) ES_OP_##op,
 typedef enum { ES_OP_TIMER_OPS(ES_OP_TIMER_ENUM) ES_OP_COUNT } es_op_id;

@@ -73,6 +73,7 @@ static void data_close(plan_data *d) {
 // What a rank's memory depends on besides the models.
 typedef struct {
     int capacity;    // activations
+    int accum;       // micro-batches of a rank's share of a step (the step's statistics)
     int max_tokens;  // loss and index buffers
     int val_tokens;  // whole validation sequences (0: no validation)
     int mode;        // es_model_create's trainable value: the recompute level
@@ -120,7 +121,7 @@ static int count_memory(es_plan_mem *m, const es_plan *p, const mem_shape *s) {
     }
     if (r == ES_OK) {
         workspace = (double)be->mem_now[ES_MEM_WORKSPACE];  // the backend's and the models'
-        r = es_step_buffers_create(&buf, be, s->capacity, s->max_tokens, p->student.hidden, p->student.vocab,
+        r = es_step_buffers_create(&buf, be, s->capacity, s->accum, s->max_tokens, p->student.hidden, p->student.vocab,
                                    s->chunk, p->has_teacher ? p->teacher.hidden : 0, s->topk);
         m->lm_head = (double)be->mem_now[ES_MEM_WORKSPACE] - workspace;
     }
@@ -235,6 +236,7 @@ static int plan_column(es_plan_col *c, const es_plan *p, const es_run_config *rc
     c->seconds = c->flops.total / (p->gpus * p->dev.peak_flops * p->mfu);
 
     s.capacity = c->capacity;
+    s.accum = c->accum;
     c->max_tokens = s.max_tokens = s.val_tokens > c->capacity ? s.val_tokens : c->capacity;
     if (p->student.arch == ES_ARCH_GPT2 && c->max_tokens > p->student.max_pos)
         return es_fail("batch.capacity: micro-batches of %d tokens exceed the student's %d learned positions",

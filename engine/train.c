@@ -219,7 +219,7 @@ int es_trainer_init(es_trainer *t, const es_run_config *rc, const es_dist *dist,
         if (rc->teacher_path[0] && check_teacher_tokenizer(t, fp)) return ES_ERR;
     }
     int topk = !t->has_teacher && t->train.topk > 0 && rc->alpha < 1 ? t->train.topk : 0;
-    if (es_step_buffers_create(&t->buf, t->be, t->capacity, max_tokens, sc->hidden, sc->vocab, rc->chunk_rows,
+    if (es_step_buffers_create(&t->buf, t->be, t->capacity, t->accum, max_tokens, sc->hidden, sc->vocab, rc->chunk_rows,
                                t->has_teacher ? t->teacher.cfg.hidden : 0, topk))
         return ES_ERR;
     if (topk) {
@@ -263,18 +263,38 @@ void es_trainer_free(es_trainer *t) {
     memset(t, 0, sizeof *t);
 }
 
-// Uploads the indices of a micro-batch and runs the student forward on
-// exactly its kept tokens.
+// Uploads the indices of a micro-batch (through the staging, without waiting
+// for the device) and runs the student forward on exactly its kept tokens.
 static int forward_student(es_trainer *t, es_model *m, es_model_batch *b, const es_microbatch *mb) {
     es_backend *be = t->be;
-    be->upload(be, t->buf.tokens, mb->tokens, (size_t)mb->n, ES_DT_I32);
-    be->upload(be, t->buf.pos, mb->pos, (size_t)mb->n, ES_DT_I32);
-    be->upload(be, t->buf.cu, mb->cu_seqlens, (size_t)mb->ndocs + 1, ES_DT_I32);
+    int32_t *tok = es_staging_next(&t->buf.stage), *pos = tok + mb->n, *cu = pos + mb->n;
+    memcpy(tok, mb->tokens, (size_t)mb->n * sizeof *tok);
+    memcpy(pos, mb->pos, (size_t)mb->n * sizeof *pos);
+    memcpy(cu, mb->cu_seqlens, ((size_t)mb->ndocs + 1) * sizeof *cu);
+    be->upload_async(be, t->buf.tokens, tok, (size_t)mb->n, ES_DT_I32);
+    be->upload_async(be, t->buf.pos, pos, (size_t)mb->n, ES_DT_I32);
+    be->upload_async(be, t->buf.cu, cu, (size_t)mb->ndocs + 1, ES_DT_I32);
     *b = (es_model_batch){.N = mb->n, .ndocs = mb->ndocs, .tokens = t->buf.tokens, .pos = t->buf.pos,
                           .cu_seqlens = t->buf.cu};
     return es_model_forward(m, b);
 }
 
+// Host syncs left in a step, and why:
+//  - the one download of the step's statistics at its end (loss sums of every
+//    micro-batch and the gradients' sum of squares, buf.stats): the metrics
+//    and the bookkeeping of a skipped update (bad_steps, the update count that
+//    the next step's bias correction uses) need them;
+//  - with several ranks, comm_wait after the gradient reduction (and, under
+//    ZeRO-1, after the parameter all-gather): CUDA polls NCCL there so that a
+//    lost peer is reported instead of hanging the step;
+//  - under ZeRO-1 the parts' sums of squares are added on the host, in rank
+//    order (es_dp_grad_sumsq), which keeps the norm independent of how a
+//    collective would order a device-side sum;
+//  - a staging block is reused only once the device has read it
+//    (es_staging_next), which waits only when the host runs two micro-batches
+//    ahead.
+// Everything else (batch uploads, loss sums, the norm, the clip scale, the
+// skip test, AdamW) stays on the device's stream.
 int es_trainer_step(es_trainer *t, es_step_result *r) {
     es_backend *be = t->be;
     const es_run_config *rc = &t->rc;
@@ -295,6 +315,9 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
     es_dist_sum_f64(t->dist, &nsup_all, 1);
     es_distill_params dp = {.alpha = rc->alpha, .tau = rc->tau, .grad_scale = nsup_all > 0 ? (float)(1.0 / nsup_all) : 0};
 
+    // stats: the gradients' sum of squares, then CE and KD of each micro-batch
+    const size_t nstats = 1 + 2 * (size_t)t->accum;
+    be->zero(be, t->buf.stats, nstats, ES_DT_F64);
     be->zero(be, t->student.grads, t->student.layout.total, ES_DT_F32);
     double flops = 0;
     for (int a = 0; a < t->accum; a++) {
@@ -304,19 +327,35 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
         if (forward_student(t, &t->student, &b, mb)) return ES_ERR;
         if (t->has_teacher && es_model_forward(&t->teacher, &b)) return ES_ERR;
         if (t->topk_ids && es_microbatch_topk(t->topk_ids, t->topk_logp, mb, &t->train)) return ES_ERR;
-        float ls[2];
-        if (es_distill_model(&t->buf.loss, ls, t->buf.dhidden, &t->student, t->has_teacher ? &t->teacher : NULL, t->topk_ids,
-                             t->topk_logp, mb, &dp))
+        if (es_distill_model(&t->buf.loss, t->buf.stats + 1 + 2 * a, t->buf.dhidden, &t->student,
+                             t->has_teacher ? &t->teacher : NULL, t->topk_ids, t->topk_logp, mb, &dp))
             return ES_ERR;
         if (a == last) es_dp_overlap_begin(&t->dp, &t->student);
         if (es_model_backward(&t->student, &b, t->buf.dhidden)) return ES_ERR;
-        sums[3] += ls[0];
-        sums[4] += ls[1];
         flops += es_flops_train(&t->student.cfg, t->has_teacher ? &t->teacher.cfg : NULL, mb->cu_seqlens, mb->ndocs,
                                 mb->nsup);
     }
-    // gradients (all, or this rank's ZeRO-1 part) and statistics of all ranks
-    if (es_dp_reduce_grads(&t->dp, &t->student)) return ES_ERR;
+    // gradients (all, or this rank's ZeRO-1 part) and the count of non-finite
+    // loss sums of all ranks, which skips the update; then the gradients' norm
+    // and the update, which reads the norm and the count where they are
+    if (es_dp_reduce_grads(&t->dp, &t->student, t->buf.skip, t->buf.stats + 1, nstats - 1)) return ES_ERR;
+    es_dp_grad_sumsq(t->buf.stats, &t->dp, t->dist, &t->student);
+    r->lr = es_schedule_lr(t->sched, rc->lr, rc->min_lr_ratio, rc->warmup, t->st.step, t->total_steps);
+    es_optim_hparams hp = {.lr = r->lr, .beta1 = rc->beta1, .beta2 = rc->beta2, .eps = rc->eps, .wd = rc->wd,
+                           .clip = rc->clip};
+    if (nsup_all > 0 && es_dp_optim_step(&t->opt, &t->dp, &t->student, &hp, t->buf.stats, t->buf.skip))
+        return ES_ERR;
+
+    // the one read of the step: its statistics, once the device is done
+    double *stats = es_xmalloc(nstats * sizeof *stats);
+    be->download(be, stats, t->buf.stats, nstats, ES_DT_F64);
+    for (int a = 0; a < t->accum; a++) {  // in micro-batch order, as they ran
+        if (t->mbs[a].n == 0) continue;
+        sums[3] += stats[1 + 2 * a];
+        sums[4] += stats[2 + 2 * a];
+    }
+    r->grad_norm = sqrt(stats[0]);
+    free(stats);
     es_dist_sum_f64(t->dist, sums, 5);
     es_dist_sum_f64(t->dist, &flops, 1);
 
@@ -329,21 +368,18 @@ int es_trainer_step(es_trainer *t, es_step_result *r) {
     r->kd = sums[0] > 0 && kd ? sums[4] / sums[0] : 0;
     r->loss = alpha * r->ce + (1 - alpha) * r->kd;
     r->flops = flops;
-    r->grad_norm = es_dp_grad_norm(&t->dp, t->dist, &t->student);
-    r->lr = es_schedule_lr(t->sched, rc->lr, rc->min_lr_ratio, rc->warmup, t->st.step, t->total_steps);
+    // the same test the device made: a non-finite loss sum on any rank makes
+    // the summed loss non-finite, and the norm is the one it read
     if (nsup_all == 0) {
         r->empty = 1;  // nothing supervised in this step: nothing to learn, nothing wrong
     } else if (!isfinite(r->loss) || !isfinite(r->grad_norm)) {
         r->skipped = 1;
         t->st.bad_steps++;
     } else {
-        es_optim_hparams hp = {.lr = r->lr, .beta1 = rc->beta1, .beta2 = rc->beta2, .eps = rc->eps, .wd = rc->wd,
-                               .clip = rc->clip};
-        if (es_dp_optim_step(&t->opt, &t->dp, &t->student, &hp, r->grad_norm)) return ES_ERR;
+        t->opt.step++;  // the update ran
         t->st.bad_steps = 0;
         t->st.optim_step = t->opt.step;
     }
-    be->sync(be);
     r->seconds = es_now() - t0;
     t->st.step++;
     t->st.data = es_packer_get_state(t->packer);
@@ -367,16 +403,20 @@ int es_trainer_validate(es_trainer *t, double *val_loss) {
     es_microbatch_alloc(&mb, es_packer_capacity(vp));
     es_distill_params dp = {.alpha = 1, .tau = 1, .grad_scale = 1};
     double sums[2] = {0, 0};  // ce, supervised tokens
+    es_backend *be = t->be;
+    double *dls = t->buf.stats + 1;  // the first micro-batch's loss sums: unused between steps
     int rcode = ES_OK;
     size_t n = es_packer_steps_per_epoch(vp);
     for (size_t i = 0; i < n && rcode == ES_OK; i++) {
         es_packer_next(vp, &mb);
         if (mb.n == 0) continue;
         es_model_batch b;
-        float ls[2] = {0, 0};
+        double ls[2] = {0, 0};
+        be->zero(be, dls, 2, ES_DT_F64);
         rcode = forward_student(t, &view, &b, &mb);
         if (rcode == ES_OK)
-            rcode = es_distill_loss(&t->buf.loss, ls, NULL, NULL, view.hidden, es_model_lm_head(&view), NULL, &mb, &dp);
+            rcode = es_distill_loss(&t->buf.loss, dls, NULL, NULL, view.hidden, es_model_lm_head(&view), NULL, &mb, &dp);
+        if (rcode == ES_OK) be->download(be, ls, dls, 2, ES_DT_F64);
         sums[0] += ls[0];
         sums[1] += mb.nsup;
     }

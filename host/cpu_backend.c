@@ -1,5 +1,6 @@
 // The CPU backend: its operations table, memory with a per-kind tally, and
-// host <-> buffer copies (every buffer type is 4 bytes: fp32 or int32).
+// host <-> buffer copies (every buffer type is 4 bytes, fp32 or int32, but
+// the fp64 statistics).
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,17 +16,18 @@ typedef struct {
     int kind;
 } cpu_block;
 
+static size_t dt_bytes(es_dtype dt) { return dt == ES_DT_F64 ? 8 : 4; }
+
 static void *cpu_alloc(es_backend *be, size_t n, es_dtype dt, es_mem_kind kind) {
-    (void)dt;
     if (kind < 0 || kind >= ES_MEM_KINDS) {
         es_fail("cpu backend: unknown memory kind %d", (int)kind);
         return NULL;
     }
-    if (n > (SIZE_MAX - 2 * CPU_ALIGN) / 4) {
+    if (n > (SIZE_MAX - 2 * CPU_ALIGN) / 8) {
         es_fail("cpu backend: allocation of %zu elements overflows", n);
         return NULL;
     }
-    size_t bytes = n * 4;
+    size_t bytes = n * dt_bytes(dt);
     size_t padded = (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
     char *base = aligned_alloc(CPU_ALIGN, CPU_ALIGN + padded);
     if (!base) {
@@ -50,21 +52,33 @@ static void cpu_free(es_backend *be, void *p) {
 
 static void cpu_upload(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
     (void)be;
-    (void)dt;
-    if (n) memcpy(dst, src, n * 4);
+    if (n) memcpy(dst, src, n * dt_bytes(dt));
 }
 
 static void cpu_download(es_backend *be, void *dst, const void *src, size_t n, es_dtype dt) {
     (void)be;
-    (void)dt;
-    if (n) memcpy(dst, src, n * 4);
+    if (n) memcpy(dst, src, n * dt_bytes(dt));
 }
+
+// Host memory is what the CPU "device" reads: uploads are plain copies, done
+// when they return.
+static void *cpu_host_alloc(es_backend *be, size_t bytes) {
+    (void)be;
+    return malloc(bytes ? bytes : 1);
+}
+
+static void cpu_host_free(es_backend *be, void *h) {
+    (void)be;
+    free(h);
+}
+
+static void cpu_host_wait(es_backend *be, void *h) { (void)be, (void)h; }
 
 // Threaded: gradients are zeroed every step, hundreds of MB on large models,
 // and one core alone does not reach the memory's bandwidth.
 static void cpu_zero(es_backend *be, void *p, size_t n, es_dtype dt) {
     (void)be;
-    (void)dt;
+    if (dt == ES_DT_F64) n *= 2;  // as many floats
     const size_t chunk = 1 << 16;  // floats
     const long nchunks = (long)((n + chunk - 1) / chunk);
     #pragma omp parallel for schedule(static) if (nchunks > 1)
@@ -76,8 +90,7 @@ static void cpu_zero(es_backend *be, void *p, size_t n, es_dtype dt) {
 
 static void *cpu_offset(es_backend *be, void *p, size_t off, es_dtype dt) {
     (void)be;
-    (void)dt;
-    return (char *)p + off * 4;
+    return (char *)p + off * dt_bytes(dt);
 }
 
 static void cpu_sync(es_backend *be) { (void)be; }
@@ -116,6 +129,10 @@ es_backend *es_backend_cpu_create(void) {
     be->free = cpu_free;
     be->upload = cpu_upload;
     be->download = cpu_download;
+    be->host_alloc = cpu_host_alloc;
+    be->host_free = cpu_host_free;
+    be->upload_async = cpu_upload;
+    be->host_wait = cpu_host_wait;
     be->zero = cpu_zero;
     be->offset = cpu_offset;
     be->sync = cpu_sync;
@@ -144,6 +161,7 @@ es_backend *es_backend_cpu_create(void) {
     be->distill_loss = cpu_distill_loss;
     be->distill_loss_topk = cpu_distill_loss_topk;
     be->sumsq = cpu_sumsq;
+    be->count_nonfinite = cpu_count_nonfinite;
     be->adamw = cpu_adamw;
     be->destroy = cpu_destroy;
     cpu_fill_comm(be);

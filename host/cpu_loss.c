@@ -52,7 +52,7 @@ static double kl_div(const float *t, const float *s, float tmax, float smax, flo
     return kl;
 }
 
-void cpu_distill_loss(es_backend *be, float *sums, void *logits_, const void *tlogits_,
+void cpu_distill_loss(es_backend *be, double *sums, void *logits_, const void *tlogits_,
                       const void *targets_, const void *weights_, int M, int V, float alpha,
                       float tau, float grad_scale) {
     (void)be;
@@ -92,6 +92,6 @@ void cpu_distill_loss(es_backend *be, float *sums, void *logits_, const void *tl
         ce_sum += (double)w * ce;
         kd_sum += (double)w * tau * tau * kl;
     }
-    sums[0] += (float)ce_sum;
-    sums[1] += (float)kd_sum;
+    sums[0] = (float)sums[0] + (float)ce_sum;
+    sums[1] = (float)sums[1] + (float)kd_sum;
 }

@@ -11,7 +11,7 @@
 #include "common.h"
 #include "cpu_ops.h"
 
-void cpu_distill_loss_topk(es_backend *be, float *sums, void *logits_, const void *tids_,
+void cpu_distill_loss_topk(es_backend *be, double *sums, void *logits_, const void *tids_,
                            const void *tlogp_, const void *targets_, const void *weights_, int M,
                            int V, int K, float alpha, float grad_scale) {
     (void)be;
@@ -70,6 +70,6 @@ void cpu_distill_loss_topk(es_backend *be, float *sums, void *logits_, const voi
         }
         free(qk);
     }
-    sums[0] += (float)ce_sum;
-    sums[1] += (float)kd_sum;
+    sums[0] = (float)sums[0] + (float)ce_sum;
+    sums[1] = (float)sums[1] + (float)kd_sum;
 }

@@ -83,16 +83,18 @@ void cpu_gather_rows(es_backend *be, void *out, const void *inp, const void *row
 void cpu_scatter_add_rows(es_backend *be, void *dinp, const void *dout, const void *rows, int M,
                           int C);
 
-void cpu_distill_loss(es_backend *be, float *sums, void *logits, const void *tlogits,
+void cpu_distill_loss(es_backend *be, double *sums, void *logits, const void *tlogits,
                       const void *targets, const void *weights, int M, int V, float alpha,
                       float tau, float grad_scale);
-void cpu_distill_loss_topk(es_backend *be, float *sums, void *logits, const void *tids,
+void cpu_distill_loss_topk(es_backend *be, double *sums, void *logits, const void *tids,
                            const void *tlogp, const void *targets, const void *weights, int M,
                            int V, int K, float alpha, float grad_scale);
 
-double cpu_sumsq(es_backend *be, const float *x, size_t n);
+void cpu_sumsq(es_backend *be, double *out, const float *x, size_t n);
+void cpu_count_nonfinite(es_backend *be, float *out, const double *x, size_t n);
 void cpu_adamw(es_backend *be, void *params, float *master, const float *grads, float *m, float *v,
-               size_t n, float gscale, float lr, float beta1, float beta2, float eps, float wd, int step);
+               const void *segs, int nsegs, size_t n, const double *sumsq, const float *skip,
+               const es_adamw_args *a);
 
 // Fills the collectives (MPI) of the table; leaves them NULL without MPI.
 void cpu_fill_comm(es_backend *be);

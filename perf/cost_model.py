@@ -38,10 +38,10 @@ DATASHEET_TFLOPS = 989.0  # engine/peaks.c's dense bf16 peak for H100 SXM / H200
 # The op-timer's names (engine/op_timer.h), in the order bench prints them.
 # `add` is gpt2's residual add (and older builds'): these models issue none.
 # rope_fwd/rope_bwd: issued before qkv_fwd/qkv_bwd fused them, so kept for older bench files.
-OPS = ["upload", "zero", "embed_fwd", "embed_bwd", "matmul_fwd", "matmul_bwd", "rmsnorm_fwd",
+OPS = ["upload", "upload_async", "zero", "embed_fwd", "embed_bwd", "matmul_fwd", "matmul_bwd", "rmsnorm_fwd",
        "rmsnorm_bwd", "add_rmsnorm_fwd", "rope_fwd", "rope_bwd", "qkv_fwd", "qkv_bwd", "attention_fwd",
-       "attention_bwd", "swiglu_fwd", "swiglu_bwd", "add", "gather_rows", "scatter_add_rows",
-       "distill_loss", "sumsq", "adamw"]
+       "attention_bwd", "swiglu_fwd", "swiglu_bwd", "add", "gather_rows", "scatter_add_rows", "distill_loss",
+       "sumsq", "count_nonfinite", "adamw"]
 
 
 class Shape:
@@ -74,10 +74,6 @@ class Shape:
         if self.qk_norm:
             layer += 2 * D
         return self.V * C * (1 if self.tied else 2) + self.L * layer + C
-
-    def tensors(self):
-        per_layer = 9 + (3 if self.qkv_bias else 0) + (2 if self.qk_norm else 0)
-        return self.L * per_layer + 2 + (0 if self.tied else 1)
 
 
 class Model:
@@ -146,9 +142,10 @@ def step(m, s, N, docs, nsup, chunk):
     att_fwd = 4.0 * H * D * pairs  # scores and values, causal
     qkv_bytes = BF16 * N * D * (H + 2 * KVH)
 
-    # host to device: tokens, positions, document bounds; rows, targets, weights
-    m.call("upload", 0, I32 * (2 * N + docs + 1), calls=3)
-    m.call("upload", 0, (2 * I32 + F32) * nsup, calls=3)
+    # host to device, asynchronous from pinned staging: tokens, positions,
+    # document bounds; rows, targets, weights
+    m.call("upload_async", 0, I32 * (2 * N + docs + 1), calls=3)
+    m.call("upload_async", 0, (2 * I32 + F32) * nsup, calls=3)
     m.call("zero", 0, F32 * s.params())  # the step's gradients
     m.call("embed_fwd", 0, BF16 * 2 * N * C + I32 * N)
     m.rmsnorm_fwd(N, C)  # layer 0's input norm; the others come with the residual add before them
@@ -194,8 +191,8 @@ def step(m, s, N, docs, nsup, chunk):
     m.call("sumsq", 0, F32 * P)
     # clipping is folded into adamw (its gscale): no pass of its own.
     # grads, m, v, master read; m, v, master written; bf16 params written;
-    # one call per tensor (engine/optim.c: decay on matrices only)
-    m.call("adamw", 0, P * (4 * F32 + 3 * F32 + BF16), calls=s.tensors())
+    # one call for all tensors (engine/optim.c: decay from a segment table)
+    m.call("adamw", 0, P * (4 * F32 + 3 * F32 + BF16))
 
 
 def model_flops(s, N, docs, nsup):

@@ -270,12 +270,11 @@ int emul_qkv_bwd(uint16_t *dqkv, float *dq_norm, float *dk_norm, const uint16_t 
     return 1;
 }
 
-void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, size_t n,
-                float gscale, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
+void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, const es_adamw_seg *segs,
+                int nsegs, size_t n, double sumsq, float skip, const es_adamw_args *a) {
+    size_t blocks = (n + ADAMW_TILE - 1) / ADAMW_TILE;
+    bf16 *pbf = master ? (bf16 *)params : NULL;  // bf16 is the 16-bit word of the buffer
     float *p = master ? master : (float *)params;
-    for (size_t i = 0; i < n; i++) {
-        float pi = adamw_elem(m + i, v + i, p[i], grads[i] * gscale, lr, beta1, beta2, eps, wd, bc1, bc2);
-        p[i] = pi;
-        if (master) ((uint16_t *)params)[i] = emul_to_bf16(pi);
-    }
+    for (size_t b = 0; b < blocks; b++)
+        for (int t = 0; t < ADAMW_THREADS; t++) adamw_thread(pbf, p, grads, m, v, segs, nsegs, n, sumsq, skip, a, b, t);
 }

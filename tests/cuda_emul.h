@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -47,10 +49,12 @@ int emul_qkv_bwd(uint16_t *dqkv, float *dq_norm, float *dk_norm, const uint16_t 
                  const float *q_rstd, const float *k_rstd, const int32_t *pos, const float *inv_freq, int N, int H,
                  int KVH, int D, int sms);
 
-// adamw_kernel over n elements: master NULL updates fp32 params in place,
-// else master and its bf16 copy in params.
-void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, size_t n,
-                float gscale, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2);
+// The multi-tensor adamw_kernel over n elements, block by block, thread by
+// thread: segs (nsegs) the tensor table, sumsq and skip the values of the
+// device scalars it reads. master NULL updates fp32 params in place, else
+// master and its bf16 copy in params.
+void emul_adamw(void *params, float *master, const float *grads, float *m, float *v, const es_adamw_seg *segs,
+                int nsegs, size_t n, double sumsq, float skip, const es_adamw_args *a);
 
 #ifdef __cplusplus
 }

@@ -798,7 +798,7 @@ static void test_rows(void) {
 static struct { float *s, *t, *w, *scratch; int32_t *tgt; int M, V; float alpha, tau; } dl;
 
 static double loss_only(void) {
-    float sums[2] = {0, 0};
+    double sums[2] = {0, 0};
     memcpy(dl.scratch, dl.s, sizeof(float) * dl.M * dl.V);
     be->distill_loss(be, sums, dl.scratch, dl.t, dl.tgt, dl.w, dl.M, dl.V, dl.alpha, dl.tau, 1.0f);
     float a = dl.t ? dl.alpha : 1.0f;
@@ -856,7 +856,7 @@ static void test_distill_case(int teacher, float alpha, float tau, float offset)
     memcpy(w, weights, sizeof weights);
     for (int r = 0; r < M; r++) tgt[r] = (int32_t)(es_rng_u64(&rng) % V);
     memcpy(g, s, n * sizeof(float));
-    float sums[2] = {0.25f, -1.0f};  // sums accumulate
+    double sums[2] = {0.25, -1.0};  // sums accumulate
     const float gs = 0.37f;
     be->distill_loss(be, sums, g, teacher ? t : NULL, tgt, w, M, V, alpha, tau, gs);
     double rs[2], *rg = es_xmalloc(n * sizeof(double));
@@ -890,34 +890,80 @@ static void test_distill(void) {
 }
 
 // ---- optimizer ----------------------------------------------------------------
-static void test_optim(void) {
+static double *dbuf(size_t n) { return track(be->alloc(be, n, ES_DT_F64, ES_MEM_WORKSPACE)); }
+
+// AdamW's scalars at `step`, as engine/optim.c forms them.
+static es_adamw_args adamw_args(float lr, float wd, float clip, int step) {
+    return (es_adamw_args){.lr = lr, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .wd = wd, .clip = clip,
+                           .bc1 = (float)(1.0 - pow(0.9f, step)), .bc2 = (float)(1.0 - pow(0.95f, step))};
+}
+
+// A segment table of nsegs records in an int32 buffer.
+static void *seg_table(const es_adamw_seg *segs, int nsegs) {
+    int32_t *t = ibuf((size_t)(nsegs ? nsegs : 1) * ES_ADAMW_SEG_I32);
+    be->upload(be, t, segs, (size_t)nsegs * ES_ADAMW_SEG_I32, ES_DT_I32);
+    return t;
+}
+
+static void test_sumsq(void) {
     const size_t n = 1001;
     float *x = frand(n, 3);
     double ref = 0;
     for (size_t i = 0; i < n; i++) ref += (double)x[i] * x[i];
-    double ss = be->sumsq(be, x, n);
-    CHECK(fabs(ss - ref) < 1e-9 * ref, "sumsq %.17g vs %.17g", ss, ref);
+    double *ss = dbuf(1);
+    *ss = NAN;  // overwritten, not added to
+    be->sumsq(be, ss, x, n);
+    CHECK(fabs(*ss - ref) < 1e-9 * ref, "sumsq %.17g vs %.17g", *ss, ref);
+    double vals[5] = {1.0, -2.5, 0.0, 3e300, 7.0};
+    double *d = dbuf(5);
+    float *cnt = fbuf(1);
+    be->upload(be, d, vals, 5, ES_DT_F64);
+    be->count_nonfinite(be, cnt, d, 5);
+    CHECK(*cnt == 0.0f, "count_nonfinite of finite values: %g", *cnt);
+    vals[1] = NAN;
+    vals[3] = -INFINITY;
+    be->upload(be, d, vals, 5, ES_DT_F64);
+    be->count_nonfinite(be, cnt, d, 5);
+    CHECK(*cnt == 2.0f, "count_nonfinite: %g, want 2", *cnt);
+    free_all();
+}
 
+static void test_adamw_by_hand(void) {
     // one step by hand: p=1, g=0.5, lr=0.1, wd=0.1, betas (0.9, 0.999), eps=1e-8, step 1:
     // m = 0.05, v = 0.00025, mhat = 0.5, vhat = 0.25, update = 0.5 / (0.5 + 1e-8)
     // p = 1 - 0.1 * 0.1 * 1 - 0.1 * 0.99999998 = 0.890000002
-    float *p = fbuf(2), *gr = fbuf(2), *m = fbuf(2), *v = fbuf(2);
+    float *p = fbuf(2), *gr = fbuf(2), *m = fbuf(2), *v = fbuf(2), *skip = fbuf(1);
+    double *ss = dbuf(1);
     p[0] = 1.0f; p[1] = -2.0f;
     gr[0] = 0.5f; gr[1] = -0.25f;
+    *ss = 0.5 * 0.5 + 0.25 * 0.25;
+    *skip = 0.0f;
     be->zero(be, m, 2, ES_DT_F32);
     be->zero(be, v, 2, ES_DT_F32);
-    be->adamw(be, p, NULL, gr, m, v, 2, 1.0f, 0.1f, 0.9f, 0.999f, 1e-8f, 0.1f, 1);
+    es_adamw_seg seg = {.offset = 0, .count = 2, .decay = 1};
+    es_adamw_args a = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .wd = 0.1f, .clip = 0.0f,
+                       .bc1 = (float)(1.0 - pow(0.9f, 1)), .bc2 = (float)(1.0 - pow(0.999f, 1))};
+    be->adamw(be, p, NULL, gr, m, v, seg_table(&seg, 1), 1, 2, ss, skip, &a);
     // p1 = -2 + 0.1 * 0.1 * 2 - 0.1 * (-1) = -1.88
     CHECK(fabs(p[0] - 0.890000002) < 1e-6 && fabs(p[1] + 1.88) < 1e-6, "adamw step 1: %.9g %.9g",
           p[0], p[1]);
     // 1 - beta rounds in fp32, so the moments match to about 1e-5 relative
     CHECK(fabs(m[0] - 0.05) < 1e-6 && fabs(v[0] - 0.00025) < 1e-4 * 0.00025, "adamw moments %g %g",
           m[0], v[0]);
+    free_all();
+}
 
-    // several steps with fp32 master weights and wd = 0 against a double reference
-    float *pp = fnan(n), *master = frand(n, 1), *g2 = fbuf(n), *m2 = fbuf(n), *v2 = fbuf(n);
+// Several steps with fp32 master weights against a double reference; step 2
+// clips (the norm found from *sumsq inside the op), step 3 has wd = 0.
+static void test_adamw_master(void) {
+    const size_t n = 1001;
+    float *pp = fnan(n), *master = frand(n, 1), *g2 = fbuf(n), *m2 = fbuf(n), *v2 = fbuf(n), *skip = fbuf(1);
+    double *ss = dbuf(1);
+    *skip = 0.0f;
     be->zero(be, m2, n, ES_DT_F32);
     be->zero(be, v2, n, ES_DT_F32);
+    es_adamw_seg seg = {.offset = 0, .count = n, .decay = 1};
+    void *segs = seg_table(&seg, 1);
     double *rp = es_xmalloc(n * sizeof(double)), *rm = es_xmalloc(n * sizeof(double));
     double *rv = es_xmalloc(n * sizeof(double));
     for (size_t i = 0; i < n; i++) {
@@ -926,10 +972,13 @@ static void test_optim(void) {
     }
     for (int step = 1; step <= 3; step++) {
         for (size_t i = 0; i < n; i++) g2[i] = es_rng_normal(&rng);
+        be->sumsq(be, ss, g2, n);
+        double norm = sqrt(*ss);
         float wd = step == 3 ? 0.0f : 0.05f;
-        // step 2 clips: the gradient enters the moments scaled by gscale
-        float gs = step == 2 ? 0.37f : 1.0f;
-        be->adamw(be, pp, master, g2, m2, v2, n, gs, 1e-2f, 0.9f, 0.95f, 1e-8f, wd, step);
+        float clip = step == 2 ? (float)(0.37 * norm) : 0.0f;  // step 2 clips to 0.37 of the norm
+        es_adamw_args a = adamw_args(1e-2f, wd, clip, step);
+        be->adamw(be, pp, master, g2, m2, v2, segs, 1, n, ss, skip, &a);
+        double gs = step == 2 ? clip / norm : 1.0;
         for (size_t i = 0; i < n; i++) {
             double g = (double)g2[i] * gs;
             rm[i] = 0.9 * rm[i] + 0.1 * g;
@@ -945,6 +994,93 @@ static void test_optim(void) {
     free(rm);
     free(rv);
     free_all();
+}
+
+// The old per-tensor op, in the test's own words: one tensor of n elements,
+// g = grads * gscale, decay wd, bias corrections for `step`.
+static void adamw_old(float *p, float *m, float *v, const float *g, size_t n, float gscale, float lr, float wd,
+                      int step) {
+    const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
+    const float bc1 = (float)(1.0 - pow(b1, step)), bc2 = (float)(1.0 - pow(b2, step));
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * gscale;
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        p[i] = p[i] * (1.0f - lr * wd) - lr * (m[i] / bc1) / (sqrtf(v[i] / bc2) + eps);
+    }
+}
+
+// The multi-tensor update over a table of tensors (decay and none, gaps
+// between them that it must leave alone) against (a) the old per-tensor
+// update with the clip scale formed on the host, (b) the op called once per
+// tensor, bit for bit; then a bad step (skip set, or a non-finite norm)
+// changes nothing.
+static void test_adamw_multi(void) {
+    const es_adamw_seg tab[] = {{.offset = 0, .count = 300, .decay = 1},   {.offset = 300, .count = 7, .decay = 0},
+                                {.offset = 310, .count = 129, .decay = 1}, {.offset = 439, .count = 1, .decay = 0},
+                                {.offset = 500, .count = 200, .decay = 0}, {.offset = 700, .count = 64, .decay = 1}};
+    const int nt = (int)(sizeof tab / sizeof tab[0]);
+    const size_t n = 770;  // 764..769 and the gaps lie outside every tensor
+    float *p = frand(n, 1), *g = fbuf(n), *m = fbuf(n), *v = fbuf(n), *skip = fbuf(1);
+    float *p1 = fcopy(p, n), *m1 = fbuf(n), *v1 = fbuf(n);  // per-tensor op calls
+    float *pr = fcopy(p, n), *mr = fbuf(n), *vr = fbuf(n);  // old semantics
+    double *ss = dbuf(1);
+    be->zero(be, m, n, ES_DT_F32), be->zero(be, v, n, ES_DT_F32);
+    be->zero(be, m1, n, ES_DT_F32), be->zero(be, v1, n, ES_DT_F32);
+    be->zero(be, mr, n, ES_DT_F32), be->zero(be, vr, n, ES_DT_F32);
+    *skip = 0.0f;
+    void *segs = seg_table(tab, nt);
+    void *one[6];
+    for (int k = 0; k < nt; k++) {
+        es_adamw_seg s = tab[k];
+        s.offset = 0;  // the tensor's own buffers
+        one[k] = seg_table(&s, 1);
+    }
+    const float lr = 1e-2f, wd = 0.1f;
+    for (int step = 1; step <= 3; step++) {
+        for (size_t i = 0; i < n; i++) g[i] = es_rng_normal(&rng);
+        be->sumsq(be, ss, g, n);
+        float clip = step == 2 ? 1.0f : 0.0f;  // the norm is about 27: step 2 clips
+        es_adamw_args a = adamw_args(lr, wd, clip, step);
+        be->adamw(be, p, NULL, g, m, v, segs, nt, n, ss, skip, &a);
+        double norm = sqrt(*ss);
+        float gs = clip > 0 && norm > clip ? (float)(clip / norm) : 1.0f;
+        for (int k = 0; k < nt; k++) {
+            size_t o = tab[k].offset, c = tab[k].count;
+            be->adamw(be, p1 + o, NULL, g + o, m1 + o, v1 + o, one[k], 1, c, ss, skip, &a);
+            adamw_old(pr + o, mr + o, vr + o, g + o, c, gs, lr, tab[k].decay ? wd : 0.0f, step);
+        }
+    }
+    CHECK(!memcmp(p, p1, n * 4) && !memcmp(m, m1, n * 4) && !memcmp(v, v1, n * 4),
+          "multi-tensor adamw differs from per-tensor calls");
+    double e = t_rel_err(p, pr, n, 1e-6), em = t_rel_err(m, mr, n, 1e-6), ev = t_rel_err(v, vr, n, 1e-12);
+    CHECK(e < 1e-6 && em < 1e-6 && ev < 1e-6, "multi-tensor adamw vs old per-tensor: rel err p %.3g m %.3g v %.3g",
+          e, em, ev);
+    // elements in no tensor keep their value and zero moments
+    const size_t gaps[] = {307, 309, 440, 499, 764, 769};
+    int kept = 1;
+    for (size_t k = 0; k < sizeof gaps / sizeof gaps[0]; k++)
+        kept &= p[gaps[k]] == pr[gaps[k]] && m[gaps[k]] == 0.0f && v[gaps[k]] == 0.0f;
+    CHECK(kept, "multi-tensor adamw touched an element outside every tensor");
+    // bad steps: the skip count, then a non-finite norm
+    float *pk = fcopy(p, n), *mk = fcopy(m, n), *vk = fcopy(v, n);
+    es_adamw_args a = adamw_args(lr, wd, 1.0f, 4);
+    *skip = 1.0f;
+    be->adamw(be, p, NULL, g, m, v, segs, nt, n, ss, skip, &a);
+    *skip = 0.0f;
+    *ss = INFINITY;
+    be->adamw(be, p, NULL, g, m, v, segs, nt, n, ss, skip, &a);
+    *ss = NAN;
+    be->adamw(be, p, NULL, g, m, v, segs, nt, n, ss, skip, &a);
+    CHECK(!memcmp(p, pk, n * 4) && !memcmp(m, mk, n * 4) && !memcmp(v, vk, n * 4), "a bad step changed the state");
+    free_all();
+}
+
+static void test_optim(void) {
+    test_sumsq();
+    test_adamw_by_hand();
+    test_adamw_master();
+    test_adamw_multi();
 }
 
 int main(void) {

@@ -229,38 +229,66 @@ static void test_qkv_declines(void) {
           "qkv D=264 (not whole vectors) should be refused");
 }
 
-// A few steps of AdamW on fp32 weights (no master) and on bf16 weights with
-// fp32 masters, against the CPU backend's steps from the same state.
-static void test_adamw(size_t n, int with_master) {
+// A few steps of the multi-tensor AdamW on fp32 weights (no master) and on
+// bf16 weights with fp32 masters, against the CPU backend's steps from the
+// same state: tensors with and without decay, gaps between them, tensors that
+// cross the kernel's tiles and one inside a tile; step 2 clips (the factor
+// formed from the sum of squares as the kernel does); then bad steps (the
+// skip count set, a non-finite norm) change nothing.
+static void test_adamw(int with_master) {
+    const es_adamw_seg segs[] = {{.offset = 0, .count = 2500, .decay = 1},    {.offset = 2500, .count = 3, .decay = 0},
+                                 {.offset = 2510, .count = 1700, .decay = 1}, {.offset = 4210, .count = 1, .decay = 0},
+                                 {.offset = 4300, .count = 2000, .decay = 0}, {.offset = 6300, .count = 50, .decay = 1}};
+    const int nsegs = (int)(sizeof segs / sizeof segs[0]);
+    const size_t n = 6400;  // 4 tiles of 2048; 6350.. and the gaps lie in no tensor
     float *p = aligned(n * 4), *m = aligned(n * 4), *v = aligned(n * 4), *gr = aligned(n * 4);
     float *pr = aligned(n * 4), *mr = aligned(n * 4), *vr = aligned(n * 4), *got = aligned(n * 4);
     uint16_t *pb = aligned(n * 2);
+    int32_t *tab = be->alloc(be, (size_t)nsegs * ES_ADAMW_SEG_I32, ES_DT_I32, ES_MEM_INDEX);
+    double *ss = be->alloc(be, 1, ES_DT_F64, ES_MEM_WORKSPACE);
+    float *skip = be->alloc(be, 1, ES_DT_F32, ES_MEM_WORKSPACE);
+    be->upload(be, tab, segs, (size_t)nsegs * ES_ADAMW_SEG_I32, ES_DT_I32);
+    *skip = 0.0f;
     for (size_t i = 0; i < n; i++) {
         p[i] = pr[i] = es_rng_normal(&rng);
         m[i] = mr[i] = 0.0f;
         v[i] = vr[i] = 0.0f;
     }
-    const float lr = 1e-2f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.05f;
-    for (int step = 1; step <= 3; step++) {
+    if (with_master) bf16_poison(pb, n);
+    const float beta1 = 0.9f, beta2 = 0.95f;
+    for (int step = 1; step <= 4; step++) {
         for (size_t i = 0; i < n; i++) gr[i] = 0.1f * es_rng_normal(&rng);
-        float bc1 = (float)(1.0 - pow(beta1, step)), bc2 = (float)(1.0 - pow(beta2, step));
-        float gs = step == 2 ? 0.37f : 1.0f;  // step 2 clips
-        if (with_master) {
-            bf16_poison(pb, n);
-            emul_adamw(pb, p, gr, m, v, n, gs, lr, beta1, beta2, eps, wd, bc1, bc2);
-        } else {
-            emul_adamw(p, NULL, gr, m, v, n, gs, lr, beta1, beta2, eps, wd, bc1, bc2);
-        }
-        be->adamw(be, pr, NULL, gr, mr, vr, n, gs, lr, beta1, beta2, eps, wd, step);
+        be->sumsq(be, ss, gr, n);
+        es_adamw_args a = {.lr = 1e-2f, .beta1 = beta1, .beta2 = beta2, .eps = 1e-8f, .wd = 0.05f,
+                           .clip = step == 2 ? 0.37f * (float)sqrt(*ss) : 0.0f,  // step 2 clips
+                           .bc1 = (float)(1.0 - pow(beta1, step)), .bc2 = (float)(1.0 - pow(beta2, step))};
+        float sk = step == 4 ? 1.0f : 0.0f;  // step 4 is a bad one
+        emul_adamw(with_master ? (void *)pb : (void *)p, with_master ? p : NULL, gr, m, v, segs, nsegs, n, *ss, sk, &a);
+        if (step < 4) be->adamw(be, pr, NULL, gr, mr, vr, tab, nsegs, n, ss, skip, &a);
+        if (step == 4) emul_adamw(with_master ? (void *)pb : (void *)p, with_master ? p : NULL, gr, m, v, segs, nsegs,
+                                  n, NAN, 0.0f, &a);
     }
     double e = t_rel_err(p, pr, n, 1e-6), em = t_rel_err(m, mr, n, 1e-6), ev = t_rel_err(v, vr, n, 1e-12);
-    CHECK(e < F32_TOL && em < F32_TOL && ev < F32_TOL, "adamw n=%zu master=%d: rel err p %.3g m %.3g v %.3g", n,
-          with_master, e, em, ev);
+    CHECK(e < F32_TOL && em < F32_TOL && ev < F32_TOL, "adamw master=%d: rel err p %.3g m %.3g v %.3g", with_master,
+          e, em, ev);
+    int gaps = 1;  // untouched: the initial weight, zero moments (and a NaN bf16 copy)
+    for (size_t i = 0; i < n; i++)
+        if (i % 50 == 0 || (i >= 2503 && i < 2510) || (i >= 4211 && i < 4300) || i >= 6350) {
+            int inside = 0;
+            for (int k = 0; k < nsegs; k++) inside |= i >= segs[k].offset && i - segs[k].offset < segs[k].count;
+            if (inside) continue;
+            gaps &= p[i] == pr[i] && m[i] == 0.0f && v[i] == 0.0f && (!with_master || pb[i] == BF16_NAN);
+        }
+    CHECK(gaps, "adamw master=%d touched an element outside every tensor", with_master);
     if (with_master) {
-        bf16_to_f32(got, pb, n);
-        e = t_rel_err(got, pr, n, 1e-6);
-        CHECK(e < BF16_TOL, "adamw bf16 params n=%zu rel err %.3g", n, e);
+        for (int k = 0; k < nsegs; k++) {  // the bf16 copy of every updated weight
+            size_t o = segs[k].offset, c = segs[k].count;
+            bf16_to_f32(got + o, pb + o, c);
+            e = t_rel_err(got + o, pr + o, c, 1e-6);
+            CHECK(e < BF16_TOL, "adamw bf16 params of tensor %d rel err %.3g", k, e);
+        }
     }
+    be->free(be, tab), be->free(be, ss), be->free(be, skip);
     free(p), free(m), free(v), free(gr), free(pr), free(mr), free(vr), free(got), free(pb);
 }
 
@@ -297,8 +325,8 @@ int main(void) {
     test_qkv(7, 2, 1, 72, 1, 1, 0);
     test_qkv(11, 4, 2, 128, 1, 2, 1);
     test_qkv_declines();
-    test_adamw(1000, 0);
-    test_adamw(1000, 1);
+    test_adamw(0);
+    test_adamw(1);
     be->destroy(be);
     TEST_DONE();
 }

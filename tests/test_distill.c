@@ -132,9 +132,11 @@ static void problem_free(problem *pb) {
 }
 
 // Runs es_distill_loss on the backend; returns host dhidden (N, C) and dlm (V, C).
-static int run_loss(float sums[2], float *dh, float *dlm, es_backend *be, const problem *pb,
-                    const es_microbatch *mb, int mode, float alpha, float tau, float gscale,
-                    int chunk, size_t *workspace) {
+// The loss sums go to a device fp64 slot inside a larger buffer, as the
+// trainer's statistics: acc holds the slot's value before and after the call.
+static int run_loss_acc(double acc[2], float *dh, float *dlm, es_backend *be, const problem *pb,
+                        const es_microbatch *mb, int mode, float alpha, float tau, float gscale,
+                        int chunk, size_t *workspace) {
     int N = pb->N, C = pb->C, V = pb->V;
     es_distill d;
     if (es_distill_create(&d, be, N, C, V, chunk, mode == 1 ? pb->Ct : 0, mode == 2 ? pb->K : 0)) {
@@ -153,15 +155,34 @@ static int run_loss(float sums[2], float *dh, float *dlm, es_backend *be, const 
     es_teacher_rows tr = {0};
     if (mode == 1) tr.hidden = th, tr.lm_head = tlm;
     if (mode == 2) tr.topk_ids = pb->ids, tr.topk_logp = pb->logp;
-    sums[0] = sums[1] = NAN;
+    double stats[4] = {-7.0, acc[0], acc[1], 11.0};  // the slot between two neighbours
+    double *dstats = be->alloc(be, 4, ES_DT_F64, ES_MEM_WORKSPACE);
+    be->upload(be, dstats, stats, 4, ES_DT_F64);
     es_distill_params p = {alpha, tau, gscale};
-    int rc = es_distill_loss(&d, sums, ddh, ddlm, h, lm, &tr, mb, &p);
+    int rc = es_distill_loss(&d, dstats + 1, ddh, ddlm, h, lm, &tr, mb, &p);
     be->download(be, dh, ddh, (size_t)N * C, ES_DT_COMPUTE);
     be->download(be, dlm, ddlm, (size_t)V * C, ES_DT_F32);
-    void *bufs[] = {h, lm, th, tlm, ddh, ddlm};
-    for (int i = 0; i < 6; i++) be->free(be, bufs[i]);
+    be->download(be, stats, dstats, 4, ES_DT_F64);
+    CHECK(stats[0] == -7.0 && stats[3] == 11.0, "loss sums wrote outside their slot: %g %g", stats[0], stats[3]);
+    CHECK(stats[1] == (float)stats[1] && stats[2] == (float)stats[2], "loss sums %.17g %.17g are not fp32 numbers",
+          stats[1], stats[2]);
+    acc[0] = stats[1];
+    acc[1] = stats[2];
+    void *bufs[] = {h, lm, th, tlm, ddh, ddlm, dstats};
+    for (int i = 0; i < 7; i++) be->free(be, bufs[i]);
     free(poison);
     es_distill_free(&d);
+    return rc;
+}
+
+// run_loss_acc from zero sums, returned as fp32.
+static int run_loss(float sums[2], float *dh, float *dlm, es_backend *be, const problem *pb,
+                    const es_microbatch *mb, int mode, float alpha, float tau, float gscale,
+                    int chunk, size_t *workspace) {
+    double acc[2] = {0, 0};
+    int rc = run_loss_acc(acc, dh, dlm, be, pb, mb, mode, alpha, tau, gscale, chunk, workspace);
+    sums[0] = (float)acc[0];
+    sums[1] = (float)acc[1];
     return rc;
 }
 
@@ -285,6 +306,76 @@ static void test_topk_converges(es_backend *be) {
     CHECK(monotone, "top-k KD grows with K");
     CHECK(err_full < 1e-4, "K == V equals the online loss: err %g", err_full);
     free(dh), free(dlm), free(dh_on), free(dlm_on);
+    es_microbatch_free(&mb);
+    problem_free(&pb);
+}
+
+// The loss sums stay on the device and add up there, in fp32, micro-batch
+// after micro-batch (as the trainer's step accumulates them): two
+// micro-batches of one chunk each into one slot equal the fp32 sum of each
+// alone, bit for bit; with several chunks a call adds to what the slot held.
+static void test_device_sums(es_backend *be) {
+    problem pb;
+    problem_make(&pb, 40, 8, 6, 30, 5);
+    es_microbatch ma, mbb;
+    t_random_microbatch(&ma, pb.N, pb.V, &g_rng);
+    t_random_microbatch(&mbb, pb.N, pb.V, &g_rng);
+    size_t NC = (size_t)pb.N * pb.C, VC = (size_t)pb.V * pb.C;
+    float *dh = malloc(NC * 4), *dlm = malloc(VC * 4);
+    for (int mode = 0; mode < 3; mode++) {
+        double a[2] = {0, 0}, b[2] = {0, 0}, ab[2] = {0, 0};
+        run_loss_acc(a, dh, dlm, be, &pb, &ma, mode, 0.4f, 1.0f, 1.0f, pb.N, NULL);
+        run_loss_acc(b, dh, dlm, be, &pb, &mbb, mode, 0.4f, 1.0f, 1.0f, pb.N, NULL);
+        run_loss_acc(ab, dh, dlm, be, &pb, &ma, mode, 0.4f, 1.0f, 1.0f, pb.N, NULL);
+        run_loss_acc(ab, dh, dlm, be, &pb, &mbb, mode, 0.4f, 1.0f, 1.0f, pb.N, NULL);
+        CHECK(ab[0] == (float)((float)a[0] + (float)b[0]) && ab[1] == (float)((float)a[1] + (float)b[1]),
+              "mode %d: accumulated sums %.9g %.9g, want %.9g %.9g", mode, ab[0], ab[1], a[0] + b[0], a[1] + b[1]);
+        CHECK(a[0] > 0 && (mode == 0 ? a[1] == 0 : a[1] > 0), "mode %d: sums %g %g", mode, a[0], a[1]);
+        double c[2] = {0, 0}, cs[2] = {1000.0, 2000.0};  // chunks of 3 rows, from a non-zero start
+        run_loss_acc(c, dh, dlm, be, &pb, &ma, mode, 0.4f, 1.0f, 1.0f, 3, NULL);
+        run_loss_acc(cs, dh, dlm, be, &pb, &ma, mode, 0.4f, 1.0f, 1.0f, 3, NULL);
+        CHECK(fabs(cs[0] - 1000.0 - c[0]) < 1e-4 * (1000.0 + c[0]) && fabs(cs[1] - 2000.0 - c[1]) < 1e-4 * (2000.0 + c[1]),
+              "mode %d: sums added to %g %g give %g %g", mode, c[0], c[1], cs[0], cs[1]);
+    }
+    free(dh), free(dlm);
+    es_microbatch_free(&ma);
+    es_microbatch_free(&mbb);
+    problem_free(&pb);
+}
+
+// The staging behind the loss's uploads: two blocks handed out in turn, each
+// only after host_wait on it, so the host never writes a block the device may
+// still be reading; a run of the loss takes one block.
+static void *g_waited;
+static int g_waits;
+static void record_wait(es_backend *be, void *h) {
+    (void)be;
+    g_waited = h;
+    g_waits++;
+}
+
+static void test_staging(es_backend *be) {
+    es_backend rec = *be;
+    rec.host_wait = record_wait;
+    es_staging s;
+    CHECK(es_staging_create(&s, &rec, 64) == ES_OK, "%s", es_last_error());
+    void *seen[4];
+    for (int i = 0; i < 4; i++) {
+        g_waited = NULL;
+        seen[i] = es_staging_next(&s);
+        CHECK(g_waited == seen[i], "block %d handed out without a wait on it", i);
+    }
+    CHECK(seen[0] != seen[1] && seen[0] == seen[2] && seen[1] == seen[3], "the two blocks alternate");
+    es_staging_free(&s);
+    problem pb;
+    problem_make(&pb, 10, 4, 4, 9, 3);
+    es_microbatch mb;
+    t_random_microbatch(&mb, pb.N, pb.V, &g_rng);
+    float sums[2], *dh = malloc(40 * 4), *dlm = malloc(36 * 4);
+    g_waits = 0;
+    CHECK(run_loss(sums, dh, dlm, &rec, &pb, &mb, 0, 1.0f, 1.0f, 1.0f, 4, NULL) == ES_OK, "%s", es_last_error());
+    CHECK(g_waits == 1, "a run of the loss waited on %d staging blocks, want 1", g_waits);
+    free(dh), free(dlm);
     es_microbatch_free(&mb);
     problem_free(&pb);
 }
@@ -453,6 +544,8 @@ int main(void) {
     test_reference(be);
     test_finite_difference(be);
     test_topk_converges(be);
+    test_device_sums(be);
+    test_staging(be);
     test_bad_input(be);
     test_no_leak(be);
     test_dataset_topk();

@@ -167,6 +167,7 @@ static void run_case(es_model *m, const es_st_file *io, const t_fixture_batch *f
     int ok = t_batch_upload(&b, be, fb->tokens, fb->pos, fb->cu, N, fb->ndocs) == ES_OK;
     void *d_tgt = be->alloc(be, (size_t)N, ES_DT_I32, ES_MEM_INDEX);
     void *d_w = be->alloc(be, (size_t)N, ES_DT_F32, ES_MEM_ACTS);
+    double *d_sums = be->alloc(be, 2, ES_DT_F64, ES_MEM_WORKSPACE);
     void *d_logits = be->alloc(be, (size_t)N * V, ES_DT_COMPUTE, ES_MEM_ACTS);
     void *d_dh = be->alloc(be, (size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
     size_t nbig = (size_t)N * (V > C ? V : C);
@@ -185,9 +186,11 @@ static void run_case(es_model *m, const es_st_file *io, const t_fixture_batch *f
         double e_logits = logits_err(host, m, &b, d_logits, logits_ref, name);
         CHECK(e_logits <= TOL, "%s: logits rel err %g", name, e_logits);
 
-        float sums[2] = {0, 0};
-        be->distill_loss(be, sums, d_logits, NULL, d_tgt, d_w, N, V, 1.0f, 1.0f,
+        double sums[2];
+        be->zero(be, d_sums, 2, ES_DT_F64);
+        be->distill_loss(be, d_sums, d_logits, NULL, d_tgt, d_w, N, V, 1.0f, 1.0f,
                          1.0f / (float)fb->count);
+        be->download(be, sums, d_sums, 2, ES_DT_F64);
         double loss = sums[0] / fb->count, e_loss = fabs(loss - fb->loss) / fabs(fb->loss);
         CHECK(e_loss <= TOL, "%s: loss %.7f vs %.7f (rel err %g)", name, loss, fb->loss, e_loss);
 
@@ -207,6 +210,7 @@ static void run_case(es_model *m, const es_st_file *io, const t_fixture_batch *f
     t_batch_free(be, &b);
     be->free(be, d_tgt);
     be->free(be, d_w);
+    be->free(be, d_sums);
     be->free(be, d_logits);
     be->free(be, d_dh);
 }

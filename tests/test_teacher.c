@@ -196,6 +196,7 @@ static void epoch_losses(double *kd, double *ce, es_backend *be, es_model *st, e
     float *lp = malloc(64 * V * sizeof *lp);
     void *dt = be->alloc(be, 64, ES_DT_I32, ES_MEM_INDEX), *dp = be->alloc(be, 64, ES_DT_I32, ES_MEM_INDEX);
     void *dc = be->alloc(be, 65, ES_DT_I32, ES_MEM_INDEX);
+    double *dsums = be->alloc(be, 2, ES_DT_F64, ES_MEM_WORKSPACE), sums[2];
     es_distill_params prm = {.alpha = 0.5f, .tau = 1.0f, .grad_scale = 1.0f};
     for (int i = 0; i <= n; i++) kd[i] = ce[i] = 0;
     for (size_t s = 0; s < es_packer_steps_per_epoch(p); s++) {
@@ -205,18 +206,20 @@ static void epoch_losses(double *kd, double *ce, es_backend *be, es_model *st, e
         be->upload(be, dc, mb.cu_seqlens, (size_t)mb.ndocs + 1, ES_DT_I32);
         es_model_batch b = {mb.n, mb.ndocs, dt, dp, dc};
         CHECK(es_model_forward(st, &b) == ES_OK && es_model_forward(tm, &b) == ES_OK, "%s", es_last_error());
-        float sums[2] = {NAN, NAN};
-        CHECK(es_distill_model(&dl[0], sums, NULL, st, tm, NULL, NULL, &mb, &prm) == ES_OK, "%s", es_last_error());
+        be->zero(be, dsums, 2, ES_DT_F64);
+        CHECK(es_distill_model(&dl[0], dsums, NULL, st, tm, NULL, NULL, &mb, &prm) == ES_OK, "%s", es_last_error());
+        be->download(be, sums, dsums, 2, ES_DT_F64);
         kd[0] += sums[1], ce[0] += sums[0];
         for (int i = 0; i < n; i++) {
-            sums[0] = sums[1] = NAN;
+            be->zero(be, dsums, 2, ES_DT_F64);
             CHECK(es_microbatch_topk(ids, lp, &mb, &ds[i]) == ES_OK, "%s", es_last_error());
-            CHECK(es_distill_model(&dl[1 + i], sums, NULL, st, NULL, ids, lp, &mb, &prm) == ES_OK, "%s",
+            CHECK(es_distill_model(&dl[1 + i], dsums, NULL, st, NULL, ids, lp, &mb, &prm) == ES_OK, "%s",
                   es_last_error());
+            be->download(be, sums, dsums, 2, ES_DT_F64);
             kd[1 + i] += sums[1], ce[1 + i] += sums[0];
         }
     }
-    be->free(be, dt), be->free(be, dp), be->free(be, dc);
+    be->free(be, dt), be->free(be, dp), be->free(be, dc), be->free(be, dsums);
     free(ids), free(lp);
     es_microbatch_free(&mb);
     for (int i = 0; i <= n; i++) es_distill_free(&dl[i]);

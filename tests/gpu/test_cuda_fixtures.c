@@ -105,7 +105,8 @@ static void check_case(es_backend *be, const char *name, const char *dump_dir) {
     void *d_w = be->alloc(be, N, ES_DT_F32, ES_MEM_ACTS);
     void *d_logits = be->alloc(be, NV, ES_DT_COMPUTE, ES_MEM_ACTS);
     void *d_dh = be->alloc(be, (size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
-    ok = ok && d_tgt && d_w && d_logits && d_dh;
+    double *d_sums = be->alloc(be, 2, ES_DT_F64, ES_MEM_WORKSPACE);
+    ok = ok && d_tgt && d_w && d_logits && d_dh && d_sums;
     CHECK(ok, "%s: alloc: %s", name, es_last_error());
     if (ok && logits_ref) {
         be->upload(be, d_tgt, fb.targets, N, ES_DT_I32);
@@ -123,8 +124,10 @@ static void check_case(es_backend *be, const char *name, const char *dump_dir) {
         if (dump_dir)
             CHECK(dump(dump_dir, name, "logits.f32", host, NV * sizeof *host) == ES_OK, "%s: %s", name, es_last_error());
 
-        float sums[2] = {0, 0};
-        be->distill_loss(be, sums, d_logits, NULL, d_tgt, d_w, N, V, 1.0f, 1.0f, 1.0f / (float)fb.count);
+        double sums[2];
+        be->zero(be, d_sums, 2, ES_DT_F64);
+        be->distill_loss(be, d_sums, d_logits, NULL, d_tgt, d_w, N, V, 1.0f, 1.0f, 1.0f / (float)fb.count);
+        be->download(be, sums, d_sums, 2, ES_DT_F64);
         double loss = sums[0] / fb.count, e_loss = fabs(loss - fb.loss) / fabs(fb.loss);
         CHECK(e_loss <= TOL_LOSS, "%s: loss %.6f vs %.6f", name, loss, fb.loss);
 
@@ -143,7 +146,7 @@ static void check_case(es_backend *be, const char *name, const char *dump_dir) {
         else printf("(CPU-checked)\n");
     }
     t_batch_free(be, &b);
-    void *bufs[] = {d_tgt, d_w, d_logits, d_dh};
+    void *bufs[] = {d_tgt, d_w, d_logits, d_dh, d_sums};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->free(be, bufs[i]);
     free(logits_ref);
     free(host);

@@ -88,7 +88,8 @@ typedef struct {
     es_model_batch b;
     es_distill d;
     void *dhidden;  // (N, C)
-    float sums[2];
+    double *dsums;  // (2) the loss sums on the device
+    double sums[2];
 } side;
 
 static int side_run(side *s, es_backend *be, const es_config *cfg, const float *params,
@@ -102,7 +103,9 @@ static int side_run(side *s, es_backend *be, const es_config *cfg, const float *
     s->b.pos = be->alloc(be, (size_t)N, ES_DT_I32, ES_MEM_INDEX);
     s->b.cu_seqlens = be->alloc(be, (size_t)mb->ndocs + 1, ES_DT_I32, ES_MEM_INDEX);
     s->dhidden = be->alloc(be, (size_t)N * C, ES_DT_COMPUTE, ES_MEM_ACTS);
-    if (!s->b.tokens || !s->b.pos || !s->b.cu_seqlens || !s->dhidden) return ES_ERR;
+    s->dsums = be->alloc(be, 2, ES_DT_F64, ES_MEM_WORKSPACE);
+    if (!s->b.tokens || !s->b.pos || !s->b.cu_seqlens || !s->dhidden || !s->dsums) return ES_ERR;
+    be->zero(be, s->dsums, 2, ES_DT_F64);
     be->upload(be, s->m.params, params, s->m.layout.total, ES_DT_COMPUTE);
     be->upload(be, s->b.tokens, mb->tokens, (size_t)N, ES_DT_I32);
     be->upload(be, s->b.pos, mb->pos, (size_t)N, ES_DT_I32);
@@ -116,15 +119,15 @@ static int side_run(side *s, es_backend *be, const es_config *cfg, const float *
 
     es_distill_params dp = {.alpha = 1.0f, .tau = 1.0f, .grad_scale = 1.0f / (float)mb->nsup};
     if (es_model_forward(&s->m, &s->b)) return ES_ERR;
-    if (es_distill_model(&s->d, s->sums, s->dhidden, &s->m, NULL, NULL, NULL, mb, &dp)) return ES_ERR;
+    if (es_distill_model(&s->d, s->dsums, s->dhidden, &s->m, NULL, NULL, NULL, mb, &dp)) return ES_ERR;
     if (es_model_backward(&s->m, &s->b, s->dhidden)) return ES_ERR;
-    be->sync(be);
+    be->download(be, s->sums, s->dsums, 2, ES_DT_F64);
     return ES_OK;
 }
 
 static void side_free(side *s) {
     es_backend *be = s->m.be;
-    void *bufs[] = {s->b.tokens, s->b.pos, s->b.cu_seqlens, s->dhidden};
+    void *bufs[] = {s->b.tokens, s->b.pos, s->b.cu_seqlens, s->dhidden, s->dsums};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     es_distill_free(&s->d);

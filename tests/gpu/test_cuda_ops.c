@@ -90,6 +90,28 @@ static buf rand_ints(size_t n, int hi) {
     return b;
 }
 
+// fp64 values (a step's statistics) on both.
+static buf f64s(const double *v, size_t n) {
+    buf b = mk(n, ES_DT_F64, ES_MEM_WORKSPACE);
+    cpu->upload(cpu, b.c, v, n, ES_DT_F64);
+    gpu->upload(gpu, b.g, v, n, ES_DT_F64);
+    return b;
+}
+
+// Relative error of the fp64 buffer's values, GPU against CPU.
+static double f64_err(buf b) {
+    double *hc = es_xmalloc(b.n * 8), *hg = es_xmalloc(b.n * 8), e = 0;
+    cpu->download(cpu, hc, b.c, b.n, ES_DT_F64);
+    gpu->download(gpu, hg, b.g, b.n, ES_DT_F64);
+    for (size_t i = 0; i < b.n; i++) {
+        double d = fabs(hg[i] - hc[i]) / fmax(fabs(hc[i]), FLOOR);
+        e = isnan(d) || d > e ? (isnan(d) ? INFINITY : d) : e;
+    }
+    free(hc);
+    free(hg);
+    return e;
+}
+
 static float *host_of(es_backend *be, const void *p, size_t n, es_dtype dt) {
     float *h = es_xmalloc(n * sizeof(float));
     be->download(be, h, p, n, dt);
@@ -467,14 +489,21 @@ static void test_loss(int M, int V, int teacher, const char *tag) {
     put(weights, wh);
     buf logits = rnd((size_t)M * V, 3.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
     buf tl = teacher ? rnd((size_t)M * V, 3.0f, ES_DT_COMPUTE, ES_MEM_ACTS) : (buf){0};
-    float sc[2] = {0.25f, 0.5f}, sg[2] = {0.25f, 0.5f};
-    cpu->distill_loss(cpu, sc, logits.c, tl.c, targets.c, weights.c, M, V, 0.5f, 2.0f, 0.1f);
-    gpu->distill_loss(gpu, sg, logits.g, tl.g, targets.g, weights.g, M, V, 0.5f, 2.0f, 0.1f);
+    // device sums that accumulate, a slot between two neighbours that must stay
+    const double init[4] = {-7.0, 0.25, 0.5, 11.0};
+    buf sums = f64s(init, 4);
+    cpu->distill_loss(cpu, (double *)sums.c + 1, logits.c, tl.c, targets.c, weights.c, M, V, 0.5f, 2.0f, 0.1f);
+    gpu->distill_loss(gpu, (double *)sums.g + 1, logits.g, tl.g, targets.g, weights.g, M, V, 0.5f, 2.0f, 0.1f);
     char name[48];
     snprintf(name, sizeof name, "distill_loss grad %s", tag);
     compare(name, logits);
     snprintf(name, sizeof name, "distill_loss sums %s", tag);
-    report(name, t_rel_err(sg, sc, 2, FLOOR));
+    report(name, f64_err(sums));
+    double hs[4];
+    gpu->download(gpu, hs, sums.g, 4, ES_DT_F64);
+    CHECK(hs[0] == -7.0 && hs[3] == 11.0 && hs[1] == (float)hs[1] && hs[2] == (float)hs[2] && hs[1] > 0.25,
+          "distill_loss %s: device sums %.17g %.17g (neighbours %g %g)", tag, hs[1], hs[2], hs[0], hs[3]);
+    drop(sums);
     drop(targets);
     drop(weights);
     drop(logits);
@@ -506,49 +535,114 @@ static void test_loss_topk(int M, int V, int K) {
     put(weights, wh);
     put(tlogp, lp);
     buf logits = rnd((size_t)M * V, 3.0f, ES_DT_COMPUTE, ES_MEM_ACTS);
-    float sc[2] = {0}, sg[2] = {0};
+    const double zero[2] = {0, 0};
+    buf sums = f64s(zero, 2);
     CHECK(gpu->distill_loss_topk != NULL, "cuda backend lacks distill_loss_topk");
-    cpu->distill_loss_topk(cpu, sc, logits.c, tids.c, tlogp.c, targets.c, weights.c, M, V, K, 0.5f,
+    cpu->distill_loss_topk(cpu, sums.c, logits.c, tids.c, tlogp.c, targets.c, weights.c, M, V, K, 0.5f,
                            0.1f);
-    gpu->distill_loss_topk(gpu, sg, logits.g, tids.g, tlogp.g, targets.g, weights.g, M, V, K, 0.5f,
+    gpu->distill_loss_topk(gpu, sums.g, logits.g, tids.g, tlogp.g, targets.g, weights.g, M, V, K, 0.5f,
                            0.1f);
     compare("distill_loss_topk grad", logits);
-    report("distill_loss_topk sums", t_rel_err(sg, sc, 2, FLOOR));
-    buf b[] = {targets, tids, weights, tlogp, logits};
-    for (size_t i = 0; i < 5; i++) drop(b[i]);
+    report("distill_loss_topk sums", f64_err(sums));
+    buf b[] = {targets, tids, weights, tlogp, logits, sums};
+    for (size_t i = 0; i < 6; i++) drop(b[i]);
     free(tg);
     free(ids);
     free(wh);
     free(lp);
 }
 
+// The gradient's sum of squares into a device scalar (poisoned first), the
+// count of non-finite statistics, and the multi-tensor AdamW over a table of
+// tensors with gaps (fp32 masters, bf16 params poisoned): step 2 clips, on
+// the device, from the sum of squares; step 4 is skipped by the count, step 5
+// by a NaN norm, and neither may change anything.
 static void test_optim(void) {
     size_t n = 1000003;
     buf g = rnd(n, 1.0f, ES_DT_F32, ES_MEM_GRADS);
-    double sc = cpu->sumsq(cpu, g.c, n), sg = gpu->sumsq(gpu, g.g, n);
-    report("sumsq", fabs(sg - sc) / sc);
+    const double poison[1] = {NAN};
+    buf ss = f64s(poison, 1);
+    cpu->sumsq(cpu, ss.c, g.c, n);
+    gpu->sumsq(gpu, ss.g, g.g, n);
+    report("sumsq", f64_err(ss));
+    const double stats[5] = {1.0, NAN, 2.0, -INFINITY, 3.0};
+    buf st = f64s(stats, 5), cnt = nan_buf(1, ES_DT_F32, ES_MEM_WORKSPACE);
+    cpu->count_nonfinite(cpu, cnt.c, st.c, 5);
+    gpu->count_nonfinite(gpu, cnt.g, st.g, 5);
+    compare("count_nonfinite", cnt);
+    float hc;
+    gpu->download(gpu, &hc, cnt.g, 1, ES_DT_F32);
+    CHECK(hc == 2.0f, "count_nonfinite: %g, want 2", hc);
+    // tensors: gaps between them, one of a single element, one crossing many tiles
+    const es_adamw_seg segs[] = {{.offset = 0, .count = 400000, .decay = 1},     {.offset = 400000, .count = 1, .decay = 0},
+                                 {.offset = 400100, .count = 4097, .decay = 1},  {.offset = 404197, .count = 2048, .decay = 0},
+                                 {.offset = 410000, .count = 589000, .decay = 1}};
+    const int nsegs = (int)(sizeof segs / sizeof segs[0]);
+    buf tab = mk((size_t)nsegs * ES_ADAMW_SEG_I32, ES_DT_I32, ES_MEM_INDEX);
+    cpu->upload(cpu, tab.c, segs, tab.n, ES_DT_I32);
+    gpu->upload(gpu, tab.g, segs, tab.n, ES_DT_I32);
     buf master = rnd(n, 1.0f, ES_DT_F32, ES_MEM_OPTIM);
+    // params: NaN where the update must write, 7 in the gaps it must leave alone
     buf params = mk(n, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
-    float *h = es_xmalloc(n * sizeof(float));
-    t_poison(h, n);
-    put(params, h);
-    free(h);
+    float *hp = es_xmalloc(n * sizeof *hp);
+    for (size_t i = 0; i < n; i++) hp[i] = 7.0f;
+    for (int k = 0; k < nsegs; k++) t_poison(hp + segs[k].offset, segs[k].count);
+    put(params, hp);
+    free(hp);
     buf m = rnd(n, 0.1f, ES_DT_F32, ES_MEM_OPTIM), v = mk(n, ES_DT_F32, ES_MEM_OPTIM);
+    buf skip = mk(1, ES_DT_F32, ES_MEM_WORKSPACE);
     cpu->zero(cpu, v.c, n, ES_DT_F32);
     gpu->zero(gpu, v.g, n, ES_DT_F32);
-    for (int step = 1; step <= 3; step++) {
-        float gs = step == 2 ? 0.37f : 1.0f;  // step 2 clips
-        cpu->adamw(cpu, params.c, master.c, g.c, m.c, v.c, n, gs, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.05f,
-                   step);
-        gpu->adamw(gpu, params.g, master.g, g.g, m.g, v.g, n, gs, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.05f,
-                   step);
+    double norm;
+    cpu->download(cpu, &norm, ss.c, 1, ES_DT_F64);
+    norm = sqrt(norm);
+    float *keep = NULL;
+    for (int step = 1; step <= 5; step++) {
+        float one = step == 4 ? 1.0f : 0.0f;
+        put(skip, &one);
+        if (step == 5) {  // a NaN norm
+            cpu->upload(cpu, ss.c, poison, 1, ES_DT_F64);
+            gpu->upload(gpu, ss.g, poison, 1, ES_DT_F64);
+        }
+        if (step == 4) keep = host_of(gpu, master.g, n, ES_DT_F32);
+        es_adamw_args a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .wd = 0.05f,
+                           .clip = step == 2 ? (float)(0.37 * norm) : 0.0f,  // step 2 clips
+                           .bc1 = (float)(1.0 - pow(0.9f, step)), .bc2 = (float)(1.0 - pow(0.95f, step))};
+        cpu->adamw(cpu, params.c, master.c, g.c, m.c, v.c, tab.c, nsegs, n, ss.c, skip.c, &a);
+        gpu->adamw(gpu, params.g, master.g, g.g, m.g, v.g, tab.g, nsegs, n, ss.g, skip.g, &a);
     }
     compare("adamw params", params);
     compare("adamw master", master);
     compare("adamw m", m);
     compare("adamw v", v);
-    buf b[] = {g, master, params, m, v};
-    for (size_t i = 0; i < 5; i++) drop(b[i]);
+    float *after = host_of(gpu, master.g, n, ES_DT_F32);
+    CHECK(!memcmp(keep, after, n * sizeof(float)), "adamw: a skipped step changed the master weights");
+    free(keep);
+    free(after);
+    buf b[] = {g, ss, st, cnt, tab, master, params, m, v, skip};
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) drop(b[i]);
+}
+
+// Asynchronous uploads from a pinned block: what arrives is what the block
+// held at the call, once host_wait says the device has read it, even when the
+// host writes the block right after.
+static void test_upload_async(void) {
+    const size_t n = 1 << 20;
+    int32_t *h = gpu->host_alloc(gpu, n * sizeof *h);
+    CHECK(h != NULL, "host_alloc: %s", es_last_error());
+    if (!h) return;
+    int32_t *want = es_xmalloc(n * sizeof *want), *got = es_xmalloc(n * sizeof *got);
+    void *d = gpu->alloc(gpu, n, ES_DT_I32, ES_MEM_INDEX);
+    for (size_t i = 0; i < n; i++) h[i] = want[i] = (int32_t)es_rng_u64(&rng);
+    gpu->upload_async(gpu, d, h, n, ES_DT_I32);
+    gpu->host_wait(gpu, h);
+    for (size_t i = 0; i < n; i++) h[i] = -1;
+    gpu->download(gpu, got, d, n, ES_DT_I32);
+    CHECK(!memcmp(got, want, n * sizeof *got), "upload_async: the device did not get the block's values");
+    gpu->free(gpu, d);
+    gpu->host_free(gpu, h);
+    free(want);
+    free(got);
 }
 
 // Generation ops on B sequences of different lengths, each owning a block of
@@ -745,6 +839,7 @@ int main(int argc, char **argv) {
     test_loss(12, 5003, 0, "CE only");
     test_loss_topk(12, 5003, 64);
     test_optim();
+    test_upload_async();
 
     // Everything allocated above was freed; only op scratch remains.
     for (int k = 0; k < ES_MEM_KINDS; k++)

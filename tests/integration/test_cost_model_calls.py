@@ -30,3 +30,7 @@ def test_bench_calls_are_the_cost_models(tmp_path, corpus):
         got = ops.get(op, {}).get("calls_per_step", 0)
         assert got == m.ops[op][3] * mbs, (op, got, m.ops[op][3], mbs)
     assert ops["add_rmsnorm_fwd"]["calls_per_step"] == 2 * 3 * mbs and "add" not in ops
+    # the update: one AdamW call for all tensors, as the model counts it; the
+    # batch goes up asynchronously, nothing through the synchronous upload
+    assert ops["adamw"]["calls_per_step"] == m.ops["adamw"][3] == 1
+    assert ops["upload_async"]["calls_per_step"] > 0 and "upload" not in ops

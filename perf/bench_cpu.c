@@ -2,7 +2,8 @@
 // head on every supervised row, backward, AdamW) of a randomly initialised
 // model on B = 4 documents of T = 64 random tokens, fully supervised, on the
 // CPU backend. Prints ms/step, achieved GFLOP/s and its fraction of this
-// machine's sgemm rate measured in the same run, and the time share per op.
+// machine's sgemm rate measured in the same run, the memory bandwidth, and
+// the time share per op (with GB/s for the optimizer's memory-bound passes).
 //
 //   build/perf/bench_cpu [--steps N] [--warmup W] MODEL_CONFIG.json ...
 #include <stdlib.h>
@@ -49,6 +50,35 @@ static double sgemm_rate(es_backend *be) {
     return best;
 }
 
+// Best bandwidth of the backend's own add (out = a + b, 12 bytes an element)
+// over buffers far larger than the caches: the ceiling of the step's
+// memory-bound passes (zero, sumsq, adamw) on this machine.
+static double memory_rate(es_backend *be) {
+    enum { REPS = 5 };
+    const size_t n = (size_t)32 << 20;  // 128 MiB a buffer
+    void *a = be->alloc(be, n, ES_DT_COMPUTE, ES_MEM_WORKSPACE);
+    void *b = be->alloc(be, n, ES_DT_COMPUTE, ES_MEM_WORKSPACE);
+    void *c = be->alloc(be, n, ES_DT_COMPUTE, ES_MEM_WORKSPACE);
+    double best = 0;
+    if (a && b && c) {
+        be->zero(be, a, n, ES_DT_COMPUTE);
+        be->zero(be, b, n, ES_DT_COMPUTE);
+        be->zero(be, c, n, ES_DT_COMPUTE);
+        for (int i = 0; i <= REPS; i++) {
+            be->sync(be);
+            double t0 = es_now();
+            be->add(be, c, a, b, n);
+            be->sync(be);
+            double dt = es_now() - t0;
+            if (i && dt > 0 && 12.0 * (double)n / dt > best) best = 12.0 * (double)n / dt;
+        }
+    }
+    be->free(be, a);
+    be->free(be, b);
+    be->free(be, c);
+    return best;
+}
+
 // B documents of T random tokens, every position but each document's last supervised.
 static void make_batch(es_microbatch *mb, int V, es_rng *r) {
     mb->n = N, mb->ndocs = B, mb->nsup = 0;
@@ -91,6 +121,14 @@ static int step(bench *s) {
     if (!(h[1] == h[1]) || !(h[0] == h[0])) return es_fail("bench: non-finite loss or gradient");
     s->opt.step++;
     return ES_OK;
+}
+
+// Bytes the fp32 optimizer passes stream per step over P parameters: sumsq
+// reads the gradients, adamw reads p, g, m, v and writes p, m, v. 0 for every
+// other op (zero also clears buffers other than the gradients).
+static double optim_bytes(int op, size_t P) {
+    double per = op == ES_OP_sumsq ? 4 : op == ES_OP_adamw ? 28 : 0;
+    return per * (double)P;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -142,7 +180,7 @@ static int bench_model(es_backend *be, const char *path, int steps, int warmup) 
             double total = es_now() - t0;
             es_op_timer_detach(&ot);
             if (rc == ES_OK) {
-                double peak = sgemm_rate(be);
+                double peak = sgemm_rate(be), bw = memory_rate(be);
                 double flops = es_flops_train(&cfg, NULL, s.mb.cu_seqlens, B, s.mb.nsup);
                 qsort(ms, (size_t)steps, sizeof *ms, cmp_double);
                 double med = ms[steps / 2], rate = flops / (med / 1e3);
@@ -151,6 +189,7 @@ static int bench_model(es_backend *be, const char *path, int steps, int warmup) 
                 printf("  %.1f ms/step (median of %d, min %.1f), %.3g FLOPs/step, %.1f GFLOP/s, sgemm %.1f GFLOP/s "
                        "measured now: %.0f%% of it\n",
                        med, steps, ms[0], flops, rate / 1e9, peak / 1e9, 100 * rate / peak);
+                printf("  memory bandwidth %.1f GB/s measured now (the backend's add over 3 x 128 MiB)\n", bw / 1e9);
                 printf("  peak memory (engine) %.1f MiB, process RSS %.1f MiB\n", be->mem_peak_total / 1048576.0,
                        es_rss_peak_bytes() / 1048576.0);
                 printf("  time per op (one step under the timer, %.1f ms):\n", 1e3 * total);
@@ -158,6 +197,8 @@ static int bench_model(es_backend *be, const char *path, int steps, int warmup) 
                     if (!ot.calls[i]) continue;
                     printf("    %-18s %5.1f%% %9.1f ms", es_op_names[i], 100 * ot.seconds[i] / total, 1e3 * ot.seconds[i]);
                     if (ot.flops[i] > 0) printf("  %.1f GFLOP/s", ot.flops[i] / ot.seconds[i] / 1e9);
+                    double bytes = optim_bytes(i, s.m.layout.total);
+                    if (bytes > 0) printf("  %.1f GB/s", bytes / ot.seconds[i] / 1e9);
                     printf("\n");
                 }
                 printf("    %-18s %5.1f%%\n", "other (host)", 100 * (total - es_op_timer_total(&ot)) / total);

@@ -49,17 +49,25 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--tiny", action="store_true", help="shrink the model to a few layers (a CPU smoke run)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--packing", default="auto", choices=["auto", "perdoc", "mask"],
+    p.add_argument("--packing", default="auto", choices=["auto", "perdoc", "mask", "batch"],
                    help="auto: varlen with flash-attn, else one document at a time; mask: one "
-                        "sequence under a block-diagonal causal mask")
+                        "sequence under a block-diagonal causal mask; batch: documents of --doc-len "
+                        "tokens as one (B, T) batch, how a user trains equal lengths")
+    p.add_argument("--doc-len", type=int, help="documents of this many tokens (needed by --packing batch)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.tokens < 2:
         p.error("--steps must be >= 1, --warmup >= 0 and --tokens >= 2")
+    if (args.packing == "batch") != (args.doc_len is not None):
+        p.error("--packing batch and --doc-len go together")
+    if args.doc_len is not None and not 2 <= args.doc_len <= args.tokens:
+        p.error(f"--doc-len {args.doc_len} must be in [2, --tokens]")
     return args
 
 
 def doc_lengths(args, vocab):
     """Lengths of the packed documents, summing to about args.tokens."""
+    if args.doc_len:
+        return [args.doc_len] * (args.tokens // args.doc_len)
     if args.shard:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import shard_io  # noqa: E402 (tools/ is not a package)
@@ -172,7 +180,10 @@ def main(argv=None):
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=bf16):
-            if varlen or mask is not None:
+            if args.packing == "batch":
+                out = model(input_ids=ids.view(len(lens), -1), labels=ids.view(len(lens), -1))
+                out.loss.backward()
+            elif varlen or mask is not None:
                 out = model(input_ids=ids[None], position_ids=pos[None], labels=labels[None],
                             attention_mask=mask)
                 out.loss.backward()
@@ -180,6 +191,7 @@ def main(argv=None):
                 for a, n in zip(starts, lens):
                     out = model(input_ids=ids[None, a:a + n], labels=ids[None, a:a + n])
                     (out.loss * ((n - 1) / ntargets)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as essence's step: norm, clipping, AdamW
         opt.step()
         return out.loss.detach()
 
@@ -216,7 +228,9 @@ def main(argv=None):
         peak = next((tf * 1e12 for key, tf in PEAKS if key in name), None)
     res = {
         "engine": "transformers", "device": name, "model": Path(args.config).stem + (" (tiny)" if args.tiny else ""),
-        "params": nparams, "attn": attn + (" varlen" if varlen else " block mask" if mask is not None else " per document"), "docs": len(lens),
+        "params": nparams, "attn": attn + (" varlen" if varlen else " block mask" if mask is not None
+                                          else " batch" if args.packing == "batch" else " per document"),
+        "docs": len(lens),
         "optimizer": opt_name, "autocast": "bf16" if bf16 else None,
         "tokens_per_step": ntok, "ms_per_step": 1e3 * seconds, "tokens_per_s": ntok / seconds,
         "flops_per_step": flops, "mfu": flops / seconds / peak if peak else None,

@@ -1,0 +1,223 @@
+// Low-precision copies of matmul weights for decoding (es_backend.pack_weights):
+// bf16, or int8 with one scale per row. A decode step multiplies a few rows by
+// every weight once, so it is bound by the weights' bytes; these kernels read
+// 2 or 1 bytes per weight, expand them to fp32 in registers and accumulate in
+// fp32. Each output is one dot product whose order of operations depends on
+// neither the batch nor the thread count.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "cpu_ops.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LOWP_AVX2 1
+#else
+#define LOWP_AVX2 0
+#endif
+
+// Products with more rows than this (prefill) keep sgemm on the fp32 weights,
+// which is compute-bound there and faster.
+#define LOWP_MAX_N 16
+
+struct cpu_lowp {
+    const void *w;  // the fp32 matrix this copy stands for: the lookup key
+    int OC, C;
+    es_wfmt fmt;
+    void *q;       // (OC, C) bf16 (uint16) or int8
+    float *scale;  // (OC) int8 only
+};
+
+// Index of the first entry whose key is >= w (entries sorted by key).
+static int lowp_lower(const cpu_ctx *ctx, const void *w) {
+    int lo = 0, hi = ctx->nlowp;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if ((const char *)ctx->lowp[mid].w < (const char *)w) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static void quantize_bf16(uint16_t *q, const float *w, size_t n) {
+    for (size_t i = 0; i < n; i++) q[i] = es_f32_to_bf16(w[i]);
+}
+
+static void quantize_int8(int8_t *q, float *scale, const float *w, int C) {
+    float amax = 0.0f;
+    for (int c = 0; c < C; c++) amax = fmaxf(amax, fabsf(w[c]));
+    *scale = amax / 127.0f;
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int c = 0; c < C; c++) q[c] = (int8_t)lrintf(fminf(fmaxf(w[c] * inv, -127.0f), 127.0f));
+}
+
+static void lowp_release(es_backend *be, struct cpu_lowp *e) {
+    be->free(be, e->q);
+    be->free(be, e->scale);
+}
+
+int cpu_pack_weights(es_backend *be, const void *w_, int OC, int C, es_wfmt fmt) {
+    cpu_ctx *ctx = be->ctx;
+    const float *w = w_;
+    if (fmt != ES_WFMT_BF16 && fmt != ES_WFMT_INT8)
+        return es_fail("cpu backend: no packed weights of format %d", (int)fmt);
+    size_t n = (size_t)OC * C, bytes = fmt == ES_WFMT_BF16 ? 2 * n : n;
+    struct cpu_lowp e = {w, OC, C, fmt, NULL, NULL};
+    e.q = be->alloc(be, (bytes + 3) / 4, ES_DT_F32, ES_MEM_WEIGHTS);
+    if (fmt == ES_WFMT_INT8) e.scale = be->alloc(be, (size_t)OC, ES_DT_F32, ES_MEM_WEIGHTS);
+    if (!e.q || (fmt == ES_WFMT_INT8 && !e.scale)) {
+        lowp_release(be, &e);
+        return ES_ERR;
+    }
+    #pragma omp parallel for schedule(static)
+    for (int o = 0; o < OC; o++) {
+        const float *row = w + (size_t)o * C;
+        if (fmt == ES_WFMT_BF16) quantize_bf16((uint16_t *)e.q + (size_t)o * C, row, (size_t)C);
+        else quantize_int8((int8_t *)e.q + (size_t)o * C, e.scale + o, row, C);
+    }
+    int i = lowp_lower(ctx, w);
+    if (i < ctx->nlowp && ctx->lowp[i].w == w) {  // packed again: the new copy replaces it
+        lowp_release(be, &ctx->lowp[i]);
+        ctx->lowp[i] = e;
+        return ES_OK;
+    }
+    if (ctx->nlowp == ctx->cap_lowp) {
+        ctx->cap_lowp = ctx->cap_lowp ? 2 * ctx->cap_lowp : 64;
+        struct cpu_lowp *grown = es_xmalloc((size_t)ctx->cap_lowp * sizeof *grown);
+        if (ctx->nlowp) memcpy(grown, ctx->lowp, (size_t)ctx->nlowp * sizeof *grown);
+        free(ctx->lowp);
+        ctx->lowp = grown;
+    }
+    memmove(ctx->lowp + i + 1, ctx->lowp + i, (size_t)(ctx->nlowp - i) * sizeof *ctx->lowp);
+    ctx->lowp[i] = e;
+    ctx->nlowp++;
+    return ES_OK;
+}
+
+void cpu_lowp_free(es_backend *be) {
+    cpu_ctx *ctx = be->ctx;
+    for (int i = 0; i < ctx->nlowp; i++) lowp_release(be, &ctx->lowp[i]);
+    free(ctx->lowp);
+    ctx->lowp = NULL;
+    ctx->nlowp = ctx->cap_lowp = 0;
+}
+
+// Weight c of a packed row, as fp32 (before the int8 row scale).
+static inline float lowp_at(es_wfmt fmt, const void *row, int c) {
+    return fmt == ES_WFMT_BF16 ? es_bf16_to_f32(((const uint16_t *)row)[c])
+                                  : (float)((const int8_t *)row)[c];
+}
+
+static inline const void *lowp_row(const struct cpu_lowp *e, int o) {
+    return e->fmt == ES_WFMT_BF16 ? (const void *)((const uint16_t *)e->q + (size_t)o * e->C)
+                                  : (const void *)((const int8_t *)e->q + (size_t)o * e->C);
+}
+
+#if LOWP_AVX2
+// Rows and inputs per micro-kernel call: 4 x 2 accumulators, 4 expanded weight
+// vectors and 2 input vectors stay in the 16 ymm registers.
+#define KR 4
+#define KN 2
+
+static inline __m256 load8(es_wfmt fmt, const void *row, int c) {
+    if (fmt == ES_WFMT_BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + c));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)row + c));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// acc[r][j] = row r . x[j] over C (callers repeat a row or an input to fill
+// the block; every dot product takes the same steps).
+static inline __attribute__((always_inline)) void dot_block(float acc[KR][KN], es_wfmt fmt,
+                                                            const void *const rows[KR],
+                                                            const float *const x[KN], int C) {
+    __m256 s[KR][KN];
+    for (int r = 0; r < KR; r++)
+        for (int j = 0; j < KN; j++) s[r][j] = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 8 <= C; c += 8) {
+        __m256 w[KR], v[KN];
+        for (int r = 0; r < KR; r++) w[r] = load8(fmt, rows[r], c);
+        for (int j = 0; j < KN; j++) v[j] = _mm256_loadu_ps(x[j] + c);
+        for (int r = 0; r < KR; r++)
+            for (int j = 0; j < KN; j++) s[r][j] = _mm256_fmadd_ps(w[r], v[j], s[r][j]);
+    }
+    for (int r = 0; r < KR; r++)
+        for (int j = 0; j < KN; j++) acc[r][j] = hsum8(s[r][j]);
+    for (; c < C; c++)
+        for (int r = 0; r < KR; r++)
+            for (int j = 0; j < KN; j++)
+                acc[r][j] += lowp_at(fmt, rows[r], c) * x[j][c];
+}
+
+// out (N, OC) = inp (N, C) @ rows [o0, o0 + KR) of e, for one format.
+static inline __attribute__((always_inline)) void rows_block(float *out, const float *inp,
+                                                             const struct cpu_lowp *e,
+                                                             const float *bias, int N, int o0,
+                                                             es_wfmt fmt) {
+    const int C = e->C, OC = e->OC;
+    const void *rows[KR];
+    for (int r = 0; r < KR; r++) rows[r] = lowp_row(e, o0 + r < OC ? o0 + r : OC - 1);
+    for (int n0 = 0; n0 < N; n0 += KN) {
+        const float *x[KN];
+        for (int j = 0; j < KN; j++) x[j] = inp + (size_t)(n0 + j < N ? n0 + j : N - 1) * C;
+        float acc[KR][KN];
+        dot_block(acc, fmt, rows, x, C);
+        for (int r = 0; r < KR && o0 + r < OC; r++)
+            for (int j = 0; j < KN && n0 + j < N; j++) {
+                float y = acc[r][j];
+                if (fmt == ES_WFMT_INT8) y *= e->scale[o0 + r];
+                out[(size_t)(n0 + j) * OC + o0 + r] = y + (bias ? bias[o0 + r] : 0.0f);
+            }
+    }
+}
+
+static void lowp_matmul(float *out, const float *inp, const struct cpu_lowp *e, const float *bias,
+                        int N) {
+    int blocks = (e->OC + KR - 1) / KR;
+    #pragma omp parallel for schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        if (e->fmt == ES_WFMT_BF16) rows_block(out, inp, e, bias, N, b * KR, ES_WFMT_BF16);
+        else rows_block(out, inp, e, bias, N, b * KR, ES_WFMT_INT8);
+    }
+}
+#else
+// Portable: one row at a time, in order.
+static void lowp_matmul(float *out, const float *inp, const struct cpu_lowp *e, const float *bias,
+                        int N) {
+    const int C = e->C, OC = e->OC;
+    #pragma omp parallel for schedule(static)
+    for (int o = 0; o < OC; o++) {
+        const void *row = lowp_row(e, o);
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C;
+            float y = 0.0f;
+            for (int c = 0; c < C; c++) y += lowp_at(e->fmt, row, c) * x[c];
+            if (e->fmt == ES_WFMT_INT8) y *= e->scale[o];
+            out[(size_t)n * OC + o] = y + (bias ? bias[o] : 0.0f);
+        }
+    }
+}
+#endif
+
+int cpu_lowp_matmul(es_backend *be, float *out, const float *inp, const void *w, const float *bias,
+                    int N, int C, int OC) {
+    const cpu_ctx *ctx = be->ctx;
+    if (N > LOWP_MAX_N || !ctx->nlowp) return 0;
+    int i = lowp_lower(ctx, w);
+    if (i == ctx->nlowp || ctx->lowp[i].w != w || ctx->lowp[i].OC != OC || ctx->lowp[i].C != C)
+        return 0;
+    lowp_matmul(out, inp, &ctx->lowp[i], bias, N);
+    return 1;
+}

@@ -206,8 +206,8 @@ struct es_backend {
     // decode steps; the backend sets the bound, larger products keep w) reads
     // a copy of w in fmt (not ES_WFMT_F32) instead: a decode step reads every
     // weight once, so its time is the weights' bytes. w must not change
-    // afterwards; the copy lives until the backend is destroyed. NULL on a
-    // backend without it; ES_ERR when out of memory.
+    // afterwards; the copy lives until w's buffer is freed. NULL on a backend
+    // without it; ES_ERR when out of memory.
     int (*pack_weights)(es_backend *be, const void *w, int OC, int C, es_wfmt fmt);
 
     // ---- collectives across data-parallel ranks -------------------------

@@ -44,6 +44,7 @@ static void cpu_free(es_backend *be, void *p) {
     if (!p) return;
     char *base = (char *)p - CPU_ALIGN;
     const cpu_block *hdr = (const cpu_block *)base;
+    if (((cpu_ctx *)be->ctx)->nlowp) cpu_lowp_drop(be, p, hdr->bytes);  // no stale copy outlives it
     es_mem_tally(be, hdr->kind, hdr->bytes, -1);
     free(base);
 }

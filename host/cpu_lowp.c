@@ -45,12 +45,25 @@ static void quantize_bf16(uint16_t *q, const float *w, size_t n) {
     for (size_t i = 0; i < n; i++) q[i] = es_f32_to_bf16(w[i]);
 }
 
+// Written to vectorise: max |w| as the largest magnitude bit pattern (finite
+// floats order as their bits do), ternaries rather than fmaxf/fminf (calls,
+// for their NaN rules).
 static void quantize_int8(int8_t *q, float *scale, const float *w, int C) {
-    float amax = 0.0f;
-    for (int c = 0; c < C; c++) amax = fmaxf(amax, fabsf(w[c]));
+    uint32_t bits = 0;
+    for (int c = 0; c < C; c++) {
+        uint32_t u;
+        memcpy(&u, &w[c], 4);
+        u &= 0x7fffffffu;
+        bits = u > bits ? u : bits;
+    }
+    float amax;
+    memcpy(&amax, &bits, 4);
     *scale = amax / 127.0f;
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    for (int c = 0; c < C; c++) q[c] = (int8_t)lrintf(fminf(fmaxf(w[c] * inv, -127.0f), 127.0f));
+    for (int c = 0; c < C; c++) {
+        float x = rintf(w[c] * inv);
+        q[c] = (int8_t)(int)(x > 127.0f ? 127.0f : x < -127.0f ? -127.0f : x);
+    }
 }
 
 static void lowp_release(es_backend *be, struct cpu_lowp *e) {
@@ -94,6 +107,15 @@ int cpu_pack_weights(es_backend *be, const void *w_, int OC, int C, es_wfmt fmt)
     ctx->lowp[i] = e;
     ctx->nlowp++;
     return ES_OK;
+}
+
+void cpu_lowp_drop(es_backend *be, const void *p, size_t bytes) {
+    cpu_ctx *ctx = be->ctx;
+    int i = lowp_lower(ctx, p), j = i;
+    while (j < ctx->nlowp && (const char *)ctx->lowp[j].w < (const char *)p + bytes)
+        lowp_release(be, &ctx->lowp[j++]);
+    memmove(ctx->lowp + i, ctx->lowp + j, (size_t)(ctx->nlowp - j) * sizeof *ctx->lowp);
+    ctx->nlowp -= j - i;
 }
 
 void cpu_lowp_free(es_backend *be) {

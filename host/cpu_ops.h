@@ -23,8 +23,10 @@ void cpu_sgemm(es_backend *be, int ta, int tb, int M, int N, int K, float alpha,
 // Measured sgemm rate in FLOP/s (a few milliseconds of square products).
 double cpu_sgemm_rate(es_backend *be);
 
-// es_backend.pack_weights; cpu_lowp_free releases every packed copy.
+// es_backend.pack_weights. cpu_lowp_drop releases the packed copies of the
+// matrices inside [p, p + bytes) (a buffer being freed), cpu_lowp_free all.
 int cpu_pack_weights(es_backend *be, const void *w, int OC, int C, es_wfmt fmt);
+void cpu_lowp_drop(es_backend *be, const void *p, size_t bytes);
 void cpu_lowp_free(es_backend *be);
 // out (N, OC) = inp (N, C) @ w^T + bias from w's packed copy, when w has one
 // and N is a decode-sized batch: returns 1; otherwise 0 and nothing is done.

@@ -237,10 +237,29 @@ static void check_fixture(const char *name, es_wfmt fmt, tally *tl) {
     cJSON_Delete(fx);
 }
 
+// A backend without packed weights (CUDA's) refuses them by name; fp32 runs.
+static void check_refused(void) {
+    es_backend *be = es_backend_cpu_create();
+    be->pack_weights = NULL;
+    es_config c = t_config(ES_ARCH_QWEN3, (t_sizes){.vocab = 37, .hidden = 16, .layers = 1, .heads = 2,
+                                                    .kv_heads = 1, .head_dim = 8, .ffn = 24, .max_pos = 16});
+    es_model m;
+    es_gen g;
+    CHECK(es_model_create(&m, &c, be, 4, 0) == ES_OK, "%s", es_last_error());
+    CHECK(es_gen_create(&g, &m, 1, 8) == ES_OK, "%s", es_last_error());
+    CHECK(es_gen_weights(&g, ES_WFMT_BF16) == ES_ERR && strstr(es_last_error(), "cpu backend has no bf16"),
+          "refusal: %s", es_last_error());
+    CHECK(es_gen_weights(&g, ES_WFMT_F32) == ES_OK, "fp32: %s", es_last_error());
+    es_gen_free(&g);
+    es_model_free(&m);
+    be->destroy(be);
+}
+
 int main(void) {
     es_rng rng;
     es_rng_seed(&rng, 77);
     check_kernels(&rng);
+    check_refused();
     const char *const fixtures[] = T_FIXTURE_CASES;
     for (es_wfmt f = ES_WFMT_BF16; f <= ES_WFMT_INT8; f++) {
         tally tl = {0};

@@ -138,12 +138,10 @@ static inline const void *lowp_row(const struct cpu_lowp *e, int o) {
 }
 
 #if LOWP_AVX2
-// Rows and inputs per micro-kernel call: 4 x 2 accumulators, 4 expanded weight
-// vectors and 2 input vectors stay in the 16 ymm registers.
-#define KR 4
-#define KN 2
+#define AI static inline __attribute__((always_inline))
+#define KR 4  // rows per task
 
-static inline __m256 load8(es_wfmt fmt, const void *row, int c) {
+AI __m256 load8(es_wfmt fmt, const void *row, int c) {
     if (fmt == ES_WFMT_BF16) {
         __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + c));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -152,56 +150,74 @@ static inline __m256 load8(es_wfmt fmt, const void *row, int c) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 }
 
-static inline float hsum8(__m256 v) {
+AI float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-// acc[r][j] = row r . x[j] over C (callers repeat a row or an input to fill
-// the block; every dot product takes the same steps).
-static inline __attribute__((always_inline)) void dot_block(float acc[KR][KN], es_wfmt fmt,
-                                                            const void *const rows[KR],
-                                                            const float *const x[KN], int C) {
-    __m256 s[KR][KN];
-    for (int r = 0; r < KR; r++)
-        for (int j = 0; j < KN; j++) s[r][j] = _mm256_setzero_ps();
+// y[r * kn + j] = row r . x[j] over C, for kr rows and kn inputs (constants
+// once inlined: kr x kn accumulators, kr expanded weights and kn inputs stay
+// in the 16 ymm registers). Every dot product takes the same steps whatever
+// the block, so an output depends on neither the batch nor the threads.
+AI void dot_block(float *y, es_wfmt fmt, const void *const *rows, const float *const *x, int C,
+                  const int kr, const int kn) {
+    __m256 s[4][4];
+    for (int r = 0; r < kr; r++)
+        for (int j = 0; j < kn; j++) s[r][j] = _mm256_setzero_ps();
     int c = 0;
     for (; c + 8 <= C; c += 8) {
-        __m256 w[KR], v[KN];
-        for (int r = 0; r < KR; r++) w[r] = load8(fmt, rows[r], c);
-        for (int j = 0; j < KN; j++) v[j] = _mm256_loadu_ps(x[j] + c);
-        for (int r = 0; r < KR; r++)
-            for (int j = 0; j < KN; j++) s[r][j] = _mm256_fmadd_ps(w[r], v[j], s[r][j]);
+        __m256 w[4], v[4];
+        for (int r = 0; r < kr; r++) w[r] = load8(fmt, rows[r], c);
+        for (int j = 0; j < kn; j++) v[j] = _mm256_loadu_ps(x[j] + c);
+        for (int r = 0; r < kr; r++)
+            for (int j = 0; j < kn; j++) s[r][j] = _mm256_fmadd_ps(w[r], v[j], s[r][j]);
     }
-    for (int r = 0; r < KR; r++)
-        for (int j = 0; j < KN; j++) acc[r][j] = hsum8(s[r][j]);
-    for (; c < C; c++)
-        for (int r = 0; r < KR; r++)
-            for (int j = 0; j < KN; j++)
-                acc[r][j] += lowp_at(fmt, rows[r], c) * x[j][c];
+    for (int r = 0; r < kr; r++)
+        for (int j = 0; j < kn; j++) {
+            float acc = hsum8(s[r][j]);
+            for (int t = c; t < C; t++) acc = fmaf(lowp_at(fmt, rows[r], t), x[j][t], acc);
+            y[r * kn + j] = acc;
+        }
 }
 
-// out (N, OC) = inp (N, C) @ rows [o0, o0 + KR) of e, for one format.
-static inline __attribute__((always_inline)) void rows_block(float *out, const float *inp,
-                                                             const struct cpu_lowp *e,
-                                                             const float *bias, int N, int o0,
-                                                             es_wfmt fmt) {
-    const int C = e->C, OC = e->OC;
+// Outputs [n0, n0 + kn) x rows[0, kr) of the block at row o0 (rows past OC
+// repeat the last one and are not stored). fmaf spelled out, so that no
+// block's inlined copy contracts differently from another's.
+AI void store_block(float *out, const float *y, const struct cpu_lowp *e, const float *bias,
+                    int n0, int o0, const int kr, const int kn) {
+    for (int r = 0; r < kr && o0 + r < e->OC; r++)
+        for (int j = 0; j < kn; j++) {
+            float b = bias ? bias[o0 + r] : 0.0f, v = y[r * kn + j];
+            out[(size_t)(n0 + j) * e->OC + o0 + r] =
+                e->fmt == ES_WFMT_INT8 ? fmaf(v, e->scale[o0 + r], b) : v + b;
+        }
+}
+
+// Rows and inputs taken together: 2 x 4 for groups of four inputs (fewest
+// weight expansions per FMA), and for the 1 to 3 left 4 x 1, 4 x 2, 2 x 3.
+AI void block(float *out, const float *inp, const struct cpu_lowp *e, const float *bias, int n0,
+              int o0, const void *const *rows, es_wfmt fmt, const int kr, const int kn) {
+    const float *x[4];
+    float y[16];
+    for (int j = 0; j < kn; j++) x[j] = inp + (size_t)(n0 + j) * e->C;
+    for (int r0 = 0; r0 < KR; r0 += kr) {
+        dot_block(y, fmt, rows + r0, x, e->C, kr, kn);
+        store_block(out, y, e, bias, n0, o0 + r0, kr, kn);
+    }
+}
+
+AI void rows_block(float *out, const float *inp, const struct cpu_lowp *e, const float *bias,
+                   int N, int o0, es_wfmt fmt) {
     const void *rows[KR];
-    for (int r = 0; r < KR; r++) rows[r] = lowp_row(e, o0 + r < OC ? o0 + r : OC - 1);
-    for (int n0 = 0; n0 < N; n0 += KN) {
-        const float *x[KN];
-        for (int j = 0; j < KN; j++) x[j] = inp + (size_t)(n0 + j < N ? n0 + j : N - 1) * C;
-        float acc[KR][KN];
-        dot_block(acc, fmt, rows, x, C);
-        for (int r = 0; r < KR && o0 + r < OC; r++)
-            for (int j = 0; j < KN && n0 + j < N; j++) {
-                float y = acc[r][j];
-                if (fmt == ES_WFMT_INT8) y *= e->scale[o0 + r];
-                out[(size_t)(n0 + j) * OC + o0 + r] = y + (bias ? bias[o0 + r] : 0.0f);
-            }
+    for (int r = 0; r < KR; r++) rows[r] = lowp_row(e, o0 + r < e->OC ? o0 + r : e->OC - 1);
+    int n0 = 0;
+    for (; n0 + 4 <= N; n0 += 4) block(out, inp, e, bias, n0, o0, rows, fmt, 2, 4);
+    switch (N - n0) {
+    case 1: block(out, inp, e, bias, n0, o0, rows, fmt, 4, 1); break;
+    case 2: block(out, inp, e, bias, n0, o0, rows, fmt, 4, 2); break;
+    case 3: block(out, inp, e, bias, n0, o0, rows, fmt, 2, 3); break;
     }
 }
 

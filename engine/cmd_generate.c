@@ -53,7 +53,7 @@ static void usage(FILE *f) {
             "{\"id\": ..., \"sample\": k, \"ids\": [...], \"finished\": true when stopped}.\n"
             "--weights: the matmul weights decode steps read (CPU): fp32 (default, the\n"
             "reference), bf16 or int8 with a scale per row (fewer bytes per token, faster;\n"
-            "prompts are still prefilled in fp32).\n");
+            "prefills of more than 16 tokens stay on fp32).\n");
 }
 
 static void prompts_free(prompt_set *ps) {

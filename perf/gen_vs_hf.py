@@ -125,7 +125,7 @@ def make_model(config, out, python, hf):
 
 
 def run_essence(binary, model, prompts, max_new, batch, weights, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="passive")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:
         p = subprocess.run([binary, "generate", "--model", model, "--in", prompts, "--out", f"{tmp}/out.jsonl",
                             "--max-new", str(max_new), "--batch", str(batch), "--weights", weights,

@@ -13,7 +13,7 @@ the bf16/int8 copies). Interleaving keeps a load change on a shared machine
 from landing on one side only. Prints each round, then the medians and the
 ratios essence / transformers.
 
-  python3 perf/gen_vs_hf.py [--rounds 3] [--batches 1 8] [--threads 2]
+  python3 perf/gen_vs_hf.py [--rounds 3] [--batches 1 8] [--threads 2] [--wait-policy passive]
       [--models configs/models/qwen3-0.6b.json configs/models/qwen3-teacher-small.json]
 
 --python names a Python with torch and transformers (default /tmp/tv/bin/python
@@ -124,8 +124,12 @@ def make_model(config, out, python, hf):
             path.write_text(json.dumps(c))
 
 
-def run_essence(binary, model, prompts, max_new, batch, weights, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+def side_env(threads, wait_policy):
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY=wait_policy)
+
+
+def run_essence(binary, model, prompts, max_new, batch, weights, threads, wait_policy):
+    env = side_env(threads, wait_policy)
     with tempfile.TemporaryDirectory() as tmp:
         p = subprocess.run([binary, "generate", "--model", model, "--in", prompts, "--out", f"{tmp}/out.jsonl",
                             "--max-new", str(max_new), "--batch", str(batch), "--weights", weights,
@@ -136,9 +140,9 @@ def run_essence(binary, model, prompts, max_new, batch, weights, threads):
     return dict(tok_s=float(m.group(1)), load_s=float(m.group(2)))
 
 
-def run_hf(python, model, prompts, max_new, threads):
+def run_hf(python, model, prompts, max_new, threads, wait_policy):
     p = subprocess.run([python, "-c", HF_SIDE, "run", model, prompts, str(max_new), str(threads)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=side_env(threads, wait_policy))
     if p.returncode:
         sys.exit(f"gen_vs_hf: transformers generate on {model} failed: {p.stderr.strip()[-500:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -160,6 +164,9 @@ def main(argv=None):
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--max-new", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for essence, torch threads for HF")
+    ap.add_argument("--wait-policy", default="passive", choices=["passive", "active"],
+                    help="OMP_WAIT_POLICY of both sides (passive: idle threads sleep; on a shared machine spinning "
+                         "threads stall a parallel region for a whole time slice)")
     ap.add_argument("--essence", default=str(ROOT / "build" / "essence"))
     ap.add_argument("--python", default="/tmp/tv/bin/python" if os.access("/tmp/tv/bin/python", os.X_OK)
                     else sys.executable, help="a Python with torch and transformers")
@@ -172,7 +179,8 @@ def main(argv=None):
     if not hf:
         print(f"gen_vs_hf: {args.python} has no torch/transformers: the transformers side is skipped",
               file=sys.stderr)
-    print(f"machine: {machine()}, {args.threads} threads; prompts of {args.prompt_len} tokens, "
+    print(f"machine: {machine()}, {args.threads} threads, OMP_WAIT_POLICY={args.wait_policy}; "
+          f"prompts of {args.prompt_len} tokens, "
           f"{args.max_new} new tokens, greedy", flush=True)
     work_tmp = None if args.work else tempfile.TemporaryDirectory()
     work = Path(args.work or work_tmp.name)
@@ -192,10 +200,11 @@ def main(argv=None):
                 line = f"{name} batch {batch} round {k + 1}:"
                 for f in args.formats:
                     es[f].append(run_essence(args.essence, str(mdir), str(prompts), args.max_new, batch, f,
-                                             args.threads))
+                                             args.threads, args.wait_policy))
                     line += f" essence {f} {es[f][-1]['tok_s']:.1f} tok/s (load {es[f][-1]['load_s']:.2f} s),"
                 if hf:
-                    hfr.append(run_hf(args.python, str(mdir), str(prompts), args.max_new, args.threads))
+                    hfr.append(run_hf(args.python, str(mdir), str(prompts), args.max_new, args.threads,
+                                      args.wait_policy))
                     line += f" transformers {hfr[-1]['tok_s']:.1f} tok/s (load {hfr[-1]['load_s']:.2f} s)"
                 print(line.rstrip(","), flush=True)
             r = {f: dict(tok_s=statistics.median(x["tok_s"] for x in es[f]),
@@ -216,7 +225,8 @@ def main(argv=None):
             print(summary.rstrip(";"), flush=True)
             results[f"{name}/b{batch}"] = r
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(machine=machine(), threads=args.threads, models=results),
+        Path(args.json).write_text(json.dumps(dict(machine=machine(), threads=args.threads,
+                                                   wait_policy=args.wait_policy, models=results),
                                               indent=1) + "\n")
     return 0
 

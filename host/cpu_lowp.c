@@ -21,6 +21,9 @@
 // Products with more rows than this (prefill) keep sgemm on the fp32 weights,
 // which is compute-bound there and faster.
 #define LOWP_MAX_N 16
+// Products smaller than this many multiply-adds (tens of microseconds) run on
+// one thread: waking sleeping threads would cost more than they save.
+#define LOWP_THREADED(e, N) ((size_t)(e)->OC * (size_t)(e)->C * (size_t)(N) >= ((size_t)1 << 20))
 
 struct cpu_lowp {
     const void *w;  // the fp32 matrix this copy stands for: the lookup key
@@ -224,7 +227,7 @@ AI void rows_block(float *out, const float *inp, const struct cpu_lowp *e, const
 static void lowp_matmul(float *out, const float *inp, const struct cpu_lowp *e, const float *bias,
                         int N) {
     int blocks = (e->OC + KR - 1) / KR;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (LOWP_THREADED(e, N))
     for (int b = 0; b < blocks; b++) {
         if (e->fmt == ES_WFMT_BF16) rows_block(out, inp, e, bias, N, b * KR, ES_WFMT_BF16);
         else rows_block(out, inp, e, bias, N, b * KR, ES_WFMT_INT8);
@@ -235,7 +238,7 @@ static void lowp_matmul(float *out, const float *inp, const struct cpu_lowp *e, 
 static void lowp_matmul(float *out, const float *inp, const struct cpu_lowp *e, const float *bias,
                         int N) {
     const int C = e->C, OC = e->OC;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (LOWP_THREADED(e, N))
     for (int o = 0; o < OC; o++) {
         const void *row = lowp_row(e, o);
         for (int n = 0; n < N; n++) {

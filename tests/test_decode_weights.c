@@ -5,6 +5,7 @@
 // of fp32 and greedy tokens equal to fp32's (and transformers').
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,13 +49,15 @@ static double dot_err(const float *got, const float *x, const float *wr, const f
     return worst;
 }
 
-static void check_kernels(es_rng *rng) {
-    enum { OC = 13, C = 43, NBIG = 64 };  // OC not a multiple of 4, C not of 8: every tail
+// One (OC, C) weight in each format on a fresh backend.
+static void check_kernels(es_rng *rng, int OC, int C) {
+    enum { NBIG = 64 };
     const es_wfmt fmts[] = {ES_WFMT_BF16, ES_WFMT_INT8};
     for (int f = 0; f < 2; f++) {
         es_backend *be = es_backend_cpu_create();
         float *w = be->alloc(be, (size_t)OC * C, ES_DT_COMPUTE, ES_MEM_WEIGHTS);
-        float *x = es_xmalloc((size_t)NBIG * C * sizeof *x), bias[OC];
+        float *x = es_xmalloc((size_t)NBIG * C * sizeof *x), *bias = es_xmalloc((size_t)OC * sizeof *bias);
+        float *one = es_xmalloc((size_t)OC * sizeof *one), *zero = es_xcalloc((size_t)OC, sizeof *zero);
         float *wr = es_xmalloc((size_t)OC * C * sizeof *wr);
         float *got = es_xmalloc((size_t)NBIG * OC * sizeof *got);
         float *ref = es_xmalloc((size_t)NBIG * OC * sizeof *ref);
@@ -70,16 +73,14 @@ static void check_kernels(es_rng *rng) {
         CHECK(!memcmp(got, ref, sizeof(float) * NBIG * OC), "%s: %d rows changed by packing", name,
               NBIG);
         // Decode-sized: the packed copy, to fp32 rounding of its own weights.
-        float one[OC];
         be->matmul_fwd(be, one, x + 2 * C, w, bias, 1, C, OC);
         for (int N = 1; N <= 16; N++) {
             t_poison(got, (size_t)N * OC);
             be->matmul_fwd(be, got, x, w, N % 2 ? bias : NULL, N, C, OC);
-            float zero[OC] = {0};
             double e = dot_err(got, x, wr, N % 2 ? bias : zero, N, C, OC);
             CHECK(e < 1e-5, "%s: N = %d: error %.3g against the rounded weights", name, N, e);
             if (N > 2 && N % 2)
-                CHECK(!memcmp(got + 2 * OC, one, sizeof one), "%s: row 2 depends on the batch (%d)",
+                CHECK(!memcmp(got + 2 * OC, one, (size_t)OC * sizeof *one), "%s: row 2 depends on the batch (%d)",
                       name, N);
         }
         // ... and not the fp32 weights: the copy is what is read.
@@ -100,9 +101,12 @@ static void check_kernels(es_rng *rng) {
         CHECK(t_rel_err(got, fp, 3 * OC, 1.0) < 1e-5, "%s: a stale copy outlived its buffer", name);
         free(fp);
         be->free(be, w);
-        printf("%s decode kernel: N 1..16 within 1e-5 of the rounded weights, prefill unchanged\n",
-               name);
+        printf("%s decode kernel (%d x %d): N 1..16 within 1e-5 of the rounded weights, prefill "
+               "unchanged\n", name, OC, C);
         free(x);
+        free(bias);
+        free(one);
+        free(zero);
         free(wr);
         free(got);
         free(ref);
@@ -258,7 +262,12 @@ static void check_refused(void) {
 int main(void) {
     es_rng rng;
     es_rng_seed(&rng, 77);
-    check_kernels(&rng);
+    check_kernels(&rng, 13, 43);  // OC not a multiple of 4, C not of 8: every tail, one thread
+    // Large enough to be split over threads (two, whatever OMP_NUM_THREADS says).
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(2);
+    check_kernels(&rng, 1030, 1032);
+    omp_set_num_threads(threads);
     check_refused();
     const char *const fixtures[] = T_FIXTURE_CASES;
     for (es_wfmt f = ES_WFMT_BF16; f <= ES_WFMT_INT8; f++) {

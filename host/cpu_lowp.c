@@ -18,8 +18,9 @@
 #define LOWP_AVX2 0
 #endif
 
-// Products with more rows than this (prefill) keep sgemm on the fp32 weights,
-// which is compute-bound there and faster.
+// Products with more rows than this (prefill) keep sgemm on the fp32 weights:
+// compute-bound there, sgemm is as fast at 16 rows and faster beyond
+// (perf/README.md, generation against transformers).
 #define LOWP_MAX_N 16
 // Products smaller than this many multiply-adds (tens of microseconds) run on
 // one thread: waking sleeping threads would cost more than they save.

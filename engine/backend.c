@@ -7,6 +7,8 @@
 #include "es_build.h"
 #include "peaks.h"
 
+const char *const es_wfmt_names[ES_WFMTS] = {"fp32", "bf16", "int8"};
+
 const char *const es_mem_kind_names[ES_MEM_KINDS] = {
     "weights", "gradients", "optimizer", "activations", "workspace", "index"};
 

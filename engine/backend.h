@@ -53,12 +53,20 @@ typedef struct {
     float lr, beta1, beta2, eps, wd, clip, bc1, bc2;
 } es_adamw_args;
 
+// Formats of the low-precision matmul weights a backend may keep for
+// decoding (pack_weights): bf16 rounded to nearest even from fp32, or int8
+// with one fp32 scale per output row (max |w| / 127, rounded to nearest).
+typedef enum { ES_WFMT_F32 = 0, ES_WFMT_BF16, ES_WFMT_INT8, ES_WFMTS } es_wfmt;
+
+extern const char *const es_wfmt_names[ES_WFMTS];  // "fp32", "bf16", "int8"
+
 typedef struct es_backend es_backend;
 
 struct es_backend {
     const char *name;  // "cpu", "cuda"
     void *ctx;         // backend private state
     int compute_is_f32;  // weights are fp32 (no separate master copy needed)
+    int host_buffers;    // buffers are host memory the engine may write through (the CPU's)
     // Dense matmul peak of the device, FLOP/s: the one figure MFU is measured
     // against by train and bench alike (es_backend_create sets it from
     // engine/peaks.c's table), and where it came from.
@@ -260,6 +268,15 @@ struct es_backend {
     void (*attention_decode)(es_backend *be, void *out, const void *q, const void *kcache,
                              const void *vcache, const void *start, const void *len, int B,
                              int H, int KVH, int D, int max_len);
+
+    // ---- low-precision weights for decoding (optional) --------------------
+    // From now on, matmul_fwd with this weight w (OC, C) and few rows (the
+    // decode steps; the backend sets the bound, larger products keep w) reads
+    // a copy of w in fmt (not ES_WFMT_F32) instead: a decode step reads every
+    // weight once, so its time is the weights' bytes. w must not change
+    // afterwards; the copy lives until w's buffer is freed. NULL on a backend
+    // without it; ES_ERR when out of memory.
+    int (*pack_weights)(es_backend *be, const void *w, int OC, int C, es_wfmt fmt);
 
     // ---- collectives across data-parallel ranks -------------------------
     // NULL on a backend without them; a single rank never calls them.

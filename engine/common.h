@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 // Library code never exits: it records one line describing the problem
 // (naming the file and the cause) and returns ES_ERR. The CLI prints it.
@@ -43,7 +44,20 @@ uint64_t es_rng_u64(es_rng *r);
 float es_rng_uniform(es_rng *r);   // [0, 1)
 float es_rng_normal(es_rng *r);    // N(0, 1)
 
-// bf16/fp16 <-> fp32 conversion (round-to-nearest-even for bf16).
-float es_bf16_to_f32(uint16_t h);
-uint16_t es_f32_to_bf16(float f);
+// bf16/fp16 <-> fp32 conversion (round-to-nearest-even for bf16). The bf16
+// ones are inline: loops over every weight call them, and vectorise then.
+static inline float es_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t es_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // keep NaN a NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
 float es_f16_to_f32(uint16_t h);

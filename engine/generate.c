@@ -66,6 +66,37 @@ void es_gen_free(es_gen *g) {
     memset(g, 0, sizeof *g);
 }
 
+int es_gen_weights(es_gen *g, es_wfmt fmt) {
+    es_model *m = g->model;
+    es_backend *be = m->be;
+    if (fmt == ES_WFMT_F32) return ES_OK;
+    if (!be->pack_weights)
+        return es_fail("generate: the %s backend has no %s decode weights (only fp32)", be->name,
+                       es_wfmt_names[fmt]);
+    const es_layout *lo = &m->layout;
+    for (int l = 0; l < m->cfg.layers; l++) {
+        const es_layer_params *lp = &lo->layer[l];
+        const int mats[] = {lp->q_w, lp->k_w, lp->v_w, lp->o_w, lp->gate_w, lp->up_w, lp->down_w};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
+            if (mats[i] < 0) continue;  // gpt2 has no gate
+            const es_param *p = &lo->params[mats[i]];
+            if (be->pack_weights(be, be->offset(be, m->params, p->offset, ES_DT_COMPUTE),
+                                 p->shape[0], p->shape[1], fmt))
+                return ES_ERR;
+        }
+    }
+    return be->pack_weights(be, es_model_lm_head(m), m->cfg.vocab, m->cfg.hidden, fmt);
+}
+
+int es_wfmt_parse(es_wfmt *fmt, const char *name) {
+    for (int f = 0; f < ES_WFMTS; f++)
+        if (!strcmp(name, es_wfmt_names[f])) {
+            *fmt = (es_wfmt)f;
+            return ES_OK;
+        }
+    return es_fail("generate: --weights expects fp32, bf16 or int8 (got '%s')", name);
+}
+
 static void upload_idx(es_gen *g, void *dst, size_t n) {
     g->model->be->upload(g->model->be, dst, g->h_idx, n, ES_DT_I32);
 }

@@ -24,6 +24,15 @@ typedef struct {
 // must have been created with max_tokens >= slots (its prefill capacity).
 int es_gen_create(es_gen *g, es_model *m, int slots, int max_len);
 void es_gen_free(es_gen *g);
+// Decode steps read the model's matmul weights (every layer's projections and
+// the LM head) in fmt from now on, through the backend's pack_weights (which
+// sets how many rows count as a decode step: on the CPU 16, so a prefill of
+// at most 16 tokens reads them too; longer prefills, and the embedding, keep
+// the model's own weights). ES_WFMT_F32 changes nothing. ES_ERR when the
+// backend has no such copies.
+int es_gen_weights(es_gen *g, es_wfmt fmt);
+// fmt from its name ("fp32", "bf16", "int8"); ES_ERR naming the value.
+int es_wfmt_parse(es_wfmt *fmt, const char *name);
 
 // Runs n prompts (ids[i] of lens[i] tokens) into the empty slots slot[i],
 // packed into one forward of sum(lens) <= model->max_tokens tokens.

@@ -248,6 +248,17 @@ static int weights_open(weight_files *w, const char *dir) {
 
 // ---- load ----------------------------------------------------------------------
 
+// Elements per task when a tensor is read into place: large enough that the
+// per-task cost vanishes, small enough that every thread gets work.
+#define LOAD_CHUNK ((size_t)1 << 18)
+
+// Index of the first non-finite of x[0, n), or n.
+static size_t first_nonfinite(const float *x, size_t n) {
+    for (size_t e = 0; e < n; e++)
+        if (!isfinite(x[e])) return e;
+    return n;
+}
+
 static int load_tensor(float *flat, char *found, const hf_map *map, const es_model *m,
                        const es_st_file *f, int i) {
     const es_st_tensor *st = &f->tensors[i];
@@ -271,17 +282,30 @@ static int load_tensor(float *flat, char *found, const hf_map *map, const es_mod
     }
     if (st->dtype != ES_ST_F32 && st->dtype != ES_ST_BF16 && st->dtype != ES_ST_F16)
         return es_fail("%s: tensor '%s' holds integers, expected F32, BF16 or F16", f->path, st->name);
-    float *hf = es_xmalloc(map_numel(t) * sizeof *hf);
-    es_st_read_f32(hf, f, i);
-    // A NaN or Inf weight would only show later as skipped steps or garbage tokens.
-    for (size_t e = 0; e < map_numel(t); e++)
-        if (!isfinite(hf[e])) {
-            free(hf);
-            return es_fail("%s: tensor '%s' holds a non-finite value (NaN or Inf) at element %zu", f->path,
-                           st->name, e);
+    size_t n = map_numel(t), bad = n;
+    if (t->kind == MAP_COPY) {
+        // Straight into place, in chunks over the threads: one pass over the
+        // file, each chunk checked while it is still in cache.
+        float *dst = flat + m->layout.params[t->param[0]].offset;
+        long chunks = (long)((n + LOAD_CHUNK - 1) / LOAD_CHUNK);
+        #pragma omp parallel for schedule(dynamic) reduction(min : bad) if (chunks > 1)
+        for (long c = 0; c < chunks; c++) {
+            size_t lo = (size_t)c * LOAD_CHUNK, len = n - lo < LOAD_CHUNK ? n - lo : LOAD_CHUNK;
+            es_st_read_f32_range(dst + lo, f, i, lo, len);
+            size_t e = first_nonfinite(dst + lo, len);
+            if (e < len && lo + e < bad) bad = lo + e;
         }
-    map_move(hf, flat, &m->layout, t, 1);
-    free(hf);
+    } else {
+        float *hf = es_xmalloc(n * sizeof *hf);
+        es_st_read_f32(hf, f, i);
+        bad = first_nonfinite(hf, n);
+        if (bad == n) map_move(hf, flat, &m->layout, t, 1);
+        free(hf);
+    }
+    // A NaN or Inf weight would only show later as skipped steps or garbage tokens.
+    if (bad < n)
+        return es_fail("%s: tensor '%s' holds a non-finite value (NaN or Inf) at element %zu", f->path,
+                       st->name, bad);
     found[k] = 1;
     return ES_OK;
 }
@@ -290,7 +314,9 @@ static int load_all(es_model *m, const weight_files *w) {
     hf_map map;
     map_build(&map, &m->layout, &m->cfg);
     char *found = es_xcalloc((size_t)map.n, 1);
-    float *flat = es_xmalloc(m->layout.total * sizeof *flat);
+    // Host memory buffers are filled in place; others through one staging copy.
+    int in_place = m->be->host_buffers;
+    float *flat = in_place ? m->params : es_xmalloc(m->layout.total * sizeof *flat);
     int rc = ES_OK;
     for (int f = 0; f < w->nfiles && !rc; f++)
         for (int i = 0; i < w->files[f].ntensors && !rc; i++)
@@ -301,8 +327,10 @@ static int load_all(es_model *m, const weight_files *w) {
                          m->cfg.arch == ES_ARCH_GPT2 && strcmp(map.t[k].name, "lm_head.weight")
                              ? "transformer." : "",
                          map.t[k].name);
-    if (!rc) m->be->upload(m->be, m->params, flat, m->layout.total, ES_DT_COMPUTE);
-    free(flat);
+    if (!in_place) {
+        if (!rc) m->be->upload(m->be, m->params, flat, m->layout.total, ES_DT_COMPUTE);
+        free(flat);
+    }
     free(found);
     free(map.t);
     return rc;

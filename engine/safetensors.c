@@ -204,24 +204,31 @@ int es_st_find(const es_st_file *f, const char *name) {
 }
 
 void es_st_read_f32(float *dst, const es_st_file *f, int i) {
+    es_st_read_f32_range(dst, f, i, 0, es_st_numel(&f->tensors[i]));
+}
+
+void es_st_read_f32_range(float *dst, const es_st_file *f, int i, size_t lo, size_t n) {
     const es_st_tensor *t = &f->tensors[i];
     const unsigned char *src = f->map + f->data_off + t->begin;  // may be unaligned: memcpy
-    size_t n = es_st_numel(t);
     uint16_t h;
     int32_t i32;
     int64_t i64;
     switch (t->dtype) {  // one loop per type: this runs over every weight at load
-    case ES_ST_F32: memcpy(dst, src, 4 * n); break;
+    case ES_ST_F32: memcpy(dst, src + 4 * lo, 4 * n); break;
     case ES_ST_BF16:
+        src += 2 * lo;
         for (size_t j = 0; j < n; j++) memcpy(&h, src + 2 * j, 2), dst[j] = es_bf16_to_f32(h);
         break;
     case ES_ST_F16:
+        src += 2 * lo;
         for (size_t j = 0; j < n; j++) memcpy(&h, src + 2 * j, 2), dst[j] = es_f16_to_f32(h);
         break;
     case ES_ST_I32:
+        src += 4 * lo;
         for (size_t j = 0; j < n; j++) memcpy(&i32, src + 4 * j, 4), dst[j] = (float)i32;
         break;
     case ES_ST_I64:
+        src += 8 * lo;
         for (size_t j = 0; j < n; j++) memcpy(&i64, src + 8 * j, 8), dst[j] = (float)i64;
         break;
     }

@@ -31,6 +31,9 @@ void es_st_close(es_st_file *f);
 int es_st_find(const es_st_file *f, const char *name);
 // Converts tensor i to fp32 into dst (numel elements).
 void es_st_read_f32(float *dst, const es_st_file *f, int i);
+// Elements [lo, lo + n) of tensor i as fp32 into dst (n elements); safe to
+// call from several threads at once.
+void es_st_read_f32_range(float *dst, const es_st_file *f, int i, size_t lo, size_t n);
 size_t es_st_numel(const es_st_tensor *t);
 
 // Writer: add tensors (fp32 source, stored as F32 or BF16; or raw int32),

@@ -46,6 +46,7 @@ static void cpu_free(es_backend *be, void *p) {
     if (!p) return;
     char *base = (char *)p - CPU_ALIGN;
     const cpu_block *hdr = (const cpu_block *)base;
+    if (((cpu_ctx *)be->ctx)->nlowp) cpu_lowp_drop(be, p, hdr->bytes);  // no stale copy outlives it
     es_mem_tally(be, hdr->kind, hdr->bytes, -1);
     free(base);
 }
@@ -108,7 +109,10 @@ float *cpu_scratch(es_backend *be, size_t n) {
 static void cpu_destroy(es_backend *be) {
     if (!be) return;
     cpu_ctx *ctx = be->ctx;
-    if (ctx) free(ctx->scratch);
+    if (ctx) {
+        cpu_lowp_free(be);
+        free(ctx->scratch);
+    }
     free(ctx);
     free(be);
 }
@@ -168,6 +172,8 @@ es_backend *es_backend_cpu_create(void) {
     be->kv_append = cpu_kv_append;
     be->attention_decode = cpu_attention_decode;
     be->compute_is_f32 = 1;
+    be->host_buffers = 1;
+    be->pack_weights = cpu_pack_weights;
     be->peak_flops = cpu_sgemm_rate(be);
     return be;
 }

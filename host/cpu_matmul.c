@@ -85,6 +85,7 @@ void cpu_matmul_fwd(es_backend *be, void *out_, const void *inp, const void *w, 
                     int N, int C, int OC) {
     float *out = out_;
     const float *bias = bias_;
+    if (cpu_lowp_matmul(be, out, inp, w, bias, N, C, OC)) return;
     float beta = 0.0f;
     if (bias) {  // start from the bias rows and let sgemm add the product; serial,
                  // so no OpenMP threads are left spinning while BLAS runs

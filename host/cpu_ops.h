@@ -8,6 +8,8 @@
 typedef struct {
     float *scratch;  // grow-only workspace, so hot paths do not allocate
     size_t scratch_n;
+    struct cpu_lowp *lowp;  // packed decode weights, sorted by their fp32 matrix (cpu_lowp.c)
+    int nlowp, cap_lowp;
 } cpu_ctx;
 
 // At least n floats of the backend's scratch buffer (contents undefined).
@@ -20,6 +22,16 @@ void cpu_sgemm(es_backend *be, int ta, int tb, int M, int N, int K, float alpha,
 
 // Measured sgemm rate in FLOP/s (a few milliseconds of square products).
 double cpu_sgemm_rate(es_backend *be);
+
+// es_backend.pack_weights. cpu_lowp_drop releases the packed copies of the
+// matrices inside [p, p + bytes) (a buffer being freed), cpu_lowp_free all.
+int cpu_pack_weights(es_backend *be, const void *w, int OC, int C, es_wfmt fmt);
+void cpu_lowp_drop(es_backend *be, const void *p, size_t bytes);
+void cpu_lowp_free(es_backend *be);
+// out (N, OC) = inp (N, C) @ w^T + bias from w's packed copy, when w has one
+// and N is a decode-sized batch: returns 1; otherwise 0 and nothing is done.
+int cpu_lowp_matmul(es_backend *be, float *out, const float *inp, const void *w, const float *bias,
+                    int N, int C, int OC);
 
 void cpu_matmul_fwd(es_backend *be, void *out, const void *inp, const void *w, const void *bias,
                     int N, int C, int OC);

@@ -1,6 +1,7 @@
 // Configs, parameter layout, safetensors and Hugging Face checkpoint I/O:
 // round trips on random data and every kind of bad input.
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -596,6 +597,61 @@ static void test_load_bad_input(es_backend *be) {
     expect_load_error(be, dir, dir, "model.safetensors", "no weights");
 }
 
+// Tensors larger than one load chunk (2^18 elements) are read into place by
+// several threads: the values arrive whole, and of several non-finite values
+// the first is the one named.
+static void test_load_large(es_backend *be) {
+    const char *json = "{\"model_type\":\"qwen2\",\"vocab_size\":40000,\"hidden_size\":16,"
+                       "\"intermediate_size\":24,\"num_hidden_layers\":1,\"num_attention_heads\":4,"
+                       "\"num_key_value_heads\":2,\"max_position_embeddings\":64,"
+                       "\"tie_word_embeddings\":false}";
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(4);
+    char dir[128], file[160];
+    path_in(dir, sizeof dir, "large");
+    snprintf(file, sizeof file, "%s/model.safetensors", dir);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        es_model m, back;
+        CHECK(make_checkpoint(&m, be, json, dir, bf16) == ES_OK, "%s", es_last_error());
+        CHECK(es_model_load_hf(&back, dir, be, 8, 0) == ES_OK, "large load: %s", es_last_error());
+        if (back.params) {
+            float *x = download_params(&m), *y = download_params(&back);
+            for (size_t i = 0; bf16 && i < m.layout.total; i++) x[i] = es_bf16_to_f32(es_f32_to_bf16(x[i]));
+            CHECK(!memcmp(x, y, m.layout.total * sizeof *x), "large model (bf16 %d) not bit-identical", bf16);
+            free(x);
+            free(y);
+            es_model_free(&back);
+        }
+        es_model_free(&m);
+    }
+    es_st_file f;
+    if (es_st_open(&f, file)) {
+        CHECK(0, "%s", es_last_error());
+        omp_set_num_threads(threads);
+        return;
+    }
+    es_st_writer *w = es_st_writer_new();
+    float **bufs = es_xcalloc((size_t)f.ntensors, sizeof *bufs);
+    for (int i = 0; i < f.ntensors; i++) {
+        es_st_tensor *t = &f.tensors[i];
+        bufs[i] = es_xmalloc(es_st_numel(t) * sizeof(float));
+        es_st_read_f32(bufs[i], &f, i);
+        if (!strcmp(t->name, "lm_head.weight")) {  // 640000 elements: chunks 0, 1, 2
+            bufs[i][600001] = INFINITY;
+            bufs[i][300007] = NAN;
+        }
+        es_st_writer_add_f32(w, t->name, bufs[i], t->ndim, t->shape, ES_ST_F32);
+    }
+    CHECK(es_st_writer_write(w, file) == ES_OK, "%s", es_last_error());
+    es_st_writer_free(w);
+    for (int i = 0; i < f.ntensors; i++) free(bufs[i]);
+    free(bufs);
+    es_st_close(&f);
+    expect_load_error(be, dir, file, "'lm_head.weight' holds a non-finite value (NaN or Inf) at element 300007",
+                      "non-finite weights");
+    omp_set_num_threads(threads);
+}
+
 // Two shards and an index, as transformers writes large models.
 static void test_sharded(es_backend *be) {
     char dir[128], path[200];
@@ -681,6 +737,7 @@ int main(void) {
         test_save_load(be);
         test_gpt2_layout_on_disk(be);
         test_load_bad_input(be);
+        test_load_large(be);
         test_sharded(be);
         be->destroy(be);
     }

@@ -124,6 +124,7 @@ TEACHER = ["teacher", "--model", "{model}", "--out", "{out}", "{shard}"]
     (GEN + ["--n", "0"], "--n"), (GEN + ["--n", "two"], "--n"), (GEN + ["--max-new", "-1"], "--max-new"),
     (GEN + ["--top-p", "1.5"], "--top-p"), (GEN + ["--temperature", "-1"], "--temperature"),
     (GEN + ["--batch", "0"], "--batch"), (GEN + ["--seed", "x"], "--seed"), (GEN + ["--stop", "-3"], "--stop"),
+    (GEN + ["--weights", "fp16"], "--weights"),
     (EVAL + ["--n", "0"], "--n"), (EVAL + ["--max-new", "-1"], "--max-new"), (EVAL + ["--top-p", "1.5"], "--top-p"),
     (EVAL + ["--temperature", "-1"], "--temperature"), (EVAL + ["--limit", "-2"], "--limit"),
     (TEACHER + ["--k", "0"], "--k"), (TEACHER + ["--k", "abc"], "--k"),

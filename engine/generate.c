@@ -73,17 +73,11 @@ int es_gen_weights(es_gen *g, es_wfmt fmt) {
     if (!be->pack_weights)
         return es_fail("generate: the %s backend has no %s decode weights (only fp32)", be->name,
                        es_wfmt_names[fmt]);
-    const es_layout *lo = &m->layout;
     for (int l = 0; l < m->cfg.layers; l++) {
-        const es_layer_params *lp = &lo->layer[l];
-        const int mats[] = {lp->q_w, lp->k_w, lp->v_w, lp->o_w, lp->gate_w, lp->up_w, lp->down_w};
-        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
-            if (mats[i] < 0) continue;  // gpt2 has no gate
-            const es_param *p = &lo->params[mats[i]];
-            if (be->pack_weights(be, be->offset(be, m->params, p->offset, ES_DT_COMPUTE),
-                                 p->shape[0], p->shape[1], fmt))
-                return ES_ERR;
-        }
+        es_matmul_weight mats[ES_LAYER_MATMULS];
+        int n = es_model_layer_matmuls(mats, m, l);
+        for (int i = 0; i < n; i++)
+            if (be->pack_weights(be, mats[i].w, mats[i].OC, mats[i].C, fmt)) return ES_ERR;
     }
     return be->pack_weights(be, es_model_lm_head(m), m->cfg.vocab, m->cfg.hidden, fmt);
 }

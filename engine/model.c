@@ -259,6 +259,24 @@ void es_model_init_random(es_model *m, unsigned long long seed) {
 
 const void *es_model_lm_head(const es_model *m) { return P(m, m->layout.lm_head); }
 
+int es_model_layer_matmuls(es_matmul_weight out[ES_LAYER_MATMULS], const es_model *m, int layer) {
+    const es_config *c = &m->cfg;
+    const es_layer_params *lp = &m->layout.layer[layer];
+    int C = c->hidden, F = c->ffn, QD = c->heads * c->head_dim, KD = c->kv_heads * c->head_dim, n = 0;
+    if (is_gpt2(m)) {
+        out[n++] = (es_matmul_weight){P(m, lp->q_w), QD, C};
+        out[n++] = (es_matmul_weight){P(m, lp->k_w), KD, C};
+        out[n++] = (es_matmul_weight){P(m, lp->v_w), KD, C};
+        out[n++] = (es_matmul_weight){P(m, lp->up_w), F, C};
+    } else {
+        out[n++] = (es_matmul_weight){P(m, lp->q_w), qkv_width(c), C};
+        out[n++] = (es_matmul_weight){P(m, lp->gate_w), 2 * F, C};
+    }
+    out[n++] = (es_matmul_weight){P(m, lp->o_w), C, QD};
+    out[n++] = (es_matmul_weight){P(m, lp->down_w), C, F};
+    return n;
+}
+
 float *es_model_lm_head_grad(es_model *m) {
     return m->grads ? G(m, m->layout.lm_head) : NULL;
 }

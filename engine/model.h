@@ -202,6 +202,15 @@ int es_model_backward(es_model *m, const es_model_batch *b, const void *dhidden)
 void es_model_layer_range(size_t *lo, size_t *hi, const es_model *m, int layer);
 // LM head weight (V, C) in the compute dtype, and its fp32 gradient (NULL if frozen).
 const void *es_model_lm_head(const es_model *m);
+// A weight matrix as a layer's forward multiplies by it: (OC, C).
+typedef struct {
+    const void *w;
+    int OC, C;
+} es_matmul_weight;
+#define ES_LAYER_MATMULS 7
+// The matrices layer l's forward multiplies by, as its matmuls see them (one
+// fused q|k|v and one gate|up matrix outside gpt2), into out; returns how many.
+int es_model_layer_matmuls(es_matmul_weight out[ES_LAYER_MATMULS], const es_model *m, int layer);
 float *es_model_lm_head_grad(es_model *m);
 
 // Hugging Face directories: config.json + model.safetensors or

@@ -11,7 +11,9 @@ the generation's time (prefill included, load excluded), as essence's own line
 reports it; load is the time to read the weights (and, for essence, to pack
 the bf16/int8 copies). Interleaving keeps a load change on a shared machine
 from landing on one side only. Prints each round, then the medians and the
-ratios essence / transformers.
+ratios essence / transformers, and the whole process's wall time on each side
+(start, imports, load, generate: what a user waits for; transformers' side
+also runs its two-token warm-up).
 
   python3 perf/gen_vs_hf.py [--rounds 3] [--batches 1 8] [--threads 2] [--wait-policy passive]
       [--models configs/models/qwen3-0.6b.json configs/models/qwen3-teacher-small.json]
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,21 +134,24 @@ def side_env(threads, wait_policy):
 def run_essence(binary, model, prompts, max_new, batch, weights, threads, wait_policy):
     env = side_env(threads, wait_policy)
     with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
         p = subprocess.run([binary, "generate", "--model", model, "--in", prompts, "--out", f"{tmp}/out.jsonl",
                             "--max-new", str(max_new), "--batch", str(batch), "--weights", weights,
                             "--device", "cpu"], capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
     if p.returncode:
         sys.exit(f"gen_vs_hf: essence generate on {model} failed: {p.stderr.strip()}")
     m = re.search(r"\(([\d.]+) tok/s.*load ([\d.]+) s", p.stderr)
-    return dict(tok_s=float(m.group(1)), load_s=float(m.group(2)))
+    return dict(tok_s=float(m.group(1)), load_s=float(m.group(2)), wall_s=wall)
 
 
 def run_hf(python, model, prompts, max_new, threads, wait_policy):
+    t0 = time.perf_counter()
     p = subprocess.run([python, "-c", HF_SIDE, "run", model, prompts, str(max_new), str(threads)],
                        capture_output=True, text=True, env=side_env(threads, wait_policy))
     if p.returncode:
         sys.exit(f"gen_vs_hf: transformers generate on {model} failed: {p.stderr.strip()[-500:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return dict(json.loads(p.stdout.strip().splitlines()[-1]), wall_s=time.perf_counter() - t0)
 
 
 def write_prompts(path, n, length, vocab, seed):
@@ -208,11 +214,13 @@ def main(argv=None):
                     line += f" transformers {hfr[-1]['tok_s']:.1f} tok/s (load {hfr[-1]['load_s']:.2f} s)"
                 print(line.rstrip(","), flush=True)
             r = {f: dict(tok_s=statistics.median(x["tok_s"] for x in es[f]),
-                         load_s=statistics.median(x["load_s"] for x in es[f])) for f in args.formats}
+                         load_s=statistics.median(x["load_s"] for x in es[f]),
+                         wall_s=statistics.median(x["wall_s"] for x in es[f])) for f in args.formats}
             summary = f"{name} batch {batch} (medians):"
             if hf:
                 r["transformers"] = dict(tok_s=statistics.median(x["tok_s"] for x in hfr),
-                                         load_s=statistics.median(x["load_s"] for x in hfr))
+                                         load_s=statistics.median(x["load_s"] for x in hfr),
+                                         wall_s=statistics.median(x["wall_s"] for x in hfr))
             for f in args.formats:
                 summary += f" {f} {r[f]['tok_s']:.1f} tok/s, load {r[f]['load_s']:.2f} s"
                 if hf:
@@ -223,6 +231,15 @@ def main(argv=None):
                 summary += (f" transformers {r['transformers']['tok_s']:.1f} tok/s, "
                             f"load {r['transformers']['load_s']:.2f} s")
             print(summary.rstrip(";"), flush=True)
+            wall = f"{name} batch {batch} whole process (start, load, generate; medians):"
+            for f in args.formats:
+                wall += f" {f} {r[f]['wall_s']:.2f} s"
+                if hf:
+                    wall += f" ({r['transformers']['wall_s'] / r[f]['wall_s']:.1f}x)"
+                wall += ";"
+            if hf:
+                wall += f" transformers {r['transformers']['wall_s']:.2f} s"
+            print(wall.rstrip(";"), flush=True)
             results[f"{name}/b{batch}"] = r
     if args.json:
         Path(args.json).write_text(json.dumps(dict(machine=machine(), threads=args.threads,

@@ -12,6 +12,7 @@
 #include "common.h"
 #include "generate.h"
 #include "test.h"
+#include "gen_fixture.h"
 #include "test_models.h"
 
 // ---- the kernels ----------------------------------------------------------------
@@ -164,16 +165,9 @@ static int argmax(const float *x, int n) {
 // Teacher-forced over transformers' greedy tokens, decode logits of fmt
 // against fp32; then greedy generation of fmt against transformers' tokens.
 static void check_fixture(const char *name, es_wfmt fmt, tally *tl) {
+    cJSON *fx = t_gen_fixture(name);
+    if (!fx) return;
     char path[256];
-    snprintf(path, sizeof path, "tests/fixtures/generate/%s.json", name);
-    char *text;
-    size_t len;
-    if (es_read_file(&text, &len, path)) {
-        CHECK(0, "%s", es_last_error());
-        return;
-    }
-    cJSON *fx = cJSON_Parse(text);
-    free(text);
     const cJSON *prompts = cJSON_GetObjectItem(fx, "prompts"), *tokens = cJSON_GetObjectItem(fx, "tokens");
     int nreq = cJSON_GetArraySize(prompts), max_new = cJSON_GetObjectItem(fx, "max_new")->valueint;
     snprintf(path, sizeof path, "tests/fixtures/%s", name);

@@ -10,6 +10,7 @@
 #include "common.h"
 #include "generate.h"
 #include "test.h"
+#include "gen_fixture.h"
 #include "test_models.h"
 
 #define SLOTS 3
@@ -164,16 +165,9 @@ static int32_t *json_ids(const cJSON *arr, int *n) {
 }
 
 static void check_fixture(es_backend *be, const char *name) {
+    cJSON *fx = t_gen_fixture(name);
+    if (!fx) return;
     char path[256];
-    snprintf(path, sizeof path, "tests/fixtures/generate/%s.json", name);
-    char *text;
-    size_t len;
-    if (es_read_file(&text, &len, path)) {
-        CHECK(0, "%s", es_last_error());
-        return;
-    }
-    cJSON *fx = cJSON_Parse(text);
-    free(text);
     const cJSON *prompts = cJSON_GetObjectItem(fx, "prompts"), *tokens = cJSON_GetObjectItem(fx, "tokens");
     int nreq = cJSON_GetArraySize(prompts), max_new = cJSON_GetObjectItem(fx, "max_new")->valueint;
     es_gen_request reqs[8];

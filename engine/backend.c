@@ -24,6 +24,24 @@ void es_mem_tally(es_backend *be, es_mem_kind kind, size_t bytes, int sign) {
     }
 }
 
+static void *plain_host_alloc(es_backend *be, size_t bytes) {
+    (void)be;
+    return malloc(bytes ? bytes : 1);
+}
+
+static void plain_host_free(es_backend *be, void *h) {
+    (void)be;
+    free(h);
+}
+
+static void plain_host_wait(es_backend *be, void *h) { (void)be, (void)h; }
+
+void es_backend_plain_staging(es_backend *be) {
+    be->host_alloc = plain_host_alloc;
+    be->host_free = plain_host_free;
+    be->host_wait = plain_host_wait;
+}
+
 #if !ES_HAVE_CUDA
 es_backend *es_backend_cuda_create(int device) {
     (void)device;

@@ -303,6 +303,9 @@ struct es_backend {
 // Every backend's tally: adds (sign > 0) or takes back (sign < 0) `bytes`
 // of `kind` in be->mem_now, keeping the peaks.
 void es_mem_tally(es_backend *be, es_mem_kind kind, size_t bytes, int sign);
+// Sets host_alloc, host_free and host_wait for a backend whose uploads are
+// done when they return: staging is plain malloc'd host memory, untallied.
+void es_backend_plain_staging(es_backend *be);
 
 #define ES_COMM_ID_BYTES 128
 

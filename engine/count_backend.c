@@ -53,20 +53,6 @@ static void count_download(es_backend *be, void *dst, const void *src, size_t n,
     (void)be, (void)dst, (void)src, (void)n, (void)dt;
 }
 
-// Host staging is real host memory (the engine writes into it); it is no
-// device memory, so it is not tallied.
-static void *count_host_alloc(es_backend *be, size_t bytes) {
-    (void)be;
-    return es_xmalloc(bytes ? bytes : 1);
-}
-
-static void count_host_free(es_backend *be, void *h) {
-    (void)be;
-    free(h);
-}
-
-static void count_host_wait(es_backend *be, void *h) { (void)be, (void)h; }
-
 static void count_zero(es_backend *be, void *p, size_t n, es_dtype dt) { (void)be, (void)p, (void)n, (void)dt; }
 
 // Handles have no elements: a part of one stands for the whole.
@@ -94,10 +80,10 @@ es_backend *es_backend_count_create(int compute_bytes) {
     be->free = count_free;
     be->upload = count_upload;
     be->download = count_download;
-    be->host_alloc = count_host_alloc;
-    be->host_free = count_host_free;
+    // Host staging is real host memory (the engine writes into it); it is no
+    // device memory, so it is not tallied.
+    es_backend_plain_staging(be);
     be->upload_async = count_upload;
-    be->host_wait = count_host_wait;
     be->zero = count_zero;
     be->offset = count_offset;
     be->sync = count_sync;

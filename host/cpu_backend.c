@@ -61,20 +61,6 @@ static void cpu_download(es_backend *be, void *dst, const void *src, size_t n, e
     if (n) memcpy(dst, src, n * dt_bytes(dt));
 }
 
-// Host memory is what the CPU "device" reads: uploads are plain copies, done
-// when they return.
-static void *cpu_host_alloc(es_backend *be, size_t bytes) {
-    (void)be;
-    return malloc(bytes ? bytes : 1);
-}
-
-static void cpu_host_free(es_backend *be, void *h) {
-    (void)be;
-    free(h);
-}
-
-static void cpu_host_wait(es_backend *be, void *h) { (void)be, (void)h; }
-
 // Threaded: gradients are zeroed every step, hundreds of MB on large models,
 // and one core alone does not reach the memory's bandwidth.
 static void cpu_zero(es_backend *be, void *p, size_t n, es_dtype dt) {
@@ -133,10 +119,10 @@ es_backend *es_backend_cpu_create(void) {
     be->free = cpu_free;
     be->upload = cpu_upload;
     be->download = cpu_download;
-    be->host_alloc = cpu_host_alloc;
-    be->host_free = cpu_host_free;
+    // Host memory is what the CPU "device" reads: uploads are plain copies,
+    // done when they return.
+    es_backend_plain_staging(be);
     be->upload_async = cpu_upload;
-    be->host_wait = cpu_host_wait;
     be->zero = cpu_zero;
     be->offset = cpu_offset;
     be->sync = cpu_sync;

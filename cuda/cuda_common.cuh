@@ -14,6 +14,7 @@ extern "C" {
 #include "common.h"
 #include "cuda_sizes.h"
 }
+#include "hd_portable.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -95,16 +96,10 @@ static inline cuda_ctx *cuda_of(es_backend *be) { return (cuda_ctx *)be->ctx; }
 // Scratch of at least `bytes` on the backend's stream, valid until the next call.
 void *cuda_scratch(es_backend *be, size_t bytes);
 
-// Whether a buffer can be read by 16-byte vectors.
-static inline int cuda_aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
-
 // Whether the tensor-core and cuDNN attention take a call: head dims 64 and
 // 128, every buffer 16-byte aligned; the simple kernels take the rest.
 static inline int cuda_attn_tc_takes(int D, const void *const *bufs, int n) {
-    if (!es_cuda_attn_tc_dim(D)) return 0;
-    for (int i = 0; i < n; i++)
-        if (!cuda_aligned16(bufs[i])) return 0;
-    return 1;
+    return es_cuda_attn_tc_dim(D) && hd_all_aligned16(bufs, n);
 }
 
 static inline void cuda_attn_check_shape(int N, int H, int KVH) {

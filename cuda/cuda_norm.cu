@@ -208,8 +208,8 @@ static dim3 row_grid(int N) { return dim3((N + NORM_WARPS - 1) / NORM_WARPS); }
 static int rmsnorm_fwd_vec(es_backend *be, void *res, void *out, float *rstd, const void *a,
                            const void *b, const void *w, int N, int C, float eps) {
     int vpl = nr_vpl(C);
-    if (!vpl || !cuda_aligned16(out) || !cuda_aligned16(a) || !cuda_aligned16(w) ||
-        (b && (!cuda_aligned16(b) || !cuda_aligned16(res))))
+    if (!vpl || !hd_aligned16(out) || !hd_aligned16(a) || !hd_aligned16(w) ||
+        (b && (!hd_aligned16(b) || !hd_aligned16(res))))
         return 0;
     bf16 *rs = (bf16 *)res, *y = (bf16 *)out;
     const bf16 *x = (const bf16 *)a, *x2 = (const bf16 *)b, *wt = (const bf16 *)w;
@@ -233,8 +233,8 @@ static int rmsnorm_bwd_vec(es_backend *be, void *dinp, void *dw, const void *dou
                            const void *w, const float *rstd, int N, int C, int accumulate) {
     cuda_ctx *c = cuda_of(be);
     int vpl = nr_vpl(C);
-    if (!vpl || !cuda_aligned16(dinp) || !cuda_aligned16(dout) || !cuda_aligned16(inp) ||
-        !cuda_aligned16(w))
+    if (!vpl || !hd_aligned16(dinp) || !hd_aligned16(dout) || !hd_aligned16(inp) ||
+        !hd_aligned16(w))
         return 0;
     int sms = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device));

@@ -136,7 +136,7 @@ static void cuda_swiglu_bwd(es_backend *be, void *dgu, const void *dout, const v
 template <int OP>
 static void pointwise(es_backend *be, void *out, const void *x, const void *y, size_t n) {
     if (!n) return;
-    int vec = cuda_aligned16(out) && cuda_aligned16(x) && (!y || cuda_aligned16(y));
+    int vec = hd_aligned16(out) && hd_aligned16(x) && (!y || hd_aligned16(y));
     size_t nv = vec ? n / 8 : 0, tail = n - 8 * nv;
     pointwise_kernel<OP><<<cuda_blocks(nv > tail ? nv : tail, THREADS), THREADS, 0, st(be)>>>(
         (bf16 *)out, (const bf16 *)x, (const bf16 *)y, nv, n);

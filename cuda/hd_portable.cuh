@@ -46,3 +46,13 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
 typedef struct __align__(16) {
     __nv_bfloat16 v[8];
 } bf16x8;
+
+// Whether a buffer can be read by 16-byte vectors.
+HD_INLINE int hd_aligned16(const void *p) { return (size_t)p % 16 == 0; }
+
+// Whether every one of n buffers (NULL counts as aligned) can be.
+HD_INLINE int hd_all_aligned16(const void *const *bufs, int n) {
+    for (int i = 0; i < n; i++)
+        if (!hd_aligned16(bufs[i])) return 0;
+    return 1;
+}

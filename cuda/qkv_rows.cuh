@@ -38,10 +38,7 @@ HD_INLINE int qr_group(int D, int vec) {
 // Whether the 16-byte vectors apply: D a multiple of 16, every buffer (NULL
 // allowed) 16-byte aligned.
 HD_INLINE int qr_vec(int D, const void *const *bufs, int nbufs) {
-    if (D % 16) return 0;
-    for (int i = 0; i < nbufs; i++)
-        if ((size_t)bufs[i] % 16) return 0;
-    return 1;
+    return D % 16 == 0 && hd_all_aligned16(bufs, nbufs);
 }
 
 // Blocks of QR_THREADS: a group a row up to 8 blocks an SM, enough to fill

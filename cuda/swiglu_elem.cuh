@@ -23,10 +23,7 @@ HD_INLINE void swiglu_bwd_elem(float *dgate, float *dup, float dy, float g, floa
 // as 16-byte vectors; otherwise, and for the last chunk when n is not whole
 // chunks, element by element.
 HD_INLINE int swiglu_vec(int F, const void *const *bufs, int nbufs) {
-    if (F % 8) return 0;
-    for (int i = 0; i < nbufs; i++)
-        if ((size_t)bufs[i] % 16) return 0;
-    return 1;
+    return F % 8 == 0 && hd_all_aligned16(bufs, nbufs);
 }
 
 HD_INLINE size_t swiglu_chunks(size_t n) { return (n + 7) / 8; }
